@@ -1,0 +1,221 @@
+"""The JSON shapes that cross the network between the registry, the agents and the CLI.
+
+One module so that every side validates the same way: the registry uses these as FastAPI
+request/response models, the agents and the CLI parse responses with them. Every field that
+can reach a proxy config, a path or an argv is one of the strict types of `common.names`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from common.names import (
+    Address,
+    AppName,
+    Domain,
+    EnvKey,
+    EnvValue,
+    HealthPath,
+    HostName,
+    Label,
+    Port,
+    ProcessType,
+    Sha256,
+)
+
+HostRole = Literal["machine", "frontend"]
+HostState = Literal["up", "down"]
+
+# pending: placed, the agent has not picked it up yet; installing: fetching the artifact and
+# building its environment; starting: process started, health check not passed yet;
+# running: healthy; unhealthy: was running, its health check now fails; backoff: exited,
+# waiting to restart; failed: gave up (install error, crash loop, health check never passed);
+# stopping / stopped: being or already taken out of service.
+InstanceState = Literal[
+    "pending",
+    "installing",
+    "starting",
+    "running",
+    "unhealthy",
+    "backoff",
+    "failed",
+    "stopping",
+    "stopped",
+]
+
+# deploying: its instances are being installed and health-checked beside the current ones;
+# active: the release the app serves; superseded: an earlier active release;
+# failed: never became active (the reason is in `error`).
+ReleaseStatus = Literal["deploying", "active", "superseded", "failed"]
+
+# What `paas deploy` prints, in order; "failed" ends a deploy too.
+DeployStage = Literal["uploaded", "installing", "starting", "healthy", "routed", "failed"]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- apps -------------------------------------------------------------------------------
+
+
+class AppCreate(Model):
+    name: AppName
+    domains: list[Domain] = Field(default_factory=list, max_length=100)
+    instances: int = Field(default=1, ge=0, le=100)
+    health_path: HealthPath = "/"
+
+
+class AppUpdate(Model):
+    domains: list[Domain] | None = Field(default=None, max_length=100)
+    instances: int | None = Field(default=None, ge=0, le=100)
+    health_path: HealthPath | None = None
+
+
+class App(Model):
+    name: AppName
+    domains: list[Domain]  # the domains the user added; the cluster one is in `urls`
+    instances: int
+    health_path: HealthPath
+    urls: list[str]  # https://<app>.<cluster domain>[:port]/ first, then one per domain
+    active_release: int | None
+    created_at: datetime
+
+
+# ---- artifacts --------------------------------------------------------------------------
+
+
+class Artifact(Model):
+    sha256: Sha256
+    size: int
+
+
+# ---- releases ---------------------------------------------------------------------------
+
+
+class ReleaseCreate(Model):
+    artifact_sha256: Sha256
+
+
+class InstanceView(Model):
+    id: int
+    app: AppName
+    release: int
+    process: ProcessType
+    host: HostName
+    port: Port | None
+    state: InstanceState
+    routed: bool  # the host's proxy sends traffic to it
+    error: str | None
+    updated_at: datetime
+
+
+class Release(Model):
+    app: AppName
+    version: int
+    artifact_sha256: Sha256
+    processes: dict[ProcessType, str]  # from the Procfile in the artifact
+    health_path: HealthPath
+    config: dict[EnvKey, str]  # the config snapshot, secrets redacted in listings
+    status: ReleaseStatus
+    stage: DeployStage  # how far the deploy got; "routed" means it serves
+    error: str | None  # why it failed: the last lines of the install or process log
+    created_at: datetime
+    instances: list[InstanceView] = Field(default_factory=list)
+
+
+# ---- hosts ------------------------------------------------------------------------------
+
+
+class HostJoin(Model):
+    name: HostName
+    role: HostRole
+    address: Address  # where other hosts reach this host's proxy
+    proxy_port: Port  # machine: nginx port; frontend: HAProxy HTTPS port
+    labels: dict[Label, Label] = Field(default_factory=dict, max_length=50)
+
+
+class HostJoined(Model):
+    name: HostName
+    token: str  # the host's own bearer token: read desired state, report status
+
+
+class Host(Model):
+    name: HostName
+    role: HostRole
+    address: Address
+    proxy_port: Port
+    labels: dict[Label, Label]
+    state: HostState
+    last_heartbeat: datetime | None
+    instances: int
+    proxy_error: str | None  # the validator's message while the last render is refused
+
+
+# ---- what a machine agent is told to run ------------------------------------------------
+
+
+class DesiredInstance(Model):
+    id: int
+    app: AppName
+    release: int
+    process: ProcessType
+    command: str  # the Procfile line; run with /bin/sh -c, values only through env
+    artifact_sha256: Sha256
+    env: dict[EnvKey, EnvValue]  # config snapshot (secrets included) + built-in variables
+    health_path: HealthPath
+    domains: list[Domain]  # every domain of the app, cluster domain included
+    serve: bool  # route traffic to it once healthy (its release is the app's active one)
+
+
+class DesiredState(Model):
+    index: int
+    host: HostName
+    instances: list[DesiredInstance]
+
+
+# ---- what an agent reports --------------------------------------------------------------
+
+
+class InstanceReport(Model):
+    id: int
+    state: InstanceState
+    port: Port | None = None
+    routed: bool = False  # the live proxy config sends traffic to it
+    error: str | None = Field(default=None, max_length=8192)
+
+
+class HostReport(Model):
+    instances: list[InstanceReport] = Field(default_factory=list)
+    applied_index: int | None = None  # the desired/routing index the live proxy reflects
+    proxy_error: str | None = Field(default=None, max_length=8192)
+
+
+# ---- what a frontend agent routes -------------------------------------------------------
+
+
+class RouteServer(Model):
+    host: HostName
+    address: Address
+    port: Port
+
+
+class RouteApp(Model):
+    name: AppName
+    domains: list[Domain]  # cluster domain first
+    servers: list[RouteServer]  # machine hosts with a routed, healthy instance of the app
+
+
+class RoutingTable(Model):
+    index: int
+    apps: list[RouteApp]
+
+
+# ---- errors -----------------------------------------------------------------------------
+
+
+class ErrorBody(Model):
+    detail: str
