@@ -1,0 +1,47 @@
+# Fresh Debian 12, as root: `make demo` starts a whole cluster on 127.0.0.1 and deploys
+# examples/hello; `make test` runs every test, whole-system ones included.
+
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+APT     := DEBIAN_FRONTEND=noninteractive apt-get
+
+.PHONY: setup system-packages demo stop test lint bench
+
+setup: system-packages $(STAMP)
+
+# apt only when something is missing, so `make test` stays offline on a ready machine.
+system-packages:
+	@missing=""; \
+	[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing="$$missing nginx-light"; \
+	[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || missing="$$missing haproxy"; \
+	dpkg -s python3-venv >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(APT) update && $(APT) install -y $$missing; \
+	fi
+
+$(BIN)/python:
+	python3 -m venv $(VENV)
+
+# Reinstall only when pyproject.toml changed since the last install.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/paas local up
+
+stop:
+	@if [ -x $(BIN)/paas ]; then $(BIN)/paas local down; else echo "nothing to stop"; fi
+
+test: setup
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: setup
+	@command -v wrk >/dev/null 2>&1 || { $(APT) update && $(APT) install -y wrk; }
+	$(BIN)/python bench/deploy.py

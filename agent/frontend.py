@@ -1,0 +1,288 @@
+"""The frontend agent: watch the routing table, render HAProxy config, apply it, report.
+
+One reconcile loop (watch -> view model -> render -> apply -> report) and one heartbeat loop
+(report the same values, restart HAProxy if it died). A registry outage never touches
+HAProxy: it keeps serving the last good config while we retry with jittered backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import grp
+import logging
+import os
+import pwd
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from agent.config_apply import ApplyResult, ConfigApplier
+from agent.errors import AgentError, ProxyError, RegistryError, RenderError, ValidationFailed
+from agent.haproxy import MAIN_FILE, build_view, render_files, summarize
+from agent.haproxy_process import HaproxyProcess
+from agent.registry_client import RegistryClient, backoff_delays, join_or_load_token
+from agent.render import make_environment, template_dirs
+from agent.settings import AgentSettings
+from agent.tls import ensure_default_cert
+from common.wire import HostReport, RoutingTable
+
+log = logging.getLogger(__name__)
+
+MAX_ERROR_CHARS = 8000  # HostReport.proxy_error allows 8192
+STOP_GRACE_S = 5.0
+
+
+class FrontendAgent:
+    """Owns one HAProxy and keeps it in line with the registry's routing table."""
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.settings = settings
+        self.client = RegistryClient(settings.registry_url, transport=transport)
+        base = settings.state_dir / "haproxy"
+        self.conf_dir = base / "conf"
+        self.admin_socket = base / "admin.sock"
+        self.process = HaproxyProcess(
+            binary=settings.haproxy_bin,
+            config=self.conf_dir / MAIN_FILE,
+            pid_file=base / "haproxy.pid",
+            master_socket=base / "master.sock",
+            log_file=base / "haproxy.log",
+        )
+        self.applier = ConfigApplier(
+            self.conf_dir, MAIN_FILE, validate=self.process.validate, reload=self.process.reload
+        )
+        self.env = make_environment(template_dirs(settings.template_dir))
+        self.cert_path: Path | None = settings.tls_cert
+        self.applied_index: int | None = None
+        self.proxy_error: str | None = None
+        self._last_table: RoutingTable | None = None
+        self._lock = asyncio.Lock()  # one HAProxy operation at a time
+        self._report_now = asyncio.Event()
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `stop` is set, then stop HAProxy and return."""
+        if not self.settings.host_token_file.is_file() and not self.settings.join_token:
+            await self.client.aclose()
+            raise AgentError(
+                f"no host token in {self.settings.host_token_file} and no join token given;"
+                " pass --join-token (or PAAS_JOIN_TOKEN) the first time"
+            )
+        try:
+            self.conf_dir.mkdir(parents=True, exist_ok=True)
+            if self.cert_path is None:
+                self.cert_path = ensure_default_cert(
+                    self.settings.state_dir, self.settings.domain, now=dt.datetime.now(dt.UTC)
+                )
+            await self._start_proxy()
+            if not await self._join(stop):
+                return
+            loops = [
+                asyncio.create_task(self._watch_loop(stop), name="routing-watch"),
+                asyncio.create_task(self._report_loop(), name="report"),
+            ]
+            stopper = asyncio.create_task(stop.wait(), name="stop")
+            done, _ = await asyncio.wait([stopper, *loops], return_when=asyncio.FIRST_COMPLETED)
+            for task in [stopper, *loops]:
+                task.cancel()
+            await asyncio.gather(stopper, *loops, return_exceptions=True)
+            for task in done:
+                if task is not stopper and not task.cancelled() and task.exception():
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            await asyncio.to_thread(self.process.stop, grace_s=STOP_GRACE_S)
+            await self.client.aclose()
+
+    async def _start_proxy(self) -> None:
+        """Adopt a running HAProxy, else start on the last good config, else on an empty one."""
+        async with self._lock:
+            if await asyncio.to_thread(self.process.adopt_or_clean):
+                return
+            live = self.conf_dir / MAIN_FILE
+            if live.is_file():
+                try:
+                    await asyncio.to_thread(self.process.validate, live)
+                    await asyncio.to_thread(self.process.start)
+                    log.info("HAProxy serves the last good config until the registry answers")
+                    return
+                except (ValidationFailed, ProxyError) as exc:
+                    log.error("the last good config does not start any more: %s", exc)
+            await self._apply_locked(RoutingTable(index=0, apps=[]))
+            await self._ensure_running_locked()
+
+    async def _join(self, stop: asyncio.Event) -> bool:
+        """Join (or load the kept token), retrying through outages; False when stopped."""
+        delays = backoff_delays()
+        logged = False
+        while not stop.is_set():
+            try:
+                await join_or_load_token(self.client, self.settings)
+                return True
+            except RegistryError as exc:
+                if not logged:
+                    log.warning("cannot join the registry yet, will retry: %s", exc)
+                    logged = True
+            await _sleep_or_stop(stop, next(delays))
+        return False
+
+    # ---- loops --------------------------------------------------------------------------
+
+    async def _watch_loop(self, stop: asyncio.Event) -> None:
+        index = 0
+        outage = _Outage("routing watch")
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                table = await self.client.routing(index=index, wait_s=self.settings.watch_wait_s)
+            except RegistryError as exc:
+                if exc.status == 401:
+                    await self._rejoin(exc)
+                await _sleep_or_stop(stop, outage.failed(exc))
+                continue
+            outage.recovered()
+            same_index = table.index == index
+            index = table.index
+            await self.apply_table(table)
+            if same_index and time.monotonic() - started < 1.0:
+                await _sleep_or_stop(stop, 0.5)  # the registry did not block; do not spin
+
+    async def _report_loop(self) -> None:
+        outage = _Outage("status report")
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._report_now.wait(), timeout=self.settings.heartbeat_interval_s
+                )
+            self._report_now.clear()
+            async with self._lock:
+                await self._ensure_running_locked()
+            report = HostReport(applied_index=self.applied_index, proxy_error=self.proxy_error)
+            try:
+                await self.client.report(self.settings.name, report)
+                outage.recovered()
+            except RegistryError as exc:
+                outage.failed(exc)
+
+    async def _rejoin(self, exc: RegistryError) -> None:
+        """The registry no longer knows our token (e.g. it was reset): join again if we can."""
+        if not self.settings.join_token:
+            return
+        log.warning("registry refused the host token (%s); joining again", exc)
+        self.settings.host_token_file.unlink(missing_ok=True)
+        with contextlib.suppress(RegistryError):
+            await join_or_load_token(self.client, self.settings)
+
+    # ---- reconcile ----------------------------------------------------------------------
+
+    async def apply_table(self, table: RoutingTable) -> ApplyResult | None:
+        """Make HAProxy route `table`; record applied_index/proxy_error, wake the reporter."""
+        async with self._lock:
+            if (
+                table == self._last_table
+                and self.applied_index == table.index
+                and self.process.running()
+            ):
+                log.debug("routing index %d unchanged, nothing to do", table.index)
+                return None
+            result = await self._apply_locked(table)
+        self._report_now.set()
+        return result
+
+    async def _apply_locked(self, table: RoutingTable) -> ApplyResult | None:
+        assert self.cert_path is not None
+        try:
+            built = build_view(
+                table,
+                bind_address=self.settings.address,
+                http_port=self.settings.http_port,
+                https_port=self.settings.https_port,
+                cert_path=self.cert_path,
+                admin_socket=self.admin_socket,
+                run_as=worker_identity(),
+            )
+            files = render_files(self.env, built.view)
+        except RenderError as exc:
+            log.error(
+                "routing index %d not rendered, kept the last good config: %s", table.index, exc
+            )
+            self.proxy_error = str(exc)[:MAX_ERROR_CHARS]
+            return None
+        for error in built.errors:
+            log.error("routing index %d: %s", table.index, error)
+        try:
+            result = await asyncio.to_thread(self.applier.apply, files)
+        except OSError as exc:  # disk full, permissions: report it, keep the live config
+            log.error("could not write the HAProxy config for index %d: %s", table.index, exc)
+            self.proxy_error = f"could not write the HAProxy config: {exc}"[:MAX_ERROR_CHARS]
+            return None
+        errors = [result.error, *built.errors] if result.error else list(built.errors)
+        self.proxy_error = (summarize(errors) or "")[:MAX_ERROR_CHARS] or None
+        if result.applied:
+            if table.index:  # index 0 is our own empty start-up config, not the registry's
+                self.applied_index = table.index
+            self._last_table = table
+            log.info("HAProxy routes index %d (%d apps)", table.index, len(built.view.backends))
+        return result
+
+    async def _ensure_running_locked(self) -> None:
+        if self.process.running():
+            return
+        log.warning("HAProxy is not running; starting it on the last good config")
+        try:
+            await asyncio.to_thread(self.process.start)
+        except AgentError as exc:
+            log.error("could not start HAProxy: %s", exc)
+            self.proxy_error = str(exc)[:MAX_ERROR_CHARS]
+
+
+def worker_identity() -> tuple[str, str] | None:
+    """When we run as root, HAProxy workers drop to `haproxy` (Debian's user) or `nobody`
+    after binding; the master stays root so it can re-bind and read certificates on reload."""
+    if os.geteuid() != 0:
+        return None
+    for user, group in (("haproxy", "haproxy"), ("nobody", "nogroup")):
+        try:
+            pwd.getpwnam(user)
+            grp.getgrnam(group)
+        except KeyError:
+            continue
+        return user, group
+    return None
+
+
+class _Outage:
+    """Log an outage once when it starts and once when it ends, not on every retry."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._delays: Iterator[float] | None = None
+
+    def failed(self, exc: RegistryError) -> float:
+        if self._delays is None:
+            log.warning(
+                "%s failed, HAProxy keeps serving the last good config; retrying: %s",
+                self.what,
+                exc,
+            )
+            self._delays = backoff_delays()
+        return next(self._delays)
+
+    def recovered(self) -> None:
+        if self._delays is not None:
+            log.info("%s works again", self.what)
+            self._delays = None
+
+
+async def _sleep_or_stop(stop: asyncio.Event, delay: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=delay)

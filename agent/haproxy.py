@@ -1,0 +1,190 @@
+"""The HAProxy view model: a RoutingTable + settings -> typed, validated values -> config files.
+
+Pure: no I/O, no clock. Every decision (which backend a domain maps to, which apps have no
+server, how addresses are written) is made here; the template only formats. Every value is
+checked again with common.names (defence in depth): an invalid app is skipped and reported,
+an invalid setting refuses the whole render.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+
+from agent.errors import RenderError
+from agent.render import render
+from common.names import (
+    InvalidName,
+    check_address,
+    check_app_name,
+    check_domain,
+    check_host_name,
+)
+from common.wire import RouteApp, RoutingTable
+
+MAIN_TEMPLATE = "haproxy.cfg.j2"
+MAP_TEMPLATE = "haproxy-hosts.map.j2"
+MAIN_FILE = "haproxy.cfg"
+EXACT_MAP_FILE = "hosts.map"
+WILDCARD_MAP_FILE = "wildcards.map"
+
+# Paths and user names go into the config unquoted: allow only plain characters.
+_PATH_RE = re.compile(r"^/[A-Za-z0-9._/+-]{1,1000}$")
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+@dataclass(frozen=True)
+class ServerView:
+    name: str
+    endpoint: str  # "address:port" as HAProxy parses it
+
+
+@dataclass(frozen=True)
+class BackendView:
+    name: str  # app_<app name>
+    app: str
+    servers: tuple[ServerView, ...]
+
+
+@dataclass(frozen=True)
+class HaproxyView:
+    """Everything the HAProxy template needs, already decided and validated."""
+
+    http_bind: str
+    https_bind: str
+    https_port_suffix: str  # "" for 443, ":<port>" otherwise (for the HTTP->HTTPS redirect)
+    cert_path: str
+    admin_socket: str
+    run_as: tuple[str, str] | None  # (user, group) the workers drop to when started as root
+    backends: tuple[BackendView, ...]
+    exact_map: tuple[tuple[str, str], ...]  # (domain, backend), sorted
+    wildcard_map: tuple[tuple[str, str], ...]  # (".suffix", backend), longest suffix first
+    index: int
+
+
+@dataclass(frozen=True)
+class BuiltView:
+    view: HaproxyView
+    errors: tuple[str, ...] = field(default=())  # per-app problems; those apps were skipped
+
+
+def endpoint(address: str, port: int) -> str:
+    """`address:port` for bind/server lines; refuses anything that is not an IP or DNS name."""
+    check_address(address)
+    if not 1 <= port <= 65535:
+        raise InvalidName(f"invalid port {port}")
+    try:
+        is_v6 = ipaddress.ip_address(address).version == 6
+    except ValueError:
+        is_v6 = False
+    # HAProxy splits the port at the last colon, so IPv6 literals are written bare.
+    return f"ipv6@{address}:{port}" if is_v6 else f"{address}:{port}"
+
+
+def check_path(value: str) -> str:
+    if not _PATH_RE.fullmatch(value) or "/../" in f"{value}/":
+        raise InvalidName(
+            f"invalid path {value!r}: must be absolute and use only letters, digits and ._/+-"
+        )
+    return value
+
+
+def build_backend(app: RouteApp) -> BackendView:
+    """One app -> its backend; raises InvalidName for any value outside the strict patterns."""
+    name = check_app_name(app.name)
+    servers: list[ServerView] = []
+    seen: set[str] = set()
+    for server in app.servers:
+        host = check_host_name(server.host)
+        server_name = host
+        suffix = 2
+        while server_name in seen:  # one host listed twice (two addresses): keep both
+            server_name = f"{host}-{suffix}"
+            suffix += 1
+        seen.add(server_name)
+        servers.append(ServerView(name=server_name, endpoint=endpoint(server.address, server.port)))
+    return BackendView(name=f"app_{name}", app=name, servers=tuple(servers))
+
+
+def build_view(
+    table: RoutingTable,
+    *,
+    bind_address: str,
+    http_port: int,
+    https_port: int,
+    cert_path: Path,
+    admin_socket: Path,
+    run_as: tuple[str, str] | None = None,
+) -> BuiltView:
+    """The view for `table`. Settings errors raise RenderError; a bad app is skipped and
+    named in `errors`, so one app's problem never takes the others offline."""
+    try:
+        http_bind = endpoint(bind_address, http_port)
+        https_bind = endpoint(bind_address, https_port)
+        cert = check_path(str(cert_path))
+        socket = check_path(str(admin_socket))
+        if run_as is not None:
+            for value in run_as:
+                if not _USER_RE.fullmatch(value):
+                    raise InvalidName(f"invalid user or group name {value!r}")
+    except InvalidName as exc:
+        raise RenderError(f"cannot render the HAProxy config: {exc}") from exc
+
+    errors: list[str] = []
+    backends: list[BackendView] = []
+    owner: dict[str, str] = {}
+    for app in sorted(table.apps, key=lambda item: item.name):
+        try:
+            backend = build_backend(app)
+            domains = [check_domain(domain.lower()) for domain in app.domains]
+        except InvalidName as exc:
+            errors.append(f"app {app.name!r} skipped: {exc}")
+            continue
+        if backend.name in {existing.name for existing in backends}:
+            errors.append(f"app {app.name!r} listed twice; kept the first")
+            continue
+        backends.append(backend)
+        for domain in domains:
+            if domain in owner:
+                errors.append(
+                    f"domain {domain} of app {app.name!r} already routes to"
+                    f" {owner[domain]!r}; kept that one"
+                )
+                continue
+            owner[domain] = app.name
+    exact = sorted((d, f"app_{a}") for d, a in owner.items() if not d.startswith("*."))
+    wildcard = sorted(
+        ((d[1:], f"app_{a}") for d, a in owner.items() if d.startswith("*.")),
+        key=lambda pair: (-len(pair[0]), pair[0]),
+    )
+    view = HaproxyView(
+        http_bind=http_bind,
+        https_bind=https_bind,
+        https_port_suffix="" if https_port == 443 else f":{https_port}",
+        cert_path=cert,
+        admin_socket=socket,
+        run_as=run_as,
+        backends=tuple(backends),
+        exact_map=tuple(exact),
+        wildcard_map=tuple(wildcard),
+        index=table.index,
+    )
+    return BuiltView(view=view, errors=tuple(errors))
+
+
+def render_files(env: jinja2.Environment, view: HaproxyView) -> dict[str, str]:
+    """{file name: text} for the live config folder: the main file and the two host maps."""
+    return {
+        MAIN_FILE: render(env, MAIN_TEMPLATE, {"v": view}),
+        EXACT_MAP_FILE: render(env, MAP_TEMPLATE, {"entries": view.exact_map}),
+        WILDCARD_MAP_FILE: render(env, MAP_TEMPLATE, {"entries": view.wildcard_map}),
+    }
+
+
+def summarize(errors: Sequence[str]) -> str | None:
+    return "; ".join(errors) if errors else None

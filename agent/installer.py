@@ -1,0 +1,256 @@
+"""Artifact -> unpacked release -> cached virtualenv: everything an instance needs to start.
+
+Releases are cached by app and version (state_dir/apps/<app>/releases/<version>/), venvs by
+the hash of their dependencies (state_dir/venvs/<key>/), so a code-only redeploy unpacks the
+new code and reuses the venv without running an installer. Every folder is built under a temp
+name and renamed into place, so a crash or a concurrent install never leaves half a folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import tomllib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent import archive, procs
+from agent.errors import InstallError
+from common.names import check_app_name, check_sha256
+
+log = logging.getLogger(__name__)
+
+Download = Callable[[str, Path], Awaitable[None]]  # (sha256, dest) -> file at dest, verified
+
+INSTALL_TIMEOUT_S = 600.0
+VENV_TIMEOUT_S = 120.0
+TAIL_LINES = 20
+
+
+@dataclass(frozen=True)
+class InstalledRelease:
+    app: str
+    version: int
+    path: Path  # the unpacked release: the instance's cwd
+    venv: Path  # its virtualenv (bin/python, bin/<scripts>)
+
+
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    """What a release's venv must contain; `key` names the cached venv."""
+
+    key: str
+    requirements: str | None  # requirements-file text to install, None for an empty venv
+
+
+def environment_spec(release_dir: Path, *, python_version: str | None = None) -> EnvironmentSpec:
+    """requirements.txt wins, then [project].dependencies of pyproject.toml, else an empty venv.
+
+    The app itself is never installed: it runs from its folder.
+    """
+    version = python_version or _python_identity()
+    requirements_file = release_dir / "requirements.txt"
+    if requirements_file.is_file():
+        text = requirements_file.read_text()
+        return EnvironmentSpec(key=_digest(version, "requirements.txt", text), requirements=text)
+    pyproject = release_dir / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            data = tomllib.loads(pyproject.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise InstallError(f"pyproject.toml is not valid TOML: {exc}") from exc
+        deps = data.get("project", {}).get("dependencies", [])
+        if not isinstance(deps, list) or not all(isinstance(dep, str) for dep in deps):
+            raise InstallError("pyproject.toml [project].dependencies must be a list of strings")
+        if deps:
+            text = "".join(f"{dep}\n" for dep in deps)
+            return EnvironmentSpec(key=_digest(version, "pyproject", text), requirements=text)
+    return EnvironmentSpec(key="none", requirements=None)
+
+
+def _python_identity() -> str:
+    return f"{platform.python_implementation()}-{platform.python_version()}-{sys.executable}"
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:32]
+
+
+def find_uv() -> str | None:
+    """`uv` on PATH, else next to the running interpreter (installed into our venv)."""
+    found = shutil.which("uv")
+    if found:
+        return found
+    beside = Path(sys.executable).parent / "uv"
+    return str(beside) if beside.is_file() and os.access(beside, os.X_OK) else None
+
+
+class Installer:
+    """Installs releases under `state_dir`; safe to call concurrently for the same release."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        download: Download,
+        *,
+        python: str = sys.executable,
+        timeout_s: float = INSTALL_TIMEOUT_S,
+    ) -> None:
+        self.state_dir = state_dir
+        self._download = download
+        self._python = python
+        self._timeout_s = timeout_s
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.state_dir / "artifacts"
+
+    @property
+    def venvs_dir(self) -> Path:
+        return self.state_dir / "venvs"
+
+    def release_dir(self, app: str, version: int) -> Path:
+        check_app_name(app)
+        return self.state_dir / "apps" / app / "releases" / str(int(version))
+
+    async def install(self, *, app: str, version: int, sha256: str) -> InstalledRelease:
+        """Download (cached by sha), unpack (cached by app+version), build or reuse the venv."""
+        check_sha256(sha256)
+        artifact = await self._fetch(sha256)
+        release = self.release_dir(app, version)
+        async with self._lock(f"release:{release}"):
+            if not _release_matches(release, sha256):
+                await asyncio.to_thread(_unpack_release, artifact, release, sha256)
+                log.info("unpacked %s release %d into %s", app, version, release)
+        spec = await asyncio.to_thread(environment_spec, release)
+        venv = self.venvs_dir / spec.key
+        async with self._lock(f"venv:{spec.key}"):
+            if _venv_ready(venv):
+                log.info("%s release %d reuses venv %s", app, version, spec.key)
+            else:
+                log.info("%s release %d needs venv %s, building it", app, version, spec.key)
+                await asyncio.to_thread(self._build_venv, venv, spec)
+        return InstalledRelease(app=app, version=version, path=release, venv=venv)
+
+    async def _fetch(self, sha256: str) -> Path:
+        path = self.artifacts_dir / f"{sha256}.tar.gz"
+        async with self._lock(f"artifact:{sha256}"):
+            if path.is_file() and await asyncio.to_thread(_sha256_of, path) == sha256:
+                return path
+            path.unlink(missing_ok=True)
+            log.info("downloading artifact %s", sha256[:12])
+            await self._download(sha256, path)
+        return path
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    # ---- venvs (blocking; run in a thread) ----------------------------------------------
+
+    def _build_venv(self, venv: Path, spec: EnvironmentSpec) -> None:
+        venv.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{venv.name}.", suffix=".build", dir=venv.parent))
+        try:
+            # Built under a temp name, so the shebangs of console scripts name the temp
+            # folder: rewrite them to the final path before the rename.
+            self._create(tmp, spec)
+            _fix_script_paths(tmp, venv)
+            try:
+                os.rename(tmp, venv)
+            except OSError:
+                if not _venv_ready(venv):
+                    raise
+                log.info("venv %s was built concurrently, using that one", venv.name)
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _create(self, target: Path, spec: EnvironmentSpec) -> None:
+        uv = find_uv()
+        env = {**os.environ, "VIRTUAL_ENV": str(target)}
+        env.pop("PYTHONHOME", None)
+        python = str(target / "bin" / "python")
+        # Beside the venv, not in it: `uv venv` wants an empty folder.
+        requirements = target.with_name(f"{target.name}.requirements.txt")
+        if uv:
+            steps = [[uv, "venv", "--quiet", "--python", self._python, str(target)]]
+            install = [uv, "pip", "install", "--python", python, "-r", str(requirements)]
+        else:
+            steps = [[self._python, "-m", "venv", str(target)]]
+            install = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+            install += ["-r", str(requirements)]
+        if spec.requirements is not None:
+            requirements.write_text(spec.requirements)
+            steps.append(install)
+        output: list[str] = []
+        try:
+            for argv in steps:
+                try:
+                    output.append(procs.run(argv, timeout_s=self._timeout_s, env=env).output)
+                except procs.ProcessError as exc:
+                    output.append(exc.output)
+                    text = "\n".join(output).strip()
+                    lines = "\n".join(text.splitlines()[-TAIL_LINES:])
+                    raise InstallError(f"building the environment failed: {exc}\n{lines}") from exc
+        finally:
+            requirements.unlink(missing_ok=True)
+
+
+def _fix_script_paths(built: Path, final: Path) -> None:
+    """Rewrite the temp path baked into activate scripts and console-script shebangs."""
+    old, new = str(built).encode(), str(final).encode()
+    bin_dir = built / "bin"
+    for path in bin_dir.iterdir() if bin_dir.is_dir() else []:
+        if path.is_symlink() or not path.is_file():
+            continue
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        if old in data and b"\x00" not in data[:1024]:
+            mode = path.stat().st_mode
+            path.write_bytes(data.replace(old, new))
+            os.chmod(path, mode)
+    cfg = built / "pyvenv.cfg"
+    if cfg.is_file():
+        cfg.write_bytes(cfg.read_bytes().replace(old, new))
+
+
+def _venv_ready(venv: Path) -> bool:
+    return (venv / "bin" / "python").exists() and (venv / "pyvenv.cfg").is_file()
+
+
+def _release_matches(release: Path, sha256: str) -> bool:
+    marker = release / ".paas-artifact"
+    return marker.is_file() and marker.read_text().strip() == sha256
+
+
+def _unpack_release(artifact: Path, release: Path, sha256: str) -> None:
+    staged = release.with_name(f".{release.name}.{os.getpid()}.staged")
+    shutil.rmtree(staged, ignore_errors=True)
+    archive.unpack(artifact, staged)
+    (staged / ".paas-artifact").write_text(sha256 + "\n")
+    if release.exists():
+        # Same version, different artifact (a re-created registry): replace it.
+        old = release.with_name(f".{release.name}.{os.getpid()}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(release, old)
+        shutil.rmtree(old, ignore_errors=True)
+    os.rename(staged, release)
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

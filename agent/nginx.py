@@ -1,0 +1,152 @@
+"""The machine proxy's view model: (desired instances, observed healthy ports) -> nginx.conf text.
+
+Pure: no I/O besides loading the template, no clock, no environment reads. Every decision
+(which ports an app's upstream holds, which apps answer 503, the listen string) is made here
+in typed values; the template only formats them. Every value is re-validated with
+common.names before rendering (defence in depth: the registry checked them already).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+
+import jinja2
+
+from agent.errors import RenderError
+from agent.render import render
+from common.names import InvalidName, check_address, check_app_name, check_domain
+from common.wire import DesiredInstance
+
+TEMPLATE = "nginx.conf.j2"
+MAIN_FILE = "nginx.conf"
+
+_PATH_RE = re.compile(r"^/[A-Za-z0-9._/-]{0,1000}$")
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+@dataclass(frozen=True)
+class NginxPaths:
+    """Absolute paths nginx writes to, all under the agent's state_dir."""
+
+    pid: str
+    error_log: str
+    access_log: str
+    temp: str  # client_body / proxy / fastcgi / uwsgi / scgi temp folders live in here
+
+
+@dataclass(frozen=True)
+class AppServer:
+    name: str
+    upstream: str  # the upstream block's name
+    domains: tuple[str, ...]
+    ports: tuple[int, ...]  # empty: the app answers 503 here
+    instance_ids: tuple[int, ...]  # the instances behind `ports` (same order)
+
+
+@dataclass(frozen=True)
+class NginxView:
+    listen: str  # "<address>:<port>", IPv6 in brackets
+    worker_user: str | None  # set only when the master runs as root
+    paths: NginxPaths
+    server_names_hash_bucket_size: int
+    apps: tuple[AppServer, ...]
+
+    @property
+    def routed_ids(self) -> frozenset[int]:
+        """The instances this config sends traffic to."""
+        return frozenset(i for app in self.apps for i in app.instance_ids)
+
+    def as_mapping(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def build_view(
+    desired: Iterable[DesiredInstance],
+    healthy_ports: Mapping[int, int],
+    *,
+    address: str,
+    port: int,
+    paths: NginxPaths,
+    worker_user: str | None = None,
+) -> NginxView:
+    """One server per app (its domains), upstream = ports of its healthy `serve` instances.
+
+    `healthy_ports` maps instance id -> port for instances observed running (health passed).
+    Raises RenderError for any value that does not match its strict pattern.
+    """
+    try:
+        check_address(address)
+        listen_host = f"[{address}]" if _is_ipv6(address) else address
+        _check_port(port)
+        for value in (paths.pid, paths.error_log, paths.access_log, paths.temp):
+            if not _PATH_RE.fullmatch(value) or "/../" in value or value.endswith("/.."):
+                raise InvalidName(f"invalid nginx path {value!r}")
+        if worker_user is not None and not _USER_RE.fullmatch(worker_user):
+            raise InvalidName(f"invalid worker user {worker_user!r}")
+
+        domains: dict[str, list[str]] = {}
+        members: dict[str, list[tuple[int, int]]] = {}
+        claimed: set[str] = set()
+        for inst in sorted(desired, key=lambda i: (i.app, i.id)):
+            check_app_name(inst.app)
+            app_domains = domains.setdefault(inst.app, [])
+            for domain in inst.domains:
+                check_domain(domain)
+                if domain not in app_domains and domain not in claimed:
+                    app_domains.append(domain)
+                    claimed.add(domain)
+            app_members = members.setdefault(inst.app, [])
+            inst_port = healthy_ports.get(inst.id)
+            if inst.serve and inst_port is not None:
+                _check_port(inst_port)
+                app_members.append((inst.id, inst_port))
+    except InvalidName as exc:
+        raise RenderError(f"refused to render nginx config: {exc}") from exc
+
+    apps = tuple(
+        AppServer(
+            name=name,
+            upstream=f"app-{name}",
+            domains=tuple(domains[name]),
+            ports=tuple(p for _, p in members[name]),
+            instance_ids=tuple(i for i, _ in members[name]),
+        )
+        for name in sorted(domains)
+        if domains[name]
+    )
+    longest = max((len(d) for app in apps for d in app.domains), default=0)
+    return NginxView(
+        listen=f"{listen_host}:{port}",
+        worker_user=worker_user,
+        paths=paths,
+        server_names_hash_bucket_size=_bucket_size(longest),
+        apps=apps,
+    )
+
+
+def render_files(env: jinja2.Environment, view: NginxView) -> dict[str, str]:
+    """{file name relative to the conf folder: text} for ConfigApplier."""
+    return {MAIN_FILE: render(env, TEMPLATE, view.as_mapping())}
+
+
+def _check_port(port: int) -> None:
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise InvalidName(f"invalid port {port!r}")
+
+
+def _is_ipv6(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).version == 6
+    except ValueError:
+        return False
+
+
+def _bucket_size(longest_name: int) -> int:
+    """nginx needs a bucket that holds the longest server name (plus overhead)."""
+    size = 64
+    while size < longest_name + 32:
+        size *= 2
+    return size

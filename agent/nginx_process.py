@@ -1,0 +1,279 @@
+"""The machine agent's nginx process: validate, start, reload, restart if it died, stop.
+
+nginx runs as a child of the agent in the foreground (`-g 'daemon off;'`), in its own process
+group, with every file under state_dir/nginx/ (prefix, config, pid, logs, temp), never
+touching /etc/nginx or the system service. When the agent runs as root the workers run as an
+unprivileged user; nginx itself chowns its temp folders to that user when it creates them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pwd
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from agent import procs
+from agent.errors import ProxyError, ReloadFailed, ValidationFailed
+from agent.nginx import MAIN_FILE, NginxPaths
+
+log = logging.getLogger(__name__)
+
+VALIDATE_TIMEOUT_S = 10.0
+START_TIMEOUT_S = 5.0
+RELOAD_TIMEOUT_S = 5.0
+
+
+def default_worker_user() -> str | None:
+    """www-data (Debian) or nobody when running as root; None (no `user` line) otherwise."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("www-data", "nobody"):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return name
+    return None
+
+
+class NginxProcess:
+    """Owns one nginx master under `prefix` (state_dir/nginx)."""
+
+    def __init__(self, prefix: Path, *, binary: str = "nginx") -> None:
+        self.prefix = prefix
+        self.binary = binary
+        self._child: procs.Child | None = None
+
+    @property
+    def conf_dir(self) -> Path:
+        return self.prefix / "conf"
+
+    @property
+    def conf(self) -> Path:
+        return self.conf_dir / MAIN_FILE
+
+    @property
+    def error_log(self) -> Path:
+        return self.prefix / "logs" / "error.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.prefix / "nginx.pid"
+
+    def paths(self) -> NginxPaths:
+        return NginxPaths(
+            pid=str(self.pid_file),
+            error_log=str(self.error_log),
+            access_log=str(self.prefix / "logs" / "access.log"),
+            temp=str(self.prefix / "temp"),
+        )
+
+    def prepare(self) -> None:
+        """Create the folders; workers must be able to reach the temp folders."""
+        for folder in (self.prefix, self.conf_dir, self.prefix / "logs", self.prefix / "temp"):
+            folder.mkdir(parents=True, exist_ok=True)
+        for folder in (self.prefix, self.prefix / "temp"):
+            os.chmod(folder, 0o755)
+
+    @property
+    def running(self) -> bool:
+        return self._child is not None and self._child.poll() is None
+
+    # ---- validate / reload (the ConfigApplier callbacks) --------------------------------
+
+    def validate(self, staged_conf: Path) -> None:
+        """`nginx -t` on the staged file; raises ValidationFailed with nginx's message."""
+        argv = [
+            self.binary,
+            "-t",
+            "-q",
+            "-p",
+            f"{self.prefix}/",
+            "-c",
+            str(staged_conf),
+            "-e",
+            str(self.error_log),
+        ]
+        try:
+            result = procs.run(argv, timeout_s=VALIDATE_TIMEOUT_S, check=False)
+        except procs.ProcessError as exc:
+            raise ValidationFailed(f"nginx -t could not run: {exc}") from exc
+        if result.returncode != 0:
+            raise ValidationFailed(result.output.strip() or f"nginx -t exited {result.returncode}")
+
+    def reload(self) -> None:
+        """SIGHUP the running master (it re-reads the live conf), or start it."""
+        if self.running and self._child is not None:
+            master = self._child.pid
+            old = {worker.pid for worker in _workers(master)}
+            # To the master only: it re-reads the conf and replaces its workers gracefully.
+            os.kill(master, signal.SIGHUP)
+            self._wait_for_new_workers(master, old)
+            log.info("nginx reloaded (pid %d)", master)
+            return
+        try:
+            self.start()
+        except ProxyError as exc:
+            raise ReloadFailed(str(exc)) from exc
+
+    def _wait_for_new_workers(self, master: int, old: set[int]) -> None:
+        """Return once new workers run and every old one is shutting down (it has closed its
+        listening sockets), so new connections see the new config: only then is it "routed"."""
+        deadline = time.monotonic() + RELOAD_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise ReloadFailed(f"nginx exited during reload: {procs.tail(self.error_log)}")
+            workers = _workers(master)
+            fresh = [w for w in workers if w.pid not in old]
+            lingering = [w for w in workers if w.pid in old and "shutting down" not in w.title]
+            if fresh and not lingering:
+                return
+            time.sleep(0.01)
+        raise ReloadFailed(
+            f"nginx did not take the new config within {RELOAD_TIMEOUT_S:g}s: "
+            + procs.tail(self.error_log, lines=5)
+        )
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start nginx on the live conf; waits until it wrote its pid file (it has bound)."""
+        if self.running:
+            return
+        if not self.conf.is_file():
+            raise ProxyError(f"nginx has no config at {self.conf} yet")
+        self._stop_stale()
+        self.prepare()
+        argv = [
+            self.binary,
+            "-p",
+            f"{self.prefix}/",
+            "-c",
+            str(self.conf),
+            "-e",
+            str(self.error_log),
+            "-g",
+            "daemon off;",
+        ]
+        self.pid_file.unlink(missing_ok=True)
+        child = procs.spawn(
+            argv, env=_minimal_env(), cwd=self.prefix, log_path=self.prefix / "logs" / "nginx.out"
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if child.poll() is not None:
+                tail = procs.tail(self.error_log, lines=5) or procs.tail(
+                    self.prefix / "logs" / "nginx.out", lines=5
+                )
+                raise ProxyError(f"nginx exited at start (status {child.poll()}): {tail}")
+            if self.pid_file.is_file():
+                break
+            time.sleep(0.02)
+        else:
+            child.stop(grace_s=2.0)
+            raise ProxyError(f"nginx did not come up within {START_TIMEOUT_S:g}s")
+        self._child = child
+        log.info("nginx started (pid %d) on %s", child.pid, self.conf)
+
+    def ensure_running(self) -> bool:
+        """Restart nginx if it died while we had a live config; True if it is running."""
+        if self.running:
+            return True
+        if self._child is not None:
+            log.error(
+                "nginx (pid %d) died with status %s; restarting it",
+                self._child.pid,
+                self._child.poll(),
+            )
+            # Its workers may outlive it and still hold the port: end the whole group.
+            _kill_group(self._child.pid)
+            self._child = None
+        if not self.conf.is_file():
+            return False
+        try:
+            self.start()
+        except ProxyError as exc:
+            log.error("nginx could not be restarted: %s", exc)
+            return False
+        return True
+
+    def stop(self, *, grace_s: float = 10.0) -> None:
+        """Graceful stop (SIGQUIT: finish in-flight requests), SIGKILL after `grace_s`."""
+        child, self._child = self._child, None
+        if child is None or child.poll() is not None:
+            return
+        os.kill(child.pid, signal.SIGQUIT)
+        if child.wait(grace_s) is None:
+            log.info("nginx did not quit within %.1fs, killing it", grace_s)
+        child.stop(grace_s=1.0)
+        log.info("nginx stopped")
+
+    def _stop_stale(self) -> None:
+        """An nginx left over from an earlier agent run holds our port: stop it first."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return
+        if not procs.pid_alive(pid) or not _is_nginx(pid):
+            return
+        log.info("stopping nginx pid %d left over from an earlier run", pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGQUIT)
+        deadline = time.monotonic() + 5.0
+        while procs.pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if procs.pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _kill_group(pgid: int, *, timeout_s: float = 3.0) -> None:
+    """SIGKILL every process left in group `pgid` and wait (bounded) until none is left."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.02)
+
+
+@dataclass(frozen=True)
+class _Worker:
+    pid: int
+    title: str  # nginx sets it: "nginx: worker process [is shutting down]"
+
+
+def _workers(master: int) -> list[_Worker]:
+    """The master's worker processes with their process titles."""
+    try:
+        children = psutil.Process(master).children()
+    except psutil.Error:
+        return []
+    found = []
+    for child in children:
+        try:
+            title = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if "worker process" in title:
+            found.append(_Worker(child.pid, title))
+    return found
+
+
+def _is_nginx(pid: int) -> bool:
+    try:
+        return b"nginx" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _minimal_env() -> dict[str, str]:
+    return {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}

@@ -1,0 +1,246 @@
+"""The agent's only way to talk to the registry: typed, async, transport injectable for tests.
+
+Every httpx error is translated into RegistryError here, so the agents' loops handle one
+family: `retryable` tells an outage (back off and keep serving) from a refusal (log it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from agent.errors import ArtifactMismatch, RegistryError
+from agent.settings import AgentSettings
+from common.names import check_host_name, check_sha256
+from common.wire import (
+    DesiredState,
+    ErrorBody,
+    HostJoin,
+    HostJoined,
+    HostReport,
+    RoutingTable,
+)
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+
+# Headroom over the server-side wait, so a blocking query ends on the registry's side first.
+WATCH_GRACE_S = 10.0
+REQUEST_TIMEOUT_S = 10.0
+
+
+class RegistryClient:
+    """Async client for the registry API (docs/api.md), one per agent."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            transport=transport,
+            timeout=httpx.Timeout(REQUEST_TIMEOUT_S),
+            follow_redirects=False,
+        )
+
+    # ---- API --------------------------------------------------------------------------
+
+    async def join(self, req: HostJoin, *, join_token: str) -> HostJoined:
+        response = await self._request(
+            "POST", "/v1/hosts/join", token=join_token, json=req.model_dump(mode="json")
+        )
+        return _parse(HostJoined, response)
+
+    async def desired(self, host: str, *, index: int, wait_s: float) -> DesiredState:
+        check_host_name(host)
+        response = await self._watch(f"/v1/hosts/{host}/desired", index=index, wait_s=wait_s)
+        return _parse(DesiredState, response)
+
+    async def routing(self, *, index: int, wait_s: float) -> RoutingTable:
+        response = await self._watch("/v1/routing", index=index, wait_s=wait_s)
+        return _parse(RoutingTable, response)
+
+    async def report(self, host: str, report: HostReport) -> None:
+        check_host_name(host)
+        await self._request("POST", f"/v1/hosts/{host}/report", json=report.model_dump(mode="json"))
+
+    async def download_artifact(self, sha256: str, dest: Path) -> None:
+        """Stream to a temp file beside `dest`, verify the sha256, then rename into place."""
+        check_sha256(sha256)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{random.randrange(1 << 30)}.part")
+        digest = hashlib.sha256()
+        try:
+            try:
+                async with self._http.stream(
+                    "GET",
+                    f"/v1/artifacts/{sha256}",
+                    headers=self._auth(self.token),
+                    timeout=httpx.Timeout(REQUEST_TIMEOUT_S, read=60.0),
+                ) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        raise _status_error(response)
+                    with tmp.open("wb") as out:
+                        async for chunk in response.aiter_bytes(1 << 16):
+                            digest.update(chunk)
+                            out.write(chunk)
+                        out.flush()
+                        os.fsync(out.fileno())
+            except httpx.HTTPError as exc:
+                raise RegistryError(f"artifact {sha256[:12]} download failed: {exc}") from exc
+            if digest.hexdigest() != sha256:
+                raise ArtifactMismatch(
+                    f"artifact {sha256[:12]} arrived with sha256 {digest.hexdigest()[:12]};"
+                    " refused it"
+                )
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # ---- plumbing ---------------------------------------------------------------------
+
+    async def _watch(self, path: str, *, index: int, wait_s: float) -> httpx.Response:
+        wait_ms = max(0, int(wait_s * 1000))
+        return await self._request(
+            "GET",
+            path,
+            params={"index": str(max(0, index)), "wait": f"{wait_ms}ms"},
+            timeout=httpx.Timeout(REQUEST_TIMEOUT_S, read=wait_s + WATCH_GRACE_S),
+        )
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None = None,
+        json: object | None = None,
+        params: dict[str, str] | None = None,
+        timeout: httpx.Timeout | None = None,
+    ) -> httpx.Response:
+        headers = self._auth(token if token is not None else self.token)
+        try:
+            response = await self._http.request(
+                method,
+                path,
+                json=json,
+                params=params,
+                headers=headers,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+        except httpx.HTTPError as exc:
+            raise RegistryError(
+                f"registry {self.base_url} unreachable ({method} {path}): {exc!r}"
+            ) from exc
+        if response.status_code >= 400:
+            raise _status_error(response)
+        return response
+
+    @staticmethod
+    def _auth(token: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _status_error(response: httpx.Response) -> RegistryError:
+    detail = response.text[:500]
+    with contextlib.suppress(ValidationError):
+        detail = ErrorBody.model_validate_json(response.content).detail
+    request = response.request
+    return RegistryError(
+        f"registry answered {response.status_code} to {request.method} {request.url.path}:"
+        f" {detail}",
+        status=response.status_code,
+    )
+
+
+def _parse(model: type[M], response: httpx.Response) -> M:
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise RegistryError(
+            f"registry sent an invalid {model.__name__} for {response.request.url.path}: {exc}",
+            status=response.status_code,
+        ) from exc
+
+
+def backoff_delays(
+    *, base: float = 0.5, cap: float = 15.0, rng: Callable[[], float] = random.random
+) -> Iterator[float]:
+    """Endless retry delays: doubling from `base` up to `cap`, each with 'equal jitter'
+    (half fixed, half random) so a fleet of agents does not retry in lock-step."""
+    ceiling = base
+    while True:
+        yield ceiling / 2 + rng() * ceiling / 2
+        ceiling = min(cap, ceiling * 2)
+
+
+async def join_or_load_token(client: RegistryClient, settings: AgentSettings) -> str:
+    """The host token: read from state_dir/host-token if present, else join once and keep it.
+
+    Sets `client.token` too. The join token is needed only the first time.
+    """
+    token_file = settings.host_token_file
+    if token_file.is_file():
+        token = token_file.read_text().strip()
+        if token:
+            client.token = token
+            log.info("using the host token kept in %s", token_file)
+            return token
+    if not settings.join_token:
+        raise RegistryError(
+            f"no host token in {token_file} and no join token given; pass --join-token"
+            " (or PAAS_JOIN_TOKEN) the first time",
+            status=401,
+        )
+    joined = await client.join(
+        HostJoin(
+            name=settings.name,
+            role=settings.role,
+            address=settings.address,
+            proxy_port=settings.advertised_proxy_port,
+            labels=settings.labels,
+        ),
+        join_token=settings.join_token,
+    )
+    _write_secret(token_file, joined.token)
+    client.token = joined.token
+    log.info(
+        "joined the registry as %s host %r; host token kept in %s",
+        settings.role,
+        joined.name,
+        token_file,
+    )
+    return joined.token
+
+
+def _write_secret(path: Path, text: str) -> None:
+    """Write a 0600 file atomically (never readable by others, even for an instant)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)

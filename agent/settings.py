@@ -1,0 +1,158 @@
+"""Typed agent settings, validated once at start: CLI options > PAAS_* environment > TOML file.
+
+Every value that reaches a config file, a path or an argv is checked here with common.names,
+so a typo stops the agent with one clear line instead of producing a broken proxy config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from common.names import check_address, check_domain, check_host_name, check_label
+
+Role = Literal["machine", "frontend"]
+
+
+class AgentSettings(BaseSettings):
+    """Everything an agent needs to know about itself; one instance per process."""
+
+    model_config = SettingsConfigDict(env_prefix="PAAS_", extra="forbid")
+
+    role: Role
+    registry_url: str
+    join_token: str | None = None
+    name: str
+    address: str = "127.0.0.1"
+    state_dir: Path
+    proxy_port: int = 8081
+    http_port: int = 8080
+    https_port: int = 8443
+    template_dir: Path | None = None
+    port_range: str = "20000-29999"
+    heartbeat_interval_s: float = 5.0
+    watch_wait_s: float = 30.0
+    nginx_bin: str = "nginx"
+    haproxy_bin: str = "haproxy"
+    tls_cert: Path | None = None
+    # frontend: the cluster domain; the self-signed default certificate covers *.<domain>.
+    domain: str | None = None
+    labels: dict[str, str] = {}
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_host_name(value)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return check_address(value)
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str | None) -> str | None:
+        return check_domain(value) if value is not None else None
+
+    @field_validator("registry_url")
+    @classmethod
+    def _registry_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"registry_url {value!r} must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, label in value.items():
+            check_label(key)
+            check_label(label)
+        return value
+
+    @field_validator("proxy_port", "http_port", "https_port")
+    @classmethod
+    def _port(cls, value: int) -> int:
+        if not 1 <= value <= 65535:
+            raise ValueError(f"port {value} is outside 1-65535")
+        return value
+
+    @field_validator("heartbeat_interval_s", "watch_wait_s")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
+
+    @field_validator("state_dir", "template_dir", "tls_cert")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # Absolute so that proxies started with another cwd find the same files.
+        return value.expanduser().absolute() if value is not None else None
+
+    @model_validator(mode="after")
+    def _range(self) -> AgentSettings:
+        parse_port_range(self.port_range)  # refuse a bad range at start, not at first use
+        return self
+
+    @property
+    def port_bounds(self) -> tuple[int, int]:
+        """The inclusive (low, high) port range for app instances."""
+        return parse_port_range(self.port_range)
+
+    @property
+    def host_token_file(self) -> Path:
+        return self.state_dir / "host-token"
+
+    @property
+    def advertised_proxy_port(self) -> int:
+        """The port others reach this host's proxy on: nginx for machines, HTTPS for frontends."""
+        return self.https_port if self.role == "frontend" else self.proxy_port
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    """'20000-29999' -> (20000, 29999); refuses reversed or out-of-range bounds."""
+    try:
+        low_text, high_text = text.split("-", 1)
+        low, high = int(low_text), int(high_text)
+    except ValueError:
+        raise ValueError(f"port_range {text!r} must look like 20000-29999") from None
+    if not 1 <= low <= high <= 65535:
+        raise ValueError(f"port_range {text!r} must be two ports, low first, within 1-65535")
+    return low, high
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> AgentSettings:
+    """Build settings with precedence overrides > PAAS_* env > TOML `config_file`.
+
+    Overrides whose value is None are dropped, so unset CLI options do not hide env values.
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if config_file is None:
+        return AgentSettings(**given)
+    toml_path = Path(config_file)
+    if not toml_path.is_file():
+        raise FileNotFoundError(f"config file {toml_path} does not exist")
+
+    class _WithToml(AgentSettings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            toml = TomlConfigSettingsSource(settings_cls, toml_file=toml_path)
+            return (init_settings, env_settings, toml)
+
+    merged = _WithToml(**given)
+    return AgentSettings.model_validate(merged.model_dump())

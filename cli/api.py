@@ -1,0 +1,197 @@
+"""Typed client of the registry API (docs/api.md); every response is parsed with common.wire.
+
+Transport failures and error statuses become `cli.errors` exceptions here, at the boundary,
+so the commands never see an httpx exception.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from cli.errors import ApiError, RegistryUnreachable
+from common.wire import App, AppCreate, Artifact, Host, InstanceView, Release, ReleaseCreate
+
+T = TypeVar("T")
+INDEX_HEADER = "X-Paas-Index"
+UPLOAD_CHUNK = 1 << 16
+
+
+def _reason(exc: httpx.TransportError) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.ConnectError) and "refused" in text.lower():
+        return "connection refused"
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    # httpx wraps OS errors as "[Errno 111] Connection refused": keep the words only.
+    return re.sub(r"^\[Errno -?\d+\]\s*", "", text).strip()
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:500] or response.reason_phrase
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, list):  # FastAPI's default validation shape
+        parts = []
+        for item in detail:
+            loc = ".".join(str(p) for p in item.get("loc", []) if p != "body")
+            parts.append(f"{loc}: {item.get('msg', '')}" if loc else str(item.get("msg", "")))
+        return "; ".join(parts)
+    return str(body)[:500]
+
+
+class RegistryClient:
+    """One registry, one admin token. Pass `transport` in tests instead of patching."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- plumbing ----------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise RegistryUnreachable(
+                f"cannot reach the registry at {self.base_url}: {_reason(exc)}"
+            ) from exc
+        if response.status_code == 401:
+            raise ApiError("the registry refused the token (401); run paas login", status=401)
+        if response.status_code >= 400 and not (method == "HEAD" and response.status_code == 404):
+            raise ApiError(
+                f"{_detail(response)} ({response.status_code})", status=response.status_code
+            )
+        return response
+
+    def _parse(self, response: httpx.Response, model: type[T] | Any) -> T:
+        try:
+            return TypeAdapter(model).validate_json(response.content)
+        except ValidationError as exc:
+            raise ApiError(
+                f"the registry sent an unexpected answer to {response.request.url.path}: "
+                f"{exc.errors()[0].get('msg', exc)}",
+                status=response.status_code,
+            ) from exc
+
+    # ---- routes ------------------------------------------------------------------------
+
+    def health(self) -> bool:
+        response = self._request("GET", "/v1/health")
+        return bool(response.json().get("ok"))
+
+    def list_apps(self) -> list[App]:
+        return self._parse(self._request("GET", "/v1/apps"), list[App])
+
+    def get_app(self, name: str) -> App:
+        return self._parse(self._request("GET", f"/v1/apps/{name}"), App)
+
+    def find_app(self, name: str) -> App | None:
+        try:
+            return self.get_app(name)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def create_app(self, spec: AppCreate) -> App:
+        body = spec.model_dump(mode="json")
+        return self._parse(self._request("POST", "/v1/apps", json=body), App)
+
+    def delete_app(self, name: str) -> None:
+        self._request("DELETE", f"/v1/apps/{name}")
+
+    def has_artifact(self, sha256: str) -> bool:
+        return self._request("HEAD", f"/v1/artifacts/{sha256}").status_code == 200
+
+    def upload_artifact(self, sha256: str, path: Path) -> Artifact:
+        def chunks() -> Iterator[bytes]:
+            with path.open("rb") as fh:
+                while block := fh.read(UPLOAD_CHUNK):
+                    yield block
+
+        response = self._request(
+            "PUT",
+            f"/v1/artifacts/{sha256}",
+            content=chunks(),
+            headers={
+                "Content-Type": "application/gzip",
+                "Content-Length": str(path.stat().st_size),
+            },
+            timeout=300.0,
+        )
+        return self._parse(response, Artifact)
+
+    def create_release(self, app: str, sha256: str) -> Release:
+        body = ReleaseCreate(artifact_sha256=sha256).model_dump(mode="json")
+        return self._parse(self._request("POST", f"/v1/apps/{app}/releases", json=body), Release)
+
+    def list_releases(self, app: str) -> list[Release]:
+        return self._parse(self._request("GET", f"/v1/apps/{app}/releases"), list[Release])
+
+    def watch_release(
+        self, app: str, version: int, *, index: int = 0, wait_s: int = 30
+    ) -> tuple[Release, int]:
+        """A blocking query: returns when the registry's `seq` passes `index` or wait ends."""
+        params = {"index": str(index), "wait": f"{wait_s}s"} if index else {}
+        response = self._request(
+            "GET",
+            f"/v1/apps/{app}/releases/{version}",
+            params=params,
+            timeout=httpx.Timeout(10.0, read=wait_s + 15.0),
+        )
+        return self._parse(response, Release), _index(response, index)
+
+    def list_instances(self, app: str) -> list[InstanceView]:
+        return self._parse(self._request("GET", f"/v1/apps/{app}/instances"), list[InstanceView])
+
+    def list_hosts(self) -> list[Host]:
+        return self._parse(self._request("GET", "/v1/hosts"), list[Host])
+
+
+def _index(response: httpx.Response, previous: int) -> int:
+    try:
+        return int(response.headers.get(INDEX_HEADER, previous))
+    except ValueError:
+        return previous
+
+
+def dump(value: BaseModel | list[BaseModel] | dict[str, Any]) -> Any:
+    """JSON-ready form of wire models (and dicts/lists of them) for `--json` output."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list):
+        return [dump(v) for v in value]
+    if isinstance(value, dict):
+        return {k: dump(v) for k, v in value.items()}
+    return value

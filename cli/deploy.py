@@ -1,0 +1,153 @@
+"""`paas deploy`: name the app, pack, upload if missing, create a release, follow its stages.
+
+Progress goes through a `report(line)` callable so the command prints it and tests collect it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cli.api import RegistryClient
+from cli.errors import DeployFailed, PackError
+from cli.pack import pack
+from common.manifest import Manifest, ManifestError, parse_manifest
+from common.names import InvalidName, check_app_name
+from common.wire import AppCreate, Release
+
+STAGES = ("uploaded", "installing", "starting", "healthy", "routed")
+WATCH_WAIT_S = 30
+
+
+def read_manifest(root: Path) -> Manifest:
+    """`paas.toml`, parsed by the same code the registry uses, so both refuse the same way."""
+    file = root / "paas.toml"
+    if not file.is_file():
+        return Manifest()
+    try:
+        return parse_manifest(file.read_text())
+    except OSError as exc:
+        raise PackError(f"cannot read {file}: {exc}") from exc
+    except ManifestError as exc:
+        raise PackError(f"{exc} (in {file})") from exc
+
+
+def resolve_app_name(root: Path, override: str | None = None) -> str:
+    """`--app`, else paas.toml's name, else the folder name; always strictly validated."""
+    if override:
+        source, name = "--app", override
+    elif (declared := read_manifest(root).name) is not None:
+        source, name = "paas.toml", declared
+    else:
+        source, name = "the folder name", root.resolve().name
+    try:
+        return check_app_name(name)
+    except InvalidName as exc:
+        hint = "" if source == "--app" else "; pass --app NAME or set [app] name in paas.toml"
+        raise PackError(f"{exc} (from {source}){hint}") from exc
+
+
+def app_spec(root: Path, name: str) -> AppCreate:
+    """What to create when the app does not exist yet, taken from paas.toml."""
+    manifest = read_manifest(root)
+    spec = AppCreate(name=name, domains=manifest.domains)
+    if manifest.health_path is not None:
+        spec.health_path = manifest.health_path
+    if manifest.instances is not None:
+        spec.instances = manifest.instances
+    return spec
+
+
+@dataclass
+class DeployResult:
+    release: Release
+    url: str | None
+    created_app: bool
+
+
+class Deployer:
+    """Runs one deploy against a registry; `clock` is injectable so tests own time."""
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        report: Callable[[str], None],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.client = client
+        self.report = report
+        self.clock = clock
+        self.sleep = sleep
+
+    def run(self, root: Path, *, app: str | None = None, timeout: float = 600.0) -> DeployResult:
+        root = Path(root)
+        if not root.is_dir():
+            raise PackError(f"{root} is not a folder")
+        name = resolve_app_name(root, app)
+        spec = app_spec(root, name)
+        start = self.clock()
+        packed = pack(root)
+        try:
+            created = False
+            if self.client.find_app(name) is None:
+                self.client.create_app(spec)
+                created = True
+                self.report(f"created app {name}")
+            size_kib = max(1, packed.size // 1024)
+            if self.client.has_artifact(packed.sha256):
+                self.report(f"artifact {packed.sha256[:12]} already stored ({size_kib} KiB)")
+            else:
+                self.client.upload_artifact(packed.sha256, packed.path)
+                self.report(f"uploaded artifact {packed.sha256[:12]} ({size_kib} KiB)")
+        finally:
+            packed.path.unlink(missing_ok=True)
+        release = self.client.create_release(name, packed.sha256)
+        self.report(f"release v{release.version} of {name}")
+        release = self.follow(release, start=start, deadline=start + timeout)
+        urls = self.client.get_app(name).urls
+        url = urls[0] if urls else None
+        if url:
+            self.report(url)
+        return DeployResult(release=release, url=url, created_app=created)
+
+    def follow(self, release: Release, *, start: float, deadline: float) -> Release:
+        """Print each new stage once, until `routed` (success) or `failed` (DeployFailed)."""
+        seen: set[str] = set()
+        index = 0
+        while True:
+            self._show(release, seen, start)
+            if release.stage == "routed":
+                return release
+            if release.status == "failed" or release.stage == "failed":
+                self.report(f"{'failed':<11} {self.clock() - start:6.1f}s")
+                raise DeployFailed(self._failure(release))
+            left = deadline - self.clock()
+            if left <= 0:
+                raise DeployFailed(
+                    f"release v{release.version} did not finish in time"
+                    f" (last stage: {release.stage}, status: {release.status})"
+                )
+            wait = max(1, min(WATCH_WAIT_S, int(left)))
+            release, new_index = self.client.watch_release(
+                release.app, release.version, index=index, wait_s=wait
+            )
+            if new_index <= 0:
+                self.sleep(1.0)  # no X-Paas-Index: degrade to slow polling, never spin
+            index = max(index, new_index)
+
+    def _show(self, release: Release, seen: set[str], start: float) -> None:
+        if release.stage in seen or release.stage == "failed":
+            return
+        seen.add(release.stage)
+        self.report(f"{release.stage:<11} {self.clock() - start:6.1f}s")
+
+    @staticmethod
+    def _failure(release: Release) -> str:
+        reason = release.error or next(
+            (i.error for i in release.instances if i.error), "no reason given"
+        )
+        return f"failed: release v{release.version} of {release.app}: {reason.rstrip()}"

@@ -1,0 +1,372 @@
+"""An all-in-one cluster on 127.0.0.1: one registry, one machine agent, one frontend agent.
+
+Each runs as a detached process (its own session, output in `<state>/logs/<name>.log`); the
+pids live in `<state>/pids.json`, so `down()` — from this process or a later one — stops
+exactly those processes and nothing else. Tests and the benchmark use it with free ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from cli.api import RegistryClient
+from cli.config import Login
+from cli.errors import CliError, ClusterError
+
+REGISTRY = "registry"
+MACHINE = "machine-1"
+FRONTEND = "frontend-1"
+STOP_ORDER = (FRONTEND, MACHINE, REGISTRY)
+REGISTRY_STOP_S = 5.0  # agents first: they drain apps while it answers
+
+
+@dataclass(frozen=True)
+class Ports:
+    registry: int = 8070
+    http: int = 8080
+    https: int = 8443
+    proxy: int = 8081
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _alive(pid: int, create_time: float | None = None) -> bool:
+    """True if `pid` runs and is the process we recorded (not a reused pid or a zombie)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our own child
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return create_time is None or abs(proc.create_time() - create_time) < 1.0
+    except psutil.Error:
+        return False
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class LocalCluster:
+    def __init__(
+        self,
+        state_dir: Path | str,
+        *,
+        ports: Ports | None = None,
+        domain: str = "localhost",
+        host: str = "127.0.0.1",
+        bin_dir: Path | None = None,
+        ready_timeout: float = 60.0,
+    ) -> None:
+        self.state_dir = Path(state_dir).absolute()
+        self.ports = ports or Ports()
+        self.domain = domain
+        self.host = host
+        self.bin_dir = bin_dir or Path(sys.executable).parent
+        self.ready_timeout = ready_timeout
+        self._adopt_recorded()
+
+    # ---- paths and facts ---------------------------------------------------------------
+
+    @property
+    def pids_file(self) -> Path:
+        return self.state_dir / "pids.json"
+
+    @property
+    def tokens_file(self) -> Path:
+        return self.state_dir / "tokens.json"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def registry_url(self) -> str:
+        return f"http://{self.host}:{self.ports.registry}"
+
+    def app_url(self, app: str) -> str:
+        return f"https://{app}.{self.domain}:{self.ports.https}/"
+
+    def log_path(self, name: str) -> Path:
+        return self.logs_dir / f"{name}.log"
+
+    def tokens(self) -> dict[str, str]:
+        try:
+            return json.loads(self.tokens_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise ClusterError(f"no registry tokens in {self.tokens_file}: {exc}") from exc
+
+    def login(self) -> Login:
+        return Login(registry_url=self.registry_url, token=self.tokens()["admin_token"])
+
+    def client(self) -> RegistryClient:
+        login = self.login()
+        return RegistryClient(login.registry_url, login.token)
+
+    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """Environment for a `paas` subprocess that talks to this cluster."""
+        env = dict(os.environ if base is None else base)
+        login = self.login()
+        env.update(PAAS_REGISTRY_URL=login.registry_url, PAAS_TOKEN=login.token)
+        return env
+
+    # ---- recorded processes ------------------------------------------------------------
+
+    def _read_record(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.pids_file.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise ClusterError(f"cannot read {self.pids_file}: {exc}") from exc
+
+    def _adopt_recorded(self) -> None:
+        """A running cluster keeps the ports and domain it was started with."""
+        record = self._read_record()
+        if record.get("ports") and self.running():
+            self.ports = Ports(**record["ports"])
+            self.domain = record.get("domain", self.domain)
+
+    def processes(self) -> dict[str, dict[str, Any]]:
+        return self._read_record().get("processes", {})
+
+    def running(self) -> dict[str, int]:
+        """Recorded processes that are still alive, by name."""
+        return {
+            name: p["pid"]
+            for name, p in self.processes().items()
+            if _alive(p["pid"], p.get("create_time"))
+        }
+
+    def _record(self, processes: dict[str, dict[str, Any]]) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        body = {"processes": processes, "ports": asdict(self.ports), "domain": self.domain}
+        tmp = self.pids_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(body, indent=2) + "\n")
+        os.replace(tmp, self.pids_file)
+
+    # ---- up ----------------------------------------------------------------------------
+
+    def up(self) -> bool:
+        """Start everything and wait until both hosts are up; False if it already ran."""
+        alive = self.running()
+        if alive and set(alive) == set(STOP_ORDER):
+            return False
+        if alive:
+            self.down()  # half a cluster: restart it cleanly
+        for what, port in asdict(self.ports).items():
+            if not port_free(port, self.host):
+                raise ClusterError(f"port {port} ({what}) on {self.host} is already in use")
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._init_registry()
+            self._start(REGISTRY, self._registry_argv())
+            self._wait_registry()
+            join = self.tokens()["join_token"]
+            self._start(MACHINE, self._agent_argv("machine", MACHINE, join))
+            self._start(FRONTEND, self._agent_argv("frontend", FRONTEND, join))
+            self._wait_hosts()
+        except BaseException:
+            self.down()
+            raise
+        return True
+
+    def _exe(self, name: str) -> str:
+        local = self.bin_dir / name
+        if local.exists():
+            return str(local)
+        found = shutil.which(name)
+        if not found:
+            raise ClusterError(f"cannot find the `{name}` program (is the project installed?)")
+        return found
+
+    def _child_env(self) -> dict[str, str]:
+        # Our PAAS_* (CLI login, PAAS_CONFIG) must not leak into the agents' settings.
+        return {k: v for k, v in os.environ.items() if not k.startswith("PAAS_")}
+
+    def _init_registry(self) -> None:
+        if self.tokens_file.exists():
+            return
+        state = self.state_dir / "registry"
+        state.mkdir(parents=True, exist_ok=True)
+        argv = [self._exe("paas-registry"), "init", "--state-dir", str(state), "--json"]
+        try:
+            done = subprocess.run(
+                argv, capture_output=True, text=True, timeout=60, env=self._child_env()
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise ClusterError("`paas-registry init` did not finish in 60s") from exc
+        if done.returncode != 0:
+            raise ClusterError(f"`paas-registry init` failed: {done.stderr.strip()[-800:]}")
+        try:
+            tokens = json.loads(done.stdout)
+            body = {"admin_token": tokens["admin_token"], "join_token": tokens["join_token"]}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ClusterError(f"`paas-registry init` printed no tokens: {done.stdout!r}") from exc
+        fd = os.open(self.tokens_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(body, fh)
+
+    def _registry_argv(self) -> list[str]:
+        return [
+            self._exe("paas-registry"), "serve",
+            "--state-dir", str(self.state_dir / "registry"),
+            "--host", self.host,
+            "--port", str(self.ports.registry),
+            "--domain", self.domain,
+            "--public-https-port", str(self.ports.https),
+        ]  # fmt: skip
+
+    def _agent_argv(self, role: str, name: str, join_token: str) -> list[str]:
+        argv = [
+            self._exe("paas-agent"), "--role", role,
+            "--registry-url", self.registry_url,
+            "--join-token", join_token,
+            "--name", name,
+            "--address", self.host,
+            "--state-dir", str(self.state_dir / name),
+        ]  # fmt: skip
+        if role == "machine":
+            return [*argv, "--proxy-port", str(self.ports.proxy)]
+        return [*argv, "--http-port", str(self.ports.http), "--https-port", str(self.ports.https)]
+
+    def _start(self, name: str, argv: list[str]) -> None:
+        with self.log_path(name).open("ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=self._child_env(),
+                cwd=self.state_dir,
+            )
+        try:
+            created = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            created = None
+        processes = self.processes()
+        processes[name] = {"pid": proc.pid, "create_time": created, "argv": argv}
+        self._record(processes)
+
+    def _check_alive(self, name: str) -> None:
+        p = self.processes().get(name)
+        if p is None or not _alive(p["pid"], p.get("create_time")):
+            raise ClusterError(
+                f"{name} exited during start-up; last lines of {self.log_path(name)}:\n"
+                + _tail(self.log_path(name))
+            )
+
+    def _wait_registry(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        with RegistryClient(self.registry_url, "", timeout=2.0) as client:
+            while True:
+                self._check_alive(REGISTRY)
+                try:
+                    if client.health():
+                        return
+                except CliError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise ClusterError(
+                        f"the registry did not answer on {self.registry_url}"
+                        f" within {self.ready_timeout:.0f}s; see {self.log_path(REGISTRY)}"
+                    )
+                time.sleep(0.2)
+
+    def _wait_hosts(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        states: dict[str, str] = {}
+        with self.client() as client:
+            while True:
+                for name in (MACHINE, FRONTEND):
+                    self._check_alive(name)
+                try:
+                    states = {h.name: h.state for h in client.list_hosts()}
+                except CliError:
+                    states = {}
+                if states.get(MACHINE) == "up" and states.get(FRONTEND) == "up":
+                    return
+                if time.monotonic() > deadline:
+                    raise ClusterError(
+                        f"the hosts did not come up within {self.ready_timeout:.0f}s"
+                        f" (seen: {states or 'none'}); see the logs in {self.logs_dir}"
+                    )
+                time.sleep(0.2)
+
+    # ---- down --------------------------------------------------------------------------
+
+    def down(self, *, timeout: float = 20.0) -> list[str]:
+        """SIGTERM each recorded process (agents first), wait, SIGKILL what remains."""
+        processes = self.processes()
+        stopped: list[str] = []
+        order = [n for n in STOP_ORDER if n in processes] + [
+            n for n in processes if n not in STOP_ORDER
+        ]
+        for name in order:
+            p = processes[name]
+            # The registry only holds SQLite (crash-safe); do not wait long on its long polls.
+            wait = min(timeout, REGISTRY_STOP_S) if name == REGISTRY else timeout
+            if self._stop(p["pid"], p.get("create_time"), timeout=wait):
+                stopped.append(name)
+        self.pids_file.unlink(missing_ok=True)
+        return stopped
+
+    @staticmethod
+    def _stop(pid: int, create_time: float | None, *, timeout: float) -> bool:
+        if not _alive(pid, create_time):
+            return False
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return False
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not _alive(pid, create_time):
+                return True
+            time.sleep(0.1)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and _alive(pid, create_time):
+            time.sleep(0.05)
+        return True
+
+    def status(self) -> dict[str, Any]:
+        processes = self.processes()
+        return {
+            "state_dir": str(self.state_dir),
+            "registry_url": self.registry_url,
+            "ports": asdict(self.ports),
+            "domain": self.domain,
+            "processes": {
+                name: {"pid": p["pid"], "alive": _alive(p["pid"], p.get("create_time"))}
+                for name, p in processes.items()
+            },
+        }

@@ -1,0 +1,270 @@
+"""`paas`: the command line. Each verb is a thin shell over cli.api / deploy / local."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cli import config, output
+from cli.api import RegistryClient
+from cli.deploy import Deployer
+from cli.errors import CliError, DeployFailed
+from cli.local import LocalCluster, Ports
+from common.names import InvalidName, check_app_name, check_domain
+from common.wire import AppCreate
+
+
+class PaasGroup(click.Group):
+    """Turns every expected error into one line on stderr and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DeployFailed as exc:
+            click.echo(str(exc), err=True)  # "failed: <reason>", may span lines
+            ctx.exit(exc.exit_code)
+        except (CliError, InvalidName) as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(getattr(exc, "exit_code", 1))
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`--json` after the verb too; `paas --json apps` and `paas apps --json` both work."""
+
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+    @click.pass_context
+    @functools.wraps(fn)
+    def wrapper(ctx: click.Context, *args: Any, as_json: bool, **kwargs: Any) -> Any:
+        root = ctx.find_root().obj or {}
+        return ctx.invoke(fn, *args, as_json=as_json or root.get("json", False), **kwargs)
+
+    return wrapper
+
+
+def client() -> RegistryClient:
+    login = config.load()
+    return RegistryClient(login.registry_url, login.token)
+
+
+@click.group(cls=PaasGroup)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for listings and status.")
+@click.pass_context
+def main(ctx: click.Context, as_json: bool) -> None:
+    """paas: deploy apps to your own hosts; they answer on https://<app>.<domain>/."""
+    ctx.obj = {"json": as_json}
+
+
+@main.command()
+@click.option("--registry", "registry_url", required=True, help="Registry URL.")
+@click.option("--token", required=True, help="Admin token from `paas-registry init`.")
+def login(registry_url: str, token: str) -> None:
+    """Check a token against the registry, then save it."""
+    with RegistryClient(registry_url, token) as api:
+        api.list_apps()  # 401 -> "refused the token"; unreachable -> one clear line
+    path = config.config_path()
+    config.save(config.Login(registry_url=registry_url.rstrip("/"), token=token), path)
+    click.echo(f"logged in to {registry_url}; saved in {path}")
+
+
+@main.command()
+@json_option
+def apps(as_json: bool) -> None:
+    """List apps."""
+    with client() as api:
+        found = api.list_apps()
+    output.print_json(found) if as_json else output.apps_table(found)
+
+
+@main.command("apps:create")
+@click.argument("name")
+@click.option("--domain", "domains", multiple=True, help="Extra domain (repeatable).")
+@click.option("--instances", type=click.IntRange(0, 100), default=1, show_default=True)
+@json_option
+def apps_create(name: str, domains: tuple[str, ...], instances: int, as_json: bool) -> None:
+    """Create an app."""
+    check_app_name(name)
+    for domain in domains:
+        check_domain(domain)
+    spec = AppCreate(name=name, domains=list(domains), instances=instances)
+    with client() as api:
+        app = api.create_app(spec)
+    if as_json:
+        output.print_json(app)
+    else:
+        click.echo(f"created app {app.name}: {', '.join(app.urls)}")
+
+
+@main.command("apps:delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Really delete the app, its releases and instances.")
+def apps_delete(name: str, yes: bool) -> None:
+    """Delete an app (needs --yes)."""
+    check_app_name(name)
+    if not yes:
+        raise CliError(f"deleting {name} stops it and removes its releases; add --yes to confirm")
+    with client() as api:
+        api.delete_app(name)
+    click.echo(f"deleted app {name}")
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path), default=".")
+@click.option("--app", "app_name", help="App name (default: paas.toml name, else folder name).")
+@click.option("--timeout", type=click.FloatRange(1), default=600.0, show_default=True)
+@json_option
+def deploy(path: Path, app_name: str | None, timeout: float, as_json: bool) -> None:
+    """Pack PATH, upload it, release it and follow the release until it serves."""
+    report = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    with client() as api:
+        result = Deployer(api, report).run(path, app=app_name, timeout=timeout)
+    if as_json:
+        output.print_json(result.release)
+
+
+@main.command()
+@click.argument("app", required=False)
+@json_option
+def status(app: str | None, as_json: bool) -> None:
+    """Cluster overview, or one app with its instances."""
+    with client() as api:
+        if app is None:
+            apps_, hosts_ = api.list_apps(), api.list_hosts()
+            if as_json:
+                output.print_json({"apps": apps_, "hosts": hosts_})
+                return
+            output.apps_table(apps_)
+            click.echo()
+            output.hosts_table(hosts_)
+            return
+        check_app_name(app)
+        found = api.get_app(app)
+        releases = api.list_releases(app)
+        instances = api.list_instances(app)
+    active = next((r for r in releases if r.version == found.active_release), None)
+    if as_json:
+        output.print_json({"app": found, "release": active, "instances": instances})
+        return
+    output.app_detail(found, active)
+    output.instances_table(instances)
+
+
+@main.command()
+@click.argument("app")
+@json_option
+def releases(app: str, as_json: bool) -> None:
+    """List an app's releases, newest first."""
+    check_app_name(app)
+    with client() as api:
+        found = api.list_releases(app)
+    output.print_json(found) if as_json else output.releases_table(found)
+
+
+@main.command()
+@json_option
+def hosts(as_json: bool) -> None:
+    """List machine and frontend hosts."""
+    with client() as api:
+        found = api.list_hosts()
+    output.print_json(found) if as_json else output.hosts_table(found)
+
+
+# ---- local cluster ---------------------------------------------------------------------
+
+
+@main.group()
+def local() -> None:
+    """Run a whole cluster on this machine (127.0.0.1)."""
+
+
+STATE_OPTION = click.option(
+    "--state-dir", type=click.Path(path_type=Path), default=Path(".paas-local"), show_default=True
+)
+
+
+@local.command("up")
+@STATE_OPTION
+@click.option("--registry-port", type=click.IntRange(1, 65535), default=8070, show_default=True)
+@click.option("--http-port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--https-port", type=click.IntRange(1, 65535), default=8443, show_default=True)
+@click.option("--proxy-port", type=click.IntRange(1, 65535), default=8081, show_default=True)
+@click.option("--domain", default="localhost", show_default=True)
+@click.option(
+    "--app-dir", type=click.Path(path_type=Path), default=Path("examples/hello"), show_default=True
+)
+@click.option("--no-deploy", is_flag=True, help="Start the cluster only.")
+def local_up(
+    state_dir: Path,
+    registry_port: int,
+    http_port: int,
+    https_port: int,
+    proxy_port: int,
+    domain: str,
+    app_dir: Path,
+    no_deploy: bool,
+) -> None:
+    """Start registry + machine agent + frontend agent, log in, deploy the app dir."""
+    check_domain(domain)
+    ports = Ports(registry=registry_port, http=http_port, https=https_port, proxy=proxy_port)
+    cluster = LocalCluster(state_dir, ports=ports, domain=domain)
+    if cluster.up():
+        click.echo(f"started registry, machine and frontend agents (logs in {cluster.logs_dir})")
+    else:
+        click.echo(f"a local cluster from {cluster.state_dir} is already running")
+    path = config.config_path()
+    config.save(cluster.login(), path)
+    click.echo(f"logged in to {cluster.registry_url} (saved in {path})")
+    if no_deploy:
+        return
+    with cluster.client() as api:
+        Deployer(api, click.echo).run(app_dir, timeout=600.0)  # ends with the app's URL
+
+
+@local.command("down")
+@STATE_OPTION
+def local_down(state_dir: Path) -> None:
+    """Stop exactly the processes `paas local up` recorded."""
+    cluster = LocalCluster(state_dir)
+    stopped = cluster.down()
+    click.echo(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@local.command("status")
+@STATE_OPTION
+@json_option
+def local_status(state_dir: Path, as_json: bool) -> None:
+    """Which recorded processes run, and what the registry says about the hosts."""
+    cluster = LocalCluster(state_dir)
+    info = cluster.status()
+    hosts_: list[Any] = []
+    if cluster.running().get("registry"):
+        try:
+            with cluster.client() as api:
+                hosts_ = api.list_hosts()
+        except CliError as exc:
+            info["registry_error"] = str(exc)
+    if as_json:
+        output.print_json({**info, "hosts": hosts_})
+        return
+    if not info["processes"]:
+        click.echo(f"no local cluster recorded in {cluster.state_dir}")
+        return
+    output.table(
+        None,
+        ["PROCESS", "PID", "ALIVE"],
+        [[n, p["pid"], "yes" if p["alive"] else "no"] for n, p in info["processes"].items()],
+    )
+    if hosts_:
+        click.echo()
+        output.hosts_table(hosts_)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Parsing of an app's `Procfile` and `paas.toml`: pure functions over text.
+
+Shared by the registry (which reads them from the uploaded artifact) and the CLI (which checks
+them before packing), so both reject the same mistakes with the same message.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+
+from common.names import (
+    InvalidName,
+    check_app_name,
+    check_domain,
+    check_health_path,
+    check_process_type,
+)
+
+MAX_INSTANCES = 100
+
+
+class ManifestError(ValueError):
+    """A Procfile or paas.toml is malformed; the message says what and where."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What `paas.toml` may declare; None means "not declared, keep the app's value"."""
+
+    health_path: str | None = None
+    name: str | None = None  # the app name `paas deploy` uses; the registry only checks it
+    instances: int | None = None
+    domains: list[str] = field(default_factory=list)
+
+
+def parse_procfile(text: str) -> dict[str, str]:
+    """`type: command` lines -> {type: command}; comments and blank lines are ignored."""
+    processes: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        kind, sep, command = line.partition(":")
+        kind, command = kind.strip(), command.strip()
+        if not sep or not command:
+            raise ManifestError(f"Procfile line {number}: expected 'type: command', got {raw!r}")
+        try:
+            check_process_type(kind)
+        except InvalidName as exc:
+            raise ManifestError(f"Procfile line {number}: {exc}") from None
+        if "\x00" in command:
+            raise ManifestError(f"Procfile line {number}: the command contains a NUL byte")
+        if kind in processes:
+            raise ManifestError(f"Procfile line {number}: process type {kind!r} appears twice")
+        processes[kind] = command
+    return processes
+
+
+def require_web(processes: dict[str, str]) -> dict[str, str]:
+    """A release must have a `web` process: it is what the proxies route to."""
+    if "web" not in processes:
+        raise ManifestError("Procfile has no web process (add a line 'web: <command>')")
+    return processes
+
+
+_KEYS = {"name", "health_path", "instances", "domains"}  # name: read by the CLI
+
+
+def parse_manifest(text: str) -> Manifest:
+    """Read `paas.toml`: keys under `[app]` or at top level; unknown keys are an error."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(f"paas.toml is not valid TOML: {exc}") from None
+    values: dict[str, object] = {}
+    for key, value in data.items():
+        if key == "app":
+            if not isinstance(value, dict):
+                raise ManifestError("paas.toml: [app] must be a table")
+            for sub_key, sub_value in value.items():
+                _put(values, sub_key, sub_value, where="[app].")
+        else:
+            _put(values, key, value, where="")
+    return Manifest(
+        name=_name(values.get("name")),
+        health_path=_health_path(values.get("health_path")),
+        instances=_instances(values.get("instances")),
+        domains=_domains(values.get("domains")),
+    )
+
+
+def _put(values: dict[str, object], key: str, value: object, *, where: str) -> None:
+    if key not in _KEYS:
+        known = ", ".join(sorted(_KEYS))
+        raise ManifestError(f"paas.toml: unknown key {where}{key} (known keys: {known})")
+    if key in values:
+        raise ManifestError(f"paas.toml: {key} is set twice")
+    values[key] = value
+
+
+def _name(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ManifestError('paas.toml: name must be a string such as "hello"')
+    try:
+        return check_app_name(value)
+    except InvalidName as exc:
+        raise ManifestError(f"paas.toml: {exc}") from None
+
+
+def _health_path(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ManifestError('paas.toml: health_path must be a string such as "/health"')
+    try:
+        return check_health_path(value)
+    except InvalidName as exc:
+        raise ManifestError(f"paas.toml: {exc}") from None
+
+
+def _instances(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ManifestError("paas.toml: instances must be an integer")
+    if not 0 <= value <= MAX_INSTANCES:
+        raise ManifestError(f"paas.toml: instances must be between 0 and {MAX_INSTANCES}")
+    return value
+
+
+def _domains(value: object) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ManifestError("paas.toml: domains must be a list of strings")
+    try:
+        return [check_domain(item) for item in value]
+    except InvalidName as exc:
+        raise ManifestError(f"paas.toml: {exc}") from None

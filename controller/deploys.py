@@ -1,0 +1,276 @@
+"""The deploy state machine of docs/api.md "How a deploy moves", driven by agent reports.
+
+Every function here runs inside one write transaction (`Database.write()`), takes `now`
+explicitly so tests own the clock, and bumps the revision when it changes what agents see.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from common.manifest import Manifest
+from common.wire import HostReport
+from controller.db import bump
+from controller.errors import Conflict
+from controller.models import App, Domain, Host, Instance, Release
+from controller.placement import HostSlot, place
+
+log = logging.getLogger("paas.registry")
+
+NO_HOST_ERROR = "no machine host is up to run it"
+
+
+def add_domains(session: Session, app: App, domains: list[str]) -> None:
+    """Attach domains to `app`; a domain another app owns is a conflict."""
+    owned = {d.domain for d in app.domains}
+    for name in domains:
+        if name in owned:
+            continue
+        other = session.execute(select(Domain).where(Domain.domain == name)).scalar_one_or_none()
+        if other is not None:
+            raise Conflict(f"domain {name} is already used by app {other.app.name}")
+        app.domains.append(Domain(domain=name))
+        owned.add(name)
+    session.flush()
+
+
+def create_release(
+    session: Session,
+    app: App,
+    *,
+    artifact_sha256: str,
+    processes: dict[str, str],
+    manifest: Manifest,
+    now: datetime,
+) -> Release:
+    """Create the next release of `app`, place its instances, and start deploying it."""
+    if manifest.instances is not None:
+        app.instances = manifest.instances
+    if manifest.domains:
+        add_domains(session, app, manifest.domains)
+    version = max((r.version for r in app.releases), default=0) + 1
+    for other in app.releases:
+        if other.status == "deploying":
+            fail_release(session, other, f"superseded by release {version}")
+    release = Release(
+        version=version,
+        artifact_sha256=artifact_sha256,
+        processes=processes,
+        health_path=manifest.health_path or app.health_path,
+        config={v.key: v.value for v in app.config_vars},
+        secret_keys=[v.key for v in app.config_vars if v.secret],
+        status="deploying",
+        created_at=now,
+    )
+    app.releases.append(release)
+    session.flush()
+    log.info("release %s v%d created", app.name, version)
+    if app.instances == 0:
+        activate_release(session, release)
+        return release
+    placed = _place(session, app, app.instances)
+    if not placed:
+        fail_release(session, release, NO_HOST_ERROR)
+        return release
+    for host in placed:
+        release.instances.append(Instance(app=app, process="web", host=host, updated_at=now))
+    session.flush()
+    names = ", ".join(h.name for h in placed)
+    log.info("release %s v%d placed on %s", app.name, version, names)
+    bump(session, desired=True)
+    return release
+
+
+def _place(session: Session, app: App, count: int, *, staying: Sequence[str] = ()) -> list[Host]:
+    hosts = session.execute(select(Host)).scalars().all()
+    current = session.execute(
+        select(App.name, Host.name)
+        .select_from(Instance)
+        .join(App, Instance.app_id == App.id)
+        .join(Host, Instance.host_id == Host.id)
+        .where(Instance.desired == "run")
+    ).all()
+    placed = place(
+        apps_wanting={app.name: count},
+        hosts=[HostSlot(name=h.name, role=h.role, state=h.state) for h in hosts],
+        current=[(a, h) for a, h in current],
+        staying={app.name: staying},
+    )[app.name]
+    by_name = {h.name: h for h in hosts}
+    return [by_name[name] for name in placed]
+
+
+def fail_release(session: Session, release: Release, error: str) -> None:
+    """The release never becomes active; its instances leave the desired state."""
+    release.status = "failed"
+    release.error = error
+    for instance in release.instances:
+        instance.desired = "stop"
+        instance.serve = False
+    bump(session, desired=True)
+    log.info("release %s v%d failed: %s", release.app.name, release.version, error)
+
+
+def activate_release(session: Session, release: Release) -> None:
+    """One step: N serves, the previous active release is superseded and its instances stop."""
+    for other in release.app.releases:
+        if other.status == "active" and other is not release:
+            other.status = "superseded"
+            for instance in other.instances:
+                instance.desired = "stop"
+    release.status = "active"
+    release.error = None
+    for instance in release.instances:
+        instance.serve = True
+    release.activated_seq = bump(session, desired=True)
+    log.info("release %s v%d active", release.app.name, release.version)
+
+
+def advance_release(session: Session, release: Release, *, now: datetime, timeout_s: float) -> None:
+    """Move a deploying release on: failed instance -> failed, all running -> active."""
+    if release.status != "deploying":
+        return
+    wanted = [i for i in release.instances if i.desired == "run"]
+    failed = [i for i in wanted if i.state == "failed"]
+    if failed:
+        first = failed[0]
+        reason = first.error or f"instance {first.id} on host {first.host.name} failed"
+        fail_release(session, release, reason)
+    elif wanted and all(i.state == "running" for i in wanted):
+        activate_release(session, release)
+    elif now - release.created_at > timedelta(seconds=timeout_s):
+        stage = deploying_stage(wanted)
+        fail_release(
+            session,
+            release,
+            f"the deploy did not become healthy within {timeout_s:g} s (stuck at {stage})",
+        )
+
+
+def expire_deadlines(session: Session, *, now: datetime, timeout_s: float) -> None:
+    """Fail every deploying release past its deadline (checked lazily and by a slow tick)."""
+    cutoff = now - timedelta(seconds=timeout_s)
+    overdue = session.execute(
+        select(Release).where(Release.status == "deploying", Release.created_at < cutoff)
+    ).scalars()
+    for release in overdue:
+        advance_release(session, release, now=now, timeout_s=timeout_s)
+
+
+def has_overdue(session: Session, *, now: datetime, timeout_s: float) -> bool:
+    cutoff = now - timedelta(seconds=timeout_s)
+    query = select(Release.id).where(Release.status == "deploying", Release.created_at < cutoff)
+    return session.execute(query.limit(1)).first() is not None
+
+
+def routing_servers(session: Session) -> set[tuple[int, int]]:
+    """(app id, host id) pairs the frontends route: up machine hosts with a routed instance."""
+    rows = session.execute(
+        select(Instance.app_id, Instance.host_id)
+        .join(Host, Instance.host_id == Host.id)
+        .where(
+            Instance.routed.is_(True),
+            Instance.state == "running",
+            Host.state == "up",
+            Host.role == "machine",
+        )
+    ).all()
+    return {(a, h) for a, h in rows}
+
+
+def apply_report(
+    session: Session, host: Host, report: HostReport, *, now: datetime, timeout_s: float
+) -> None:
+    """Record what a host observed, then advance the releases it affects."""
+    before = routing_servers(session)
+    host.last_heartbeat = now
+    host.state = "up"
+    if report.applied_index is not None:
+        host.applied_index = report.applied_index
+    if report.proxy_error != host.proxy_error:
+        if report.proxy_error:
+            log.info("host %s proxy refused its config: %s", host.name, report.proxy_error)
+        host.proxy_error = report.proxy_error
+    mine = {i.id: i for i in host.instances}
+    touched: dict[int, Release] = {}
+    for item in report.instances:
+        instance = mine.get(item.id)
+        if instance is None:
+            continue  # not ours (or already deleted): the agent stops what it is not told to run
+        changed = (instance.state, instance.port, instance.routed, instance.error) != (
+            item.state,
+            item.port,
+            item.routed,
+            item.error,
+        )
+        if changed:
+            instance.state, instance.port = item.state, item.port
+            instance.routed, instance.error = item.routed, item.error
+            instance.updated_at = now
+            touched[instance.release_id] = instance.release
+    reported = {item.id for item in report.instances}
+    for instance in list(host.instances):
+        if instance.desired == "stop" and (
+            instance.id not in reported or instance.state == "stopped"
+        ):
+            session.delete(instance)
+    session.flush()
+    for release in touched.values():
+        advance_release(session, release, now=now, timeout_s=timeout_s)
+    expire_deadlines(session, now=now, timeout_s=timeout_s)
+    bump(session, desired=routing_servers(session) != before)
+
+
+def deploying_stage(instances: list[Instance]) -> str:
+    states = {i.state for i in instances}
+    if not instances or states == {"pending"}:
+        return "uploaded"
+    if states & {"pending", "installing"}:
+        return "installing"
+    if states == {"running"}:
+        return "healthy"
+    return "starting"
+
+
+def release_stage(release: Release, *, frontends: list[Host]) -> str:
+    """How far a release got, as `paas deploy` shows it."""
+    if release.status == "failed":
+        return "failed"
+    wanted = [i for i in release.instances if i.desired == "run"]
+    if release.status == "deploying":
+        return deploying_stage(wanted)
+    if release.status == "superseded":
+        return "routed"
+    seq = release.activated_seq or 0
+    all_routed = all(i.routed and i.state == "running" for i in wanted)
+    applied = all((f.applied_index or 0) >= seq for f in frontends if f.state == "up")
+    return "routed" if all_routed and applied else "healthy"
+
+
+def scale_active(session: Session, app: App, *, now: datetime) -> None:
+    """Match the active release's web instances to `app.instances` (no new release needed)."""
+    active = next((r for r in app.releases if r.status == "active"), None)
+    if active is None or any(r.status == "deploying" for r in app.releases):
+        return  # the next (or running) deploy places the new count
+    running = [i for i in active.instances if i.desired == "run" and i.process == "web"]
+    extra = len(running) - app.instances
+    if extra > 0:
+        for instance in sorted(running, key=lambda i: i.id, reverse=True)[:extra]:
+            instance.desired = "stop"
+        log.info("app %s scaled down to %d instances", app.name, app.instances)
+    elif extra < 0:
+        placed = _place(session, app, -extra, staying=[i.host.name for i in running])
+        for host in placed:
+            active.instances.append(
+                Instance(app=app, process="web", host=host, serve=True, updated_at=now)
+            )
+        log.info("app %s scaled up to %d instances", app.name, len(running) + len(placed))
+    else:
+        return
+    session.flush()
+    bump(session, desired=True)

@@ -1,0 +1,31 @@
+"""The registry's one exception hierarchy; `app.py` translates it to HTTP in one place."""
+
+from __future__ import annotations
+
+
+class RegistryError(Exception):
+    status_code = 500
+
+
+class Invalid(RegistryError):
+    status_code = 422
+
+
+class Unauthorized(RegistryError):
+    status_code = 401
+
+
+class Forbidden(RegistryError):
+    status_code = 403
+
+
+class NotFound(RegistryError):
+    status_code = 404
+
+
+class Conflict(RegistryError):
+    status_code = 409
+
+
+class TooLarge(RegistryError):
+    status_code = 413

@@ -1,0 +1,163 @@
+"""The registry's tables (SQLAlchemy 2 ORM): the one source of truth of the cluster."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """SQLite forgets time zones; store UTC and hand back aware datetimes."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class App(Base):
+    __tablename__ = "apps"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    instances: Mapped[int] = mapped_column(Integer, default=1)
+    health_path: Mapped[str] = mapped_column(String(201), default="/")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    domains: Mapped[list[Domain]] = relationship(
+        back_populates="app", cascade="all, delete-orphan", order_by="Domain.id"
+    )
+    releases: Mapped[list[Release]] = relationship(
+        back_populates="app", cascade="all, delete-orphan", order_by="Release.version"
+    )
+    config_vars: Mapped[list[ConfigVar]] = relationship(
+        back_populates="app", cascade="all, delete-orphan", order_by="ConfigVar.key"
+    )
+    instance_rows: Mapped[list[Instance]] = relationship(
+        back_populates="app", cascade="all, delete-orphan", order_by="Instance.id"
+    )
+
+
+class Domain(Base):
+    __tablename__ = "domains"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    domain: Mapped[str] = mapped_column(String(253), unique=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+
+    app: Mapped[App] = relationship(back_populates="domains")
+
+
+class Release(Base):
+    __tablename__ = "releases"
+    __table_args__ = (UniqueConstraint("app_id", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    artifact_sha256: Mapped[str] = mapped_column(String(64))
+    processes: Mapped[dict[str, str]] = mapped_column(JSON)
+    health_path: Mapped[str] = mapped_column(String(201))
+    config: Mapped[dict[str, str]] = mapped_column(JSON)
+    secret_keys: Mapped[list[str]] = mapped_column(JSON, default=list)
+    status: Mapped[str] = mapped_column(String(16), default="deploying")
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    activated_seq: Mapped[int | None] = mapped_column(Integer, default=None)
+
+    app: Mapped[App] = relationship(back_populates="releases")
+    instances: Mapped[list[Instance]] = relationship(
+        back_populates="release", cascade="all, delete-orphan", order_by="Instance.id"
+    )
+
+
+class ConfigVar(Base):
+    __tablename__ = "config_vars"
+    __table_args__ = (UniqueConstraint("app_id", "key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    key: Mapped[str] = mapped_column(String(255))
+    value: Mapped[str] = mapped_column(Text)
+    secret: Mapped[bool] = mapped_column(default=False)
+
+    app: Mapped[App] = relationship(back_populates="config_vars")
+
+
+class Host(Base):
+    __tablename__ = "hosts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    address: Mapped[str] = mapped_column(String(253))
+    proxy_port: Mapped[int] = mapped_column(Integer)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    last_heartbeat: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    applied_index: Mapped[int | None] = mapped_column(Integer, default=None)
+    proxy_error: Mapped[str | None] = mapped_column(Text, default=None)
+    state: Mapped[str] = mapped_column(String(8), default="up")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    instances: Mapped[list[Instance]] = relationship(back_populates="host", order_by="Instance.id")
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    release_id: Mapped[int] = mapped_column(
+        ForeignKey("releases.id", ondelete="CASCADE"), index=True
+    )
+    process: Mapped[str] = mapped_column(String(31))
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), index=True)
+    port: Mapped[int | None] = mapped_column(Integer, default=None)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    serve: Mapped[bool] = mapped_column(default=False)
+    desired: Mapped[str] = mapped_column(String(8), default="run")  # 'run' | 'stop'
+    routed: Mapped[bool] = mapped_column(default=False)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    app: Mapped[App] = relationship(back_populates="instance_rows")
+    release: Mapped[Release] = relationship(back_populates="instances")
+    host: Mapped[Host] = relationship(back_populates="instances")
+
+
+class Token(Base):
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(8))  # admin | join | host
+    host_name: Mapped[str | None] = mapped_column(String(63), default=None, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Revision(Base):
+    """One row: `seq` bumps on every change, `desired_seq` on changes agents must act on."""
+
+    __tablename__ = "revision"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+    desired_seq: Mapped[int] = mapped_column(Integer, default=0)

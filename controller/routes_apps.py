@@ -1,0 +1,152 @@
+"""Apps, their releases and instances (admin only)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Response, status
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from common import wire
+from common.manifest import ManifestError, parse_manifest, parse_procfile, require_web
+from common.names import AppName
+from controller.auth import require_admin
+from controller.context import Context, get_ctx
+from controller.db import bump
+from controller.deploys import add_domains, create_release, scale_active
+from controller.errors import Conflict, Invalid, NotFound
+from controller.models import App, Instance, Release
+from controller.queries import expire_if_due, get_app, now, watch
+from controller.views import app_view, instance_view, release_view, up_frontends
+
+router = APIRouter(prefix="/v1/apps", tags=["apps"], dependencies=[Depends(require_admin)])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=wire.App)
+def create_app_route(body: wire.AppCreate, ctx: Context = Depends(get_ctx)) -> wire.App:
+    with ctx.db.write() as session:
+        if session.execute(select(App).where(App.name == body.name)).first() is not None:
+            raise Conflict(f"app {body.name} already exists")
+        app = App(name=body.name, instances=body.instances, health_path=body.health_path)
+        session.add(app)
+        session.flush()
+        add_domains(session, app, body.domains)
+        bump(session, desired=True)
+        view = app_view(app, ctx.settings)
+    return view
+
+
+@router.get("", response_model=list[wire.App])
+def list_apps(ctx: Context = Depends(get_ctx)) -> list[wire.App]:
+    with ctx.db.read() as session:
+        apps = session.execute(select(App).order_by(App.name)).scalars()
+        return [app_view(app, ctx.settings) for app in apps]
+
+
+@router.get("/{app}", response_model=wire.App)
+def read_app(app: AppName, ctx: Context = Depends(get_ctx)) -> wire.App:
+    with ctx.db.read() as session:
+        return app_view(get_app(session, app), ctx.settings)
+
+
+@router.patch("/{app}", response_model=wire.App)
+def update_app(app: AppName, body: wire.AppUpdate, ctx: Context = Depends(get_ctx)) -> wire.App:
+    with ctx.db.write() as session:
+        row = get_app(session, app)
+        if body.domains is not None:
+            wanted = set(body.domains)
+            for domain in list(row.domains):
+                if domain.domain not in wanted:
+                    row.domains.remove(domain)
+            session.flush()
+            add_domains(session, row, body.domains)
+        if body.health_path is not None:
+            row.health_path = body.health_path
+        if body.instances is not None and body.instances != row.instances:
+            row.instances = body.instances
+            scale_active(session, row, now=now())
+        bump(session, desired=True)
+        return app_view(row, ctx.settings)
+
+
+@router.delete("/{app}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_app(app: AppName, ctx: Context = Depends(get_ctx)) -> Response:
+    with ctx.db.write() as session:
+        session.delete(get_app(session, app))
+        bump(session, desired=True)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{app}/releases", status_code=status.HTTP_201_CREATED, response_model=wire.Release)
+def create_release_route(
+    app: AppName, body: wire.ReleaseCreate, ctx: Context = Depends(get_ctx)
+) -> wire.Release:
+    with ctx.db.read() as session:
+        get_app(session, app)
+    if not ctx.artifacts.exists(body.artifact_sha256):
+        raise NotFound(f"artifact {body.artifact_sha256} is not stored; upload it first")
+    procfile, manifest_text = ctx.artifacts.read_app_files(body.artifact_sha256)
+    try:
+        processes = require_web(parse_procfile(procfile))
+        manifest = parse_manifest(manifest_text or "")
+    except ManifestError as exc:
+        raise Invalid(str(exc)) from exc
+    with ctx.db.write() as session:
+        release = create_release(
+            session,
+            get_app(session, app),
+            artifact_sha256=body.artifact_sha256,
+            processes=processes,
+            manifest=manifest,
+            now=now(),
+        )
+        return release_view(release, frontends=up_frontends(session))
+
+
+@router.get("/{app}/releases", response_model=list[wire.Release])
+def list_releases(app: AppName, ctx: Context = Depends(get_ctx)) -> list[wire.Release]:
+    expire_if_due(ctx)
+    with ctx.db.read() as session:
+        row = get_app(session, app)
+        frontends = up_frontends(session)
+        releases = sorted(row.releases, key=lambda r: r.version, reverse=True)
+        return [release_view(r, frontends=frontends) for r in releases]
+
+
+@router.get("/{app}/releases/{version}", response_model=wire.Release)
+async def read_release(
+    app: AppName,
+    version: Annotated[int, Path(ge=1)],
+    response: Response,
+    index: int = Query(0, ge=0),
+    wait: str | None = Query(None, description="30s, 500ms; at most 300s"),
+    ctx: Context = Depends(get_ctx),
+) -> wire.Release:
+    await run_in_threadpool(_find_release, ctx, app, version)
+
+    def build(session: Session, _index: int) -> wire.Release:
+        release = session.execute(
+            select(Release).join(App).where(App.name == app, Release.version == version)
+        ).scalar_one_or_none()
+        if release is None:
+            raise NotFound(f"app {app} has no release {version}")
+        return release_view(release, frontends=up_frontends(session))
+
+    return await watch(ctx, response, index=index, wait=wait, which="seq", build=build)
+
+
+def _find_release(ctx: Context, app: str, version: int) -> None:
+    with ctx.db.read() as session:
+        row = get_app(session, app)
+        if not any(r.version == version for r in row.releases):
+            raise NotFound(f"app {app} has no release {version}")
+
+
+@router.get("/{app}/instances", response_model=list[wire.InstanceView])
+def list_instances(app: AppName, ctx: Context = Depends(get_ctx)) -> list[wire.InstanceView]:
+    with ctx.db.read() as session:
+        row = get_app(session, app)
+        query = select(Instance).where(Instance.app_id == row.id).order_by(Instance.id)
+        return [instance_view(i) for i in session.execute(query).scalars()]

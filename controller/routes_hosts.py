@@ -1,0 +1,133 @@
+"""Hosts: join, desired state (watch), status reports, and the routing table (watch)."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Depends, Query, Response, status
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from common import wire
+from common.names import HostName
+from controller.auth import (
+    Principal,
+    check_own_host,
+    issue_token,
+    principal,
+    require_admin,
+    require_admin_or_host,
+    require_join,
+    revoke_tokens,
+)
+from controller.context import Context, get_ctx
+from controller.db import bump
+from controller.deploys import apply_report
+from controller.errors import Forbidden
+from controller.models import Host
+from controller.queries import get_host, now, watch
+from controller.views import desired_state, host_view, routing_table
+
+log = logging.getLogger("paas.registry")
+
+router = APIRouter(prefix="/v1", tags=["hosts"])
+
+
+@router.post("/hosts/join", response_model=wire.HostJoined, dependencies=[Depends(require_join)])
+def join_host(body: wire.HostJoin, ctx: Context = Depends(get_ctx)) -> wire.HostJoined:
+    with ctx.db.write() as session:
+        host = session.execute(select(Host).where(Host.name == body.name)).scalar_one_or_none()
+        if host is None:
+            host = Host(name=body.name)
+            session.add(host)
+            log.info(
+                "host %s joined as %s at %s:%d", body.name, body.role, body.address, body.proxy_port
+            )
+        else:
+            revoke_tokens(session, "host", host_name=body.name)
+            log.info(
+                "host %s re-joined as %s at %s:%d; its old token is revoked",
+                body.name,
+                body.role,
+                body.address,
+                body.proxy_port,
+            )
+        host.role, host.address, host.proxy_port = body.role, body.address, body.proxy_port
+        host.labels = dict(body.labels)
+        host.state, host.last_heartbeat = "up", now()
+        token = issue_token(session, "host", host_name=body.name)
+        bump(session, desired=True)
+    return wire.HostJoined(name=body.name, token=token)
+
+
+@router.get("/hosts", response_model=list[wire.Host], dependencies=[Depends(require_admin)])
+def list_hosts(ctx: Context = Depends(get_ctx)) -> list[wire.Host]:
+    with ctx.db.read() as session:
+        hosts = session.execute(select(Host).order_by(Host.name)).scalars()
+        return [host_view(session, h) for h in hosts]
+
+
+@router.get("/hosts/{host}/desired", response_model=wire.DesiredState)
+async def read_desired(
+    host: HostName,
+    response: Response,
+    index: int = Query(0, ge=0),
+    wait: str | None = Query(None, description="30s, 500ms; at most 300s"),
+    who: Principal = Depends(require_admin_or_host),
+    ctx: Context = Depends(get_ctx),
+) -> wire.DesiredState:
+    check_own_host(who, host, admin_may=True)
+    await run_in_threadpool(_check_joined, ctx, host)
+
+    def build(session: Session, seen: int) -> wire.DesiredState:
+        return desired_state(session, get_host(session, host), index=seen, settings=ctx.settings)
+
+    return await watch(ctx, response, index=index, wait=wait, which="desired_seq", build=build)
+
+
+def _check_joined(ctx: Context, host: str) -> None:
+    with ctx.db.read() as session:
+        get_host(session, host)
+
+
+@router.post("/hosts/{host}/report", status_code=status.HTTP_204_NO_CONTENT)
+def report(
+    host: HostName,
+    body: wire.HostReport,
+    who: Principal = Depends(principal),
+    ctx: Context = Depends(get_ctx),
+) -> Response:
+    check_own_host(who, host, admin_may=False)
+    with ctx.db.write() as session:
+        apply_report(
+            session,
+            get_host(session, host),
+            body,
+            now=now(),
+            timeout_s=ctx.settings.deploy_timeout_s,
+        )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/routing", response_model=wire.RoutingTable)
+async def read_routing(
+    response: Response,
+    index: int = Query(0, ge=0),
+    wait: str | None = Query(None, description="30s, 500ms; at most 300s"),
+    who: Principal = Depends(require_admin_or_host),
+    ctx: Context = Depends(get_ctx),
+) -> wire.RoutingTable:
+    if who.kind == "host":
+        await run_in_threadpool(_check_frontend, ctx, who.host_name or "")
+
+    def build(session: Session, seen: int) -> wire.RoutingTable:
+        return routing_table(session, index=seen, settings=ctx.settings)
+
+    return await watch(ctx, response, index=index, wait=wait, which="desired_seq", build=build)
+
+
+def _check_frontend(ctx: Context, host: str) -> None:
+    with ctx.db.read() as session:
+        if get_host(session, host).role != "frontend":
+            raise Forbidden(f"host {host} is not a frontend; only frontends read the routing table")

@@ -1,0 +1,62 @@
+"""Typed registry settings: defaults < TOML file < `PAAS_*` environment < command-line options."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from common.names import check_domain
+
+
+class RegistrySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PAAS_", extra="forbid")
+
+    state_dir: Path = Path("./paas-state")
+    database_url: str | None = None  # default: sqlite:///<state_dir>/registry.db
+    bind_host: str = "127.0.0.1"
+    bind_port: int = Field(default=8070, ge=0, le=65535)
+    domain: str = "localhost"  # the cluster domain: every app answers on <app>.<domain>
+    public_https_port: int = Field(default=443, ge=1, le=65535)  # only for URLs shown to users
+    max_artifact_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    deploy_timeout_s: float = Field(default=300, gt=0)
+    heartbeat_ttl_s: float = Field(default=30, gt=0)
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        return check_domain(value)
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.state_dir / 'registry.db'}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.state_dir / "artifacts"
+
+    def app_url(self, app: str) -> str:
+        return self.url_for(f"{app}.{self.domain}")
+
+    def url_for(self, domain: str) -> str:
+        port = "" if self.public_https_port == 443 else f":{self.public_https_port}"
+        return f"https://{domain}{port}/"
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **overrides: Any) -> RegistrySettings:
+        """Merge a TOML file, the environment and explicit overrides (None means "not given")."""
+        from_file: dict[str, Any] = {}
+        if config_file is not None:
+            with open(config_file, "rb") as f:
+                from_file = tomllib.load(f)
+            from_file = from_file.get("registry", from_file)
+        from_env = cls()
+        merged = {
+            **from_file,
+            **{name: getattr(from_env, name) for name in from_env.model_fields_set},
+            **{name: value for name, value in overrides.items() if value is not None},
+        }
+        return cls(**merged)

@@ -1,0 +1,155 @@
+"""ORM rows -> the wire models of `common.wire` (the only shapes the API returns)."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from common import wire
+from controller.deploys import release_stage
+from controller.models import App, Host, Instance, Release
+from controller.settings import RegistrySettings
+
+REDACTED = "********"
+
+
+def app_view(app: App, settings: RegistrySettings) -> wire.App:
+    domains = [d.domain for d in app.domains]
+    active = next((r.version for r in app.releases if r.status == "active"), None)
+    return wire.App(
+        name=app.name,
+        domains=domains,
+        instances=app.instances,
+        health_path=app.health_path,
+        urls=[settings.app_url(app.name)] + [settings.url_for(d) for d in domains],
+        active_release=active,
+        created_at=app.created_at,
+    )
+
+
+def instance_view(instance: Instance) -> wire.InstanceView:
+    return wire.InstanceView(
+        id=instance.id,
+        app=instance.app.name,
+        release=instance.release.version,
+        process=instance.process,
+        host=instance.host.name,
+        port=instance.port,
+        state=instance.state,  # type: ignore[arg-type]
+        routed=instance.routed,
+        error=instance.error,
+        updated_at=instance.updated_at,
+    )
+
+
+def up_frontends(session: Session) -> list[Host]:
+    query = select(Host).where(Host.role == "frontend", Host.state == "up")
+    return list(session.execute(query).scalars())
+
+
+def release_view(release: Release, *, frontends: list[Host]) -> wire.Release:
+    secret = set(release.secret_keys or [])
+    return wire.Release(
+        app=release.app.name,
+        version=release.version,
+        artifact_sha256=release.artifact_sha256,
+        processes=release.processes,
+        health_path=release.health_path,
+        config={k: REDACTED if k in secret else v for k, v in release.config.items()},
+        status=release.status,  # type: ignore[arg-type]
+        stage=release_stage(release, frontends=frontends),  # type: ignore[arg-type]
+        error=release.error,
+        created_at=release.created_at,
+        instances=[instance_view(i) for i in release.instances],
+    )
+
+
+def host_view(session: Session, host: Host) -> wire.Host:
+    count = session.execute(
+        select(func.count(Instance.id)).where(
+            Instance.host_id == host.id, Instance.desired == "run"
+        )
+    ).scalar_one()
+    return wire.Host(
+        name=host.name,
+        role=host.role,  # type: ignore[arg-type]
+        address=host.address,
+        proxy_port=host.proxy_port,
+        labels=host.labels or {},
+        state=host.state,  # type: ignore[arg-type]
+        last_heartbeat=host.last_heartbeat,
+        instances=count,
+        proxy_error=host.proxy_error,
+    )
+
+
+def app_domains(app: App, settings: RegistrySettings) -> list[str]:
+    return [f"{app.name}.{settings.domain}"] + [d.domain for d in app.domains]
+
+
+def desired_state(
+    session: Session, host: Host, *, index: int, settings: RegistrySettings
+) -> wire.DesiredState:
+    rows = session.execute(
+        select(Instance)
+        .where(Instance.host_id == host.id, Instance.desired == "run")
+        .order_by(Instance.id)
+    ).scalars()
+    instances = []
+    for instance in rows:
+        release, app = instance.release, instance.app
+        env = dict(release.config)
+        env.update(
+            PAAS_APP=app.name,
+            PAAS_RELEASE=str(release.version),
+            PAAS_HOST=host.name,
+            PAAS_URL=settings.app_url(app.name),
+        )
+        instances.append(
+            wire.DesiredInstance(
+                id=instance.id,
+                app=app.name,
+                release=release.version,
+                process=instance.process,
+                command=release.processes[instance.process],
+                artifact_sha256=release.artifact_sha256,
+                env=env,
+                health_path=release.health_path,
+                domains=app_domains(app, settings),
+                serve=instance.serve,
+            )
+        )
+    return wire.DesiredState(index=index, host=host.name, instances=instances)
+
+
+def routing_table(session: Session, *, index: int, settings: RegistrySettings) -> wire.RoutingTable:
+    """Every app with an active release; servers = up machine hosts with a routed instance."""
+    apps = session.execute(
+        select(App).join(Release).where(Release.status == "active").order_by(App.name)
+    ).scalars()
+    servers: dict[int, dict[str, wire.RouteServer]] = {}
+    rows = session.execute(
+        select(Instance.app_id, Host)
+        .join(Host, Instance.host_id == Host.id)
+        .where(
+            Instance.routed.is_(True),
+            Instance.state == "running",
+            Host.state == "up",
+            Host.role == "machine",
+        )
+    ).all()
+    for app_id, host in rows:
+        servers.setdefault(app_id, {})[host.name] = wire.RouteServer(
+            host=host.name, address=host.address, port=host.proxy_port
+        )
+    return wire.RoutingTable(
+        index=index,
+        apps=[
+            wire.RouteApp(
+                name=app.name,
+                domains=app_domains(app, settings),
+                servers=[servers.get(app.id, {})[h] for h in sorted(servers.get(app.id, {}))],
+            )
+            for app in apps.unique()
+        ],
+    )

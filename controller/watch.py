@@ -1,0 +1,104 @@
+"""Blocking queries: answer at once if the revision is past the client's index, else wait.
+
+The notifier is an interface so the in-process one (one registry process) can later be swapped
+for PostgreSQL LISTEN/NOTIFY without touching the handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from starlette.concurrency import run_in_threadpool
+
+from controller.errors import Invalid
+
+MAX_WAIT_S = 300.0
+DEFAULT_WAIT_S = 30.0
+_WAIT_RE = re.compile(r"^(\d{1,9})(ms|s|m)?$")
+
+
+def parse_wait(text: str | None) -> float:
+    """`30s`, `500ms`, `2m` or plain seconds -> seconds, capped at 300 s."""
+    if text is None or text == "":
+        return DEFAULT_WAIT_S
+    match = _WAIT_RE.fullmatch(text.strip())
+    if match is None:
+        raise Invalid(f"invalid wait {text!r}: use a duration such as '30s' or '500ms'")
+    number, unit = int(match.group(1)), match.group(2) or "s"
+    seconds = {"ms": number / 1000, "s": float(number), "m": number * 60.0}[unit]
+    return min(seconds, MAX_WAIT_S)
+
+
+class Notifier(Protocol):
+    def notify(self) -> None: ...
+
+    def subscribe(self) -> asyncio.Future[None]: ...
+
+    def unsubscribe(self, waiter: asyncio.Future[None]) -> None: ...
+
+
+class LocalNotifier:
+    """Wakes every waiting watch in this process; `notify` is safe from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    def subscribe(self) -> asyncio.Future[None]:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            self._waiters.add(waiter)
+        return waiter
+
+    def unsubscribe(self, waiter: asyncio.Future[None]) -> None:
+        with self._lock:
+            self._waiters.discard(waiter)
+
+    def notify(self) -> None:
+        with self._lock:
+            waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            loop = waiter.get_loop()
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_wake, waiter)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def wait_past(
+    index: int,
+    read: Callable[[], int],
+    *,
+    notifier: Notifier,
+    wait_s: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> int:
+    """Return the current revision once it is past `index`, or when `wait_s` runs out.
+
+    A revision below `index` (the registry's state was reset) also answers at once.
+
+    `read` is a blocking DB read, run in a thread. The waiter is registered before each read
+    so a commit between the read and the wait is never missed.
+    """
+    deadline = clock() + wait_s
+    while True:
+        waiter = notifier.subscribe()
+        try:
+            current = await run_in_threadpool(read)
+            remaining = deadline - clock()
+            if index <= 0 or current != index or remaining <= 0:
+                return current
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), timeout=remaining)
+            except TimeoutError:
+                return await run_in_threadpool(read)
+        finally:
+            notifier.unsubscribe(waiter)

@@ -1,0 +1,89 @@
+"""Shared fixtures: free ports, and a real local cluster (registry + two agents) on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cli.local import LocalCluster, Ports
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (bound to port 0 on 127.0.0.1, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports, all held open together so they cannot repeat."""
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+@pytest.fixture(name="free_port")
+def free_port_fixture() -> int:
+    return free_port()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cli_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may read or write ~/.config/paas or inherit a login from the environment."""
+    monkeypatch.setenv("PAAS_CONFIG", str(tmp_path / "paas-config.json"))
+    monkeypatch.delenv("PAAS_REGISTRY_URL", raising=False)
+    monkeypatch.delenv("PAAS_TOKEN", raising=False)
+
+
+def _kill_recorded(cluster: LocalCluster) -> None:
+    """Last resort when down() failed: SIGKILL the recorded pids, and only those."""
+    for pid in cluster.running().values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def running_cluster(state_dir: Path) -> Iterator[LocalCluster]:
+    registry, http, https, proxy = free_ports(4)
+    cluster = LocalCluster(
+        state_dir, ports=Ports(registry=registry, http=http, https=https, proxy=proxy)
+    )
+    try:
+        cluster.up()
+        yield cluster
+    finally:
+        try:
+            cluster.down(timeout=20)
+        finally:
+            _kill_recorded(cluster)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """One real cluster for the whole session; its CLI login lives in a tmp PAAS_CONFIG."""
+    state = tmp_path_factory.mktemp("paas-local")
+    previous = os.environ.get("PAAS_CONFIG")
+    os.environ["PAAS_CONFIG"] = str(state / "cli-config.json")
+    try:
+        with running_cluster(state / "state") as started:
+            yield started
+    finally:
+        if previous is None:
+            os.environ.pop("PAAS_CONFIG", None)
+        else:
+            os.environ["PAAS_CONFIG"] = previous

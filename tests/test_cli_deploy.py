@@ -1,0 +1,156 @@
+"""cli.deploy with a fake registry transport: naming, upload-if-missing, stage following."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cli.api import RegistryClient
+from cli.deploy import Deployer, resolve_app_name
+from cli.errors import DeployFailed, PackError
+
+REPO = Path(__file__).resolve().parent.parent
+NOW = "2024-01-01T00:00:00Z"
+
+
+class FakeRegistry:
+    """Just enough of the API for one deploy; stages advance one per watch call."""
+
+    def __init__(self, stages: list[tuple[str, str]], *, error: str | None = None) -> None:
+        self.stages = stages
+        self.error = error
+        self.apps: dict[str, dict] = {}
+        self.artifacts: set[str] = set()
+        self.calls: list[str] = []
+        self.step = 0
+
+    def release(self) -> dict:
+        stage, status = self.stages[min(self.step, len(self.stages) - 1)]
+        return {
+            "app": "hello",
+            "version": 1,
+            "artifact_sha256": next(iter(self.artifacts)),
+            "processes": {"web": "python app.py"},
+            "health_path": "/health",
+            "config": {},
+            "status": status,
+            "stage": stage,
+            "error": self.error if status == "failed" else None,
+            "created_at": NOW,
+        }
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        self.calls.append(f"{request.method} {path}")
+        if path == "/v1/apps" and request.method == "POST":
+            body = json.loads(request.content)
+            self.apps[body["name"]] = {
+                **body,
+                "urls": [f"https://{body['name']}.localhost:8443/"],
+                "active_release": None,
+                "created_at": NOW,
+            }
+            return httpx.Response(201, json=self.apps[body["name"]])
+        if path.startswith("/v1/apps/") and path.count("/") == 3:
+            name = path.rsplit("/", 1)[1]
+            if name in self.apps:
+                return httpx.Response(200, json=self.apps[name])
+            return httpx.Response(404, json={"detail": f"no app named {name!r}"})
+        if path.startswith("/v1/artifacts/"):
+            sha = path.rsplit("/", 1)[1]
+            if request.method == "HEAD":
+                return httpx.Response(200 if sha in self.artifacts else 404)
+            self.artifacts.add(sha)
+            return httpx.Response(200, json={"sha256": sha, "size": len(request.read())})
+        if path.endswith("/releases") and request.method == "POST":
+            return httpx.Response(201, json=self.release())
+        if "/releases/" in path:
+            self.step += 1
+            return httpx.Response(
+                200, json=self.release(), headers={"X-Paas-Index": str(self.step)}
+            )
+        return httpx.Response(500, json={"detail": f"unexpected {request.method} {path}"})
+
+
+def run(fake: FakeRegistry, app_dir: Path, **kwargs) -> tuple[list[str], object]:
+    lines: list[str] = []
+    api = RegistryClient("http://fake", "t", transport=httpx.MockTransport(fake))
+    deployer = Deployer(api, lines.append, sleep=lambda s: None)
+    try:
+        return lines, deployer.run(app_dir, **kwargs)
+    except DeployFailed as exc:
+        return lines, exc
+
+
+OK = [("uploaded", "deploying"), ("installing", "deploying"), ("installing", "deploying"),
+      ("starting", "deploying"), ("healthy", "deploying"), ("routed", "active")]  # fmt: skip
+
+
+def test_deploy_creates_app_uploads_and_prints_each_stage_once() -> None:
+    fake = FakeRegistry(OK)
+    lines, result = run(fake, REPO / "examples" / "hello")
+    assert lines[0] == "created app hello"
+    assert any(line.startswith("uploaded artifact") for line in lines)
+    stages = [m[1] for line in lines if (m := re.fullmatch(r"(\w+)\s+\d+\.\ds", line))]
+    assert stages == ["uploaded", "installing", "starting", "healthy", "routed"]
+    assert lines[-1] == "https://hello.localhost:8443/"
+    assert result.release.stage == "routed" and result.created_app
+    assert fake.apps["hello"]["health_path"] == "/health"  # from paas.toml
+
+
+def test_second_deploy_skips_upload_of_a_known_artifact() -> None:
+    fake = FakeRegistry(OK)
+    run(fake, REPO / "examples" / "hello")
+    fake.step = 0
+    fake.calls.clear()
+    lines, _ = run(fake, REPO / "examples" / "hello")
+    assert not any(c.startswith("PUT") for c in fake.calls)
+    assert "created app hello" not in lines
+    assert any("already stored" in line for line in lines)
+
+
+def test_failed_release_raises_with_the_reason() -> None:
+    fake = FakeRegistry(
+        [("uploaded", "deploying"), ("starting", "deploying"), ("failed", "failed")],
+        error="Traceback...\nSystemExit: boom",
+    )
+    lines, exc = run(fake, REPO / "examples" / "hello")
+    assert isinstance(exc, DeployFailed)
+    assert str(exc).startswith("failed: release v1 of hello: ")
+    assert "boom" in str(exc)
+    assert lines[-1].startswith("failed")
+
+
+def test_timeout_is_a_clear_failure() -> None:
+    fake = FakeRegistry([("installing", "deploying")])
+    ticks = iter(range(0, 10_000, 50))
+    api = RegistryClient("http://fake", "t", transport=httpx.MockTransport(fake))
+    deployer = Deployer(api, lambda line: None, clock=lambda: float(next(ticks)))
+    with pytest.raises(DeployFailed, match=r"did not finish in time.*installing"):
+        deployer.run(REPO / "examples" / "hello", timeout=120)
+
+
+def test_app_name_sources(tmp_path: Path) -> None:
+    app = tmp_path / "my-app"
+    shutil.copytree(REPO / "examples" / "hello", app)
+    assert resolve_app_name(app) == "hello"  # paas.toml wins over the folder name
+    assert resolve_app_name(app, "other") == "other"
+    (app / "paas.toml").unlink()
+    assert resolve_app_name(app) == "my-app"
+    (app / "paas.toml").write_text('name = "top-level"\n')
+    assert resolve_app_name(app) == "top-level"
+
+
+def test_bad_app_names_are_refused_before_any_request(tmp_path: Path) -> None:
+    app = tmp_path / "Bad_Folder"
+    shutil.copytree(REPO / "examples" / "hello", app)
+    (app / "paas.toml").unlink()
+    with pytest.raises(PackError, match=r"invalid app name 'Bad_Folder'.*--app"):
+        resolve_app_name(app)
+    with pytest.raises(PackError, match="invalid app name"):
+        resolve_app_name(app, "bad;name")

@@ -1,0 +1,194 @@
+"""The supervision state machine with a fake clock and a fake spawner: no processes."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from agent.errors import AgentError
+from agent.supervisor import Policy, Supervisor
+
+
+class FakeProcess:
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.signals: list[int] = []
+        self.dies_on: set[int] = {signal.SIGTERM, signal.SIGKILL}
+
+    def poll(self) -> int | None:
+        return self.status
+
+    def signal(self, sig: int) -> None:
+        self.signals.append(sig)
+        if sig in self.dies_on and self.status is None:
+            self.status = -sig
+
+
+class FakeLauncher:
+    def __init__(self, *, fail_spawn: bool = False) -> None:
+        self.spawned: list[FakeProcess] = []
+        self.fail_spawn = fail_spawn
+
+    def spawn(self) -> FakeProcess:
+        if self.fail_spawn:
+            raise AgentError("no such command")
+        proc = FakeProcess()
+        self.spawned.append(proc)
+        return proc
+
+    def log_tail(self) -> str:
+        return "Traceback (most recent call last):\nImportError: no module named flask"
+
+    @property
+    def current(self) -> FakeProcess:
+        return self.spawned[-1]
+
+
+def _sup(**policy: float) -> tuple[Supervisor, FakeLauncher]:
+    launcher = FakeLauncher()
+    return Supervisor("web#1", launcher, policy=Policy(**policy)), launcher  # type: ignore[arg-type]
+
+
+def _pass_health(sup: Supervisor, now: float) -> None:
+    assert sup.health_due(now)
+    sup.mark_checked(now)
+    sup.record_health(True, now, generation=sup.generation, detail="200")
+
+
+def test_start_then_health_passes_running() -> None:
+    sup, launcher = _sup()
+    sup.start(0.0)
+    assert sup.state == "starting"
+    assert len(launcher.spawned) == 1
+    assert sup.transition(0.1) == "starting"
+    _pass_health(sup, 0.2)
+    assert sup.state == "running"
+    assert sup.transition(1.0) == "running"
+
+
+def test_crash_backoff_grows_then_fatal_after_limit() -> None:
+    sup, launcher = _sup(max_failed_starts=3, backoff_base_s=0.5)
+    sup.start(0.0)
+    now = 0.0
+    delays = []
+    for _ in range(3):
+        launcher.current.status = 1
+        assert sup.transition(now) == "backoff"
+        started = len(launcher.spawned)
+        # not yet: waits out the delay
+        t = now
+        while sup.transition(t) == "backoff":
+            t += 0.05
+        delays.append(round(t - now, 2))
+        assert sup.state == "starting"
+        assert len(launcher.spawned) == started + 1
+        now = t
+    assert delays == pytest.approx([0.5, 1.0, 2.0], abs=0.051)
+    launcher.current.status = 1
+    assert sup.transition(now) == "failed"
+    assert "gave up after 4 failed starts" in (sup.reason or "")
+    assert "ImportError: no module named flask" in (sup.reason or "")
+    assert sup.transition(now + 100) == "failed"
+    assert len(launcher.spawned) == 4
+
+
+def test_running_instance_that_exits_is_restarted() -> None:
+    sup, launcher = _sup()
+    sup.start(0.0)
+    _pass_health(sup, 0.1)
+    launcher.current.status = 0
+    assert sup.transition(1.0) == "backoff"
+    assert sup.transition(1.6) == "starting"
+    assert len(launcher.spawned) == 2
+    _pass_health(sup, 1.7)
+    assert sup.state == "running"
+    assert sup.failed_starts == 0
+
+
+def test_health_timeout_fails_and_kills() -> None:
+    sup, launcher = _sup(start_timeout_s=30.0)
+    sup.start(0.0)
+    proc = launcher.current
+    sup.mark_checked(0.0)
+    sup.record_health(False, 0.1, generation=sup.generation, detail="connection refused")
+    assert sup.transition(29.9) == "starting"
+    assert sup.transition(30.0) == "failed"
+    assert signal.SIGKILL in proc.signals
+    assert "did not pass within 30s" in (sup.reason or "")
+    assert "connection refused" in (sup.reason or "")
+    assert "ImportError" in (sup.reason or "")
+
+
+def test_stale_health_result_is_ignored() -> None:
+    sup, launcher = _sup()
+    sup.start(0.0)
+    old = sup.generation
+    launcher.current.status = 1
+    sup.transition(0.1)
+    sup.transition(1.0)  # restarted
+    sup.record_health(True, 1.0, generation=old)
+    assert sup.state == "starting"
+
+
+def test_running_becomes_unhealthy_then_recovers() -> None:
+    sup, _ = _sup(unhealthy_after=3, running_check_interval_s=3.0)
+    sup.start(0.0)
+    _pass_health(sup, 0.1)
+    now = 0.1
+    for _ in range(3):
+        now += 3.0
+        assert sup.health_due(now)
+        sup.record_health(False, now, generation=sup.generation, detail="answered 500")
+    assert sup.state == "unhealthy"
+    assert sup.reason == "answered 500"
+    sup.record_health(True, now + 3, generation=sup.generation)
+    assert sup.state == "running"
+
+
+def test_stop_escalates_to_sigkill_after_grace() -> None:
+    sup, launcher = _sup(stop_grace_s=10.0)
+    sup.start(0.0)
+    _pass_health(sup, 0.1)
+    proc = launcher.current
+    proc.dies_on = {signal.SIGKILL}  # ignores SIGTERM
+    sup.stop(1.0)
+    assert proc.signals == [signal.SIGTERM]
+    assert sup.transition(5.0) == "stopping"
+    assert sup.transition(10.9) == "stopping"
+    sup.transition(11.0)
+    assert proc.signals == [signal.SIGTERM, signal.SIGKILL]
+    assert sup.transition(11.1) == "stopped"
+
+
+def test_stop_with_drain_waits_before_sigterm() -> None:
+    sup, launcher = _sup()
+    sup.start(0.0)
+    _pass_health(sup, 0.1)
+    proc = launcher.current
+    sup.stop(1.0, drain_s=1.0)
+    assert proc.signals == []
+    assert sup.transition(1.5) == "stopping"
+    sup.transition(2.0)
+    assert proc.signals == [signal.SIGTERM]
+    assert sup.transition(2.1) == "stopped"
+
+
+def test_stop_in_backoff_is_immediate() -> None:
+    sup, launcher = _sup()
+    sup.start(0.0)
+    launcher.current.status = 1
+    assert sup.transition(0.1) == "backoff"
+    sup.stop(0.2)
+    assert sup.state == "stopped"
+    assert sup.transition(10.0) == "stopped"
+    assert len(launcher.spawned) == 1
+
+
+def test_spawn_error_counts_as_failed_start() -> None:
+    launcher = FakeLauncher(fail_spawn=True)
+    sup = Supervisor("web#2", launcher, policy=Policy(max_failed_starts=1))  # type: ignore[arg-type]
+    sup.start(0.0)
+    assert sup.state == "backoff"
+    assert "no such command" in (sup.reason or "")
+    assert sup.transition(0.5) == "failed"
