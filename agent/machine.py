@@ -85,7 +85,9 @@ class MachineAgent:
         self.installer = Installer(state_dir, self.client.download_artifact)
         self.ports = PortAllocator(*self.settings.port_bounds)
         self.health = HealthChecker()
-        self.nginx = NginxProcess(state_dir / "nginx", binary=self.settings.nginx_bin)
+        self.nginx = NginxProcess(
+            state_dir / "nginx", binary=self.settings.nginx_bin, worker_user=default_worker_user()
+        )
         self.nginx.prepare()
         self.applier = ConfigApplier(
             self.nginx.conf_dir,
@@ -94,7 +96,6 @@ class MachineAgent:
             reload=self.nginx.reload,
         )
         self.templates = make_environment(template_dirs(self.settings.template_dir))
-        self.worker_user = default_worker_user()
         await asyncio.to_thread(stop_leftovers, state_dir / "run", state_dir / "apps")
         tasks: list[asyncio.Task[None]] = []
         try:
@@ -341,7 +342,7 @@ class MachineAgent:
                     address=self.settings.address,
                     port=self.settings.proxy_port,
                     paths=self.nginx.paths(),
-                    worker_user=self.worker_user,
+                    worker_user=self.nginx.worker_user,
                 )
             except RenderError as exc:
                 self._set_proxy_error(str(exc))

@@ -9,10 +9,14 @@ unprivileged user; nginx itself chowns its temp folders to that user when it cre
 from __future__ import annotations
 
 import contextlib
+import grp
+import hashlib
 import logging
 import os
 import pwd
+import shutil
 import signal
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +50,34 @@ def default_worker_user() -> str | None:
 class NginxProcess:
     """Owns one nginx master under `prefix` (state_dir/nginx)."""
 
-    def __init__(self, prefix: Path, *, binary: str = "nginx") -> None:
+    def __init__(
+        self, prefix: Path, *, binary: str = "nginx", worker_user: str | None = None
+    ) -> None:
         self.prefix = prefix
         self.binary = binary
+        self.worker_user = worker_user  # the `user` line; None when not running as root
         self._child: procs.Child | None = None
+        self._temp_dir: Path | None = None
+
+    @property
+    def temp_dir(self) -> Path:
+        """Where workers buffer large bodies: under the prefix when the worker user can reach
+        it, else a root-owned folder in /var/tmp (state_dir may sit below a 0700 folder).
+        nginx creates the folders inside 0700 and chowns them to the worker user."""
+        if self._temp_dir is None:
+            inside = self.prefix / "temp"
+            if self.worker_user is None or _reachable_by(self.prefix, self.worker_user):
+                self._temp_dir = inside
+            else:
+                digest = hashlib.sha256(str(self.prefix.resolve()).encode()).hexdigest()[:12]
+                self._temp_dir = Path("/var/tmp") / f"paas-nginx-{digest}"
+                log.info(
+                    "nginx workers (%s) cannot reach %s; their temp folders go to %s",
+                    self.worker_user,
+                    inside,
+                    self._temp_dir,
+                )
+        return self._temp_dir
 
     @property
     def conf_dir(self) -> Path:
@@ -72,14 +100,14 @@ class NginxProcess:
             pid=str(self.pid_file),
             error_log=str(self.error_log),
             access_log=str(self.prefix / "logs" / "access.log"),
-            temp=str(self.prefix / "temp"),
+            temp=str(self.temp_dir),
         )
 
     def prepare(self) -> None:
         """Create the folders; workers must be able to reach the temp folders."""
-        for folder in (self.prefix, self.conf_dir, self.prefix / "logs", self.prefix / "temp"):
+        for folder in (self.prefix, self.conf_dir, self.prefix / "logs", self.temp_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        for folder in (self.prefix, self.prefix / "temp"):
+        for folder in (self.prefix, self.temp_dir):
             os.chmod(folder, 0o755)
 
     @property
@@ -213,6 +241,8 @@ class NginxProcess:
         if child.wait(grace_s) is None:
             log.info("nginx did not quit within %.1fs, killing it", grace_s)
         child.stop(grace_s=1.0)
+        if not self.temp_dir.is_relative_to(self.prefix):
+            shutil.rmtree(self.temp_dir, ignore_errors=True)  # only buffers of this nginx
         log.info("nginx stopped")
 
     def _stop_stale(self) -> None:
@@ -232,6 +262,30 @@ class NginxProcess:
         if procs.pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _reachable_by(folder: Path, user: str) -> bool:
+    """Can `user` traverse every folder from / down to `folder` (search permission)?"""
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return False
+    groups = {entry.pw_gid, *(g.gr_gid for g in grp.getgrall() if user in g.gr_mem)}
+    current = folder.resolve()
+    for part in [current, *current.parents]:
+        try:
+            info = part.stat()
+        except OSError:
+            return False
+        if info.st_uid == entry.pw_uid:
+            allowed = info.st_mode & stat.S_IXUSR
+        elif info.st_gid in groups:
+            allowed = info.st_mode & stat.S_IXGRP
+        else:
+            allowed = info.st_mode & stat.S_IXOTH
+        if not allowed:
+            return False
+    return True
 
 
 def _kill_group(pgid: int, *, timeout_s: float = 3.0) -> None:

@@ -31,9 +31,21 @@ def _free_port() -> int:
 def _backend(name: str) -> tuple[ThreadingHTTPServer, int]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = json.dumps({"name": name, "headers": dict(self.headers)}).encode()
+            payload = {"name": name, "headers": dict(self.headers)}
+            if self.path == "/big":
+                payload["blob"] = "x" * (8 << 20)  # more than nginx buffers in memory
+            body = json.dumps(payload).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            size = int(self.headers["Content-Length"])
+            received = len(self.rfile.read(size))
+            body = json.dumps({"name": name, "received": received}).encode()
+            self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -74,7 +86,7 @@ def backends() -> Iterator[dict[str, int]]:
 
 @pytest.fixture
 def proxy(tmp_path: Path) -> Iterator[tuple[NginxProcess, ConfigApplier, int]]:
-    process = NginxProcess(tmp_path / "nginx")
+    process = NginxProcess(tmp_path / "nginx", worker_user=default_worker_user())
     process.prepare()
     applier = ConfigApplier(
         process.conf_dir, nginx.MAIN_FILE, validate=process.validate, reload=process.reload
@@ -111,7 +123,7 @@ def test_routes_by_host_and_keeps_last_good_on_bad_template(
         address="127.0.0.1",
         port=port,
         paths=process.paths(),
-        worker_user=default_worker_user(),
+        worker_user=process.worker_user,
     )
     result = applier.apply(nginx.render_files(env, view))
     assert result.applied, result.error
@@ -161,7 +173,7 @@ def test_routes_by_host_and_keeps_last_good_on_bad_template(
         address="127.0.0.1",
         port=port,
         paths=process.paths(),
-        worker_user=default_worker_user(),
+        worker_user=process.worker_user,
     )
     assert applier.apply(nginx.render_files(env, only_alpha)).applied
     _wait_for(lambda: _get(port, "beta.paas.test").status_code == 404)
@@ -187,3 +199,30 @@ def test_nginx_is_restarted_when_it_dies(
     assert process.ensure_running()
     assert int(process.pid_file.read_text()) != first_pid
     _wait_for(lambda: _get(port, "alpha.paas.test").status_code == 200)
+
+
+def test_large_bodies_pass_through_temp_files(
+    backends: dict[str, int], proxy: tuple[NginxProcess, ConfigApplier, int]
+) -> None:
+    """Workers (an unprivileged user when we are root) can write their temp files, even when
+    state_dir sits below a folder they cannot enter (pytest's tmp_path is one)."""
+    process, applier, port = proxy
+    env = make_environment([default_template_dir()])
+    view = nginx.build_view(
+        [_inst(1, "alpha")],
+        {1: backends["alpha"]},
+        address="127.0.0.1",
+        port=port,
+        paths=process.paths(),
+        worker_user=process.worker_user,
+    )
+    assert applier.apply(nginx.render_files(env, view)).applied
+    url = f"http://127.0.0.1:{port}"
+    with httpx.Client(trust_env=False, timeout=30, headers={"Host": "alpha.paas.test"}) as client:
+        big = client.get(f"{url}/big")
+        assert big.status_code == 200
+        assert len(big.json()["blob"]) == 8 << 20
+        upload = client.post(f"{url}/upload", content=b"y" * (5 << 20))
+        assert upload.status_code == 200
+        assert upload.json()["received"] == 5 << 20
+    assert "Permission denied" not in process.error_log.read_text()
