@@ -140,10 +140,13 @@ class Deployer:
             index = max(index, new_index)
 
     def _show(self, release: Release, seen: set[str], start: float) -> None:
-        if release.stage in seen or release.stage == "failed":
+        """Stages are ordered: a later one implies the earlier ones passed between polls."""
+        if release.stage not in STAGES:
             return
-        seen.add(release.stage)
-        self.report(f"{release.stage:<11} {self.clock() - start:6.1f}s")
+        for stage in STAGES[: STAGES.index(release.stage) + 1]:
+            if stage not in seen:
+                seen.add(stage)
+                self.report(f"{stage:<11} {self.clock() - start:6.1f}s")
 
     @staticmethod
     def _failure(release: Release) -> str:

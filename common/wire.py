@@ -127,6 +127,21 @@ class Release(Model):
     instances: list[InstanceView] = Field(default_factory=list)
 
 
+# ---- config vars (added by the registry engineer: `paas config`) -----------------------
+
+
+class ConfigUpdate(Model):
+    set: dict[EnvKey, EnvValue] = Field(default_factory=dict, max_length=500)
+    unset: list[EnvKey] = Field(default_factory=list, max_length=500)
+    secret: list[EnvKey] = Field(default_factory=list, max_length=500)  # keys to redact in views
+
+
+class ConfigVars(Model):
+    vars: dict[EnvKey, str]  # secret values redacted
+    secret: list[EnvKey]
+    release: int | None = None  # the release a change started (None: nothing deployed yet)
+
+
 # ---- hosts ------------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from common.names import InvalidName
-from controller import routes_apps, routes_artifacts, routes_hosts
+from controller import routes_apps, routes_artifacts, routes_config, routes_hosts
 from controller.artifacts import ArtifactStore
 from controller.context import Context
 from controller.db import Database
@@ -66,6 +66,7 @@ def create_app(settings: RegistrySettings) -> FastAPI:
         return {"ok": True}
 
     app.include_router(routes_apps.router)
+    app.include_router(routes_config.router)
     app.include_router(routes_artifacts.router)
     app.include_router(routes_hosts.router)
     return app

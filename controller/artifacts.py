@@ -15,6 +15,8 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from starlette.concurrency import run_in_threadpool
+
 from common.names import check_sha256
 from controller.errors import Invalid, NotFound, TooLarge
 
@@ -61,7 +63,7 @@ class ArtifactStore:
                     digest.update(chunk)
                     out.write(chunk)
                 out.flush()
-                os.fsync(out.fileno())
+                await run_in_threadpool(os.fsync, out.fileno())
             if digest.hexdigest() != sha256:
                 raise Invalid(
                     f"artifact body hashes to {digest.hexdigest()}, not {sha256}; nothing stored"

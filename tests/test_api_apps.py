@@ -142,3 +142,44 @@ def test_openapi_is_served(reg: TestRegistry) -> None:
     schema = reg.client.get("/openapi.json").json()
     assert "/v1/apps/{app}/releases" in schema["paths"]
     assert reg.client.get("/docs").status_code == 200
+
+
+def test_config_vars_validate_keys_and_start_a_release(reg: TestRegistry) -> None:
+    token = reg.join("m1")
+    reg.create_app("hello")
+    for body, rule in [
+        ({"set": {"bad-key": "x"}}, "invalid config key"),
+        ({"set": {"1A": "x"}}, "invalid config key"),
+        ({"set": {"A": "x\u0000y"}}, "NUL byte"),
+        ({"unset": ["a;b"]}, "invalid config key"),
+        ({"set": {"A": "1"}, "unset": ["A"]}, "both set and unset"),
+    ]:
+        response = reg.client.patch("/v1/apps/hello/config", json=body, headers=reg.admin)
+        assert response.status_code == 422, body
+        assert rule in response.json()["detail"]
+    assert reg.client.get("/v1/apps/hello/config", headers=reg.admin).json()["vars"] == {}
+
+    first = reg.client.patch(
+        "/v1/apps/hello/config",
+        json={"set": {"GREETING": "hi", "API_KEY": "s3cret"}, "secret": ["API_KEY"]},
+        headers=reg.admin,
+    ).json()
+    assert first == {
+        "vars": {"API_KEY": "********", "GREETING": "hi"},
+        "secret": ["API_KEY"],
+        "release": None,
+    }
+    release = reg.deploy("hello")
+    assert release["config"] == {"API_KEY": "********", "GREETING": "hi"}
+    [instance] = reg.desired("m1", token)["instances"]
+    assert instance["env"]["API_KEY"] == "s3cret" and instance["env"]["GREETING"] == "hi"
+    reg.report("m1", token, instances=[{"id": instance["id"], "state": "running", "port": 5001}])
+
+    changed = reg.client.patch(
+        "/v1/apps/hello/config", json={"unset": ["GREETING"]}, headers=reg.admin
+    ).json()
+    assert changed["release"] == 2 and changed["vars"] == {"API_KEY": "********"}
+    v2 = reg.release("hello", 2)
+    assert v2["artifact_sha256"] == release["artifact_sha256"] and v2["status"] == "deploying"
+    new = [i for i in reg.desired("m1", token)["instances"] if i["release"] == 2]
+    assert "GREETING" not in new[0]["env"]

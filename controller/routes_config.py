@@ -1,0 +1,73 @@
+"""Config vars of an app; every change becomes a new release (code + config roll back together)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from common import wire
+from common.manifest import Manifest
+from common.names import AppName
+from controller.auth import require_admin
+from controller.context import Context, get_ctx
+from controller.db import bump
+from controller.deploys import create_release
+from controller.errors import Invalid
+from controller.models import App, ConfigVar
+from controller.queries import get_app, now
+from controller.views import REDACTED
+
+router = APIRouter(prefix="/v1/apps", tags=["config"], dependencies=[Depends(require_admin)])
+
+
+def _view(app: App, release: int | None = None) -> wire.ConfigVars:
+    return wire.ConfigVars(
+        vars={v.key: REDACTED if v.secret else v.value for v in app.config_vars},
+        secret=[v.key for v in app.config_vars if v.secret],
+        release=release,
+    )
+
+
+@router.get("/{app}/config", response_model=wire.ConfigVars)
+def read_config(app: AppName, ctx: Context = Depends(get_ctx)) -> wire.ConfigVars:
+    with ctx.db.read() as session:
+        return _view(get_app(session, app))
+
+
+@router.patch("/{app}/config", response_model=wire.ConfigVars)
+def update_config(
+    app: AppName, body: wire.ConfigUpdate, ctx: Context = Depends(get_ctx)
+) -> wire.ConfigVars:
+    both = set(body.set) & set(body.unset)
+    if both:
+        raise Invalid(f"config keys both set and unset: {', '.join(sorted(both))}")
+    with ctx.db.write() as session:
+        row = get_app(session, app)
+        current = {v.key: v for v in row.config_vars}
+        for key in body.unset:
+            if key in current:
+                row.config_vars.remove(current.pop(key))
+        for key, value in body.set.items():
+            if key in current:
+                current[key].value = value
+            else:
+                current[key] = ConfigVar(key=key, value=value)
+                row.config_vars.append(current[key])
+        for key in body.secret:
+            if key in current:
+                current[key].secret = True
+        session.flush()
+        session.refresh(row, ["config_vars"])
+        bump(session, desired=False)
+        active = next((r for r in row.releases if r.status == "active"), None)
+        started = None
+        if active is not None:
+            release = create_release(
+                session,
+                row,
+                artifact_sha256=active.artifact_sha256,
+                processes=dict(active.processes),
+                manifest=Manifest(health_path=active.health_path),
+                now=now(),
+            )
+            started = release.version
+        return _view(row, started)
