@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,11 +106,13 @@ class Load:
     rps: float
     requests: int
     errors: int
+    kinds: str = ""  # what the errors were, e.g. "502 x3, ReadError x1"
 
 
 def python_load(url: str, host: str | None, *, seconds: float, workers: int) -> Load:
     counts = [0] * workers
     errors = [0] * workers
+    kinds: Counter[str] = Counter()
     stop = time.monotonic() + seconds
     headers = {"Host": host} if host else {}
     ext = {"sni_hostname": host} if host and url.startswith("https") else {}
@@ -123,8 +126,11 @@ def python_load(url: str, host: str | None, *, seconds: float, workers: int) -> 
                         counts[i] += 1
                     else:
                         errors[i] += 1
-                except httpx.HTTPError:
+                        snippet = " ".join(response.text.split())[:60]
+                        kinds[f"{response.status_code} ({snippet})"] += 1
+                except httpx.HTTPError as exc:
                     errors[i] += 1
+                    kinds[type(exc).__name__] += 1
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(workers)]
     start = time.monotonic()
@@ -133,7 +139,10 @@ def python_load(url: str, host: str | None, *, seconds: float, workers: int) -> 
     for t in threads:
         t.join()
     took = time.monotonic() - start
-    return Load(f"python httpx, {workers} threads", sum(counts) / took, sum(counts), sum(errors))
+    detail = ", ".join(f"{k} x{n}" for k, n in kinds.most_common())
+    return Load(
+        f"python httpx, {workers} threads", sum(counts) / took, sum(counts), sum(errors), detail
+    )
 
 
 def wrk_load(url: str, host: str | None, *, seconds: float, workers: int) -> Load:
@@ -224,8 +233,9 @@ def main() -> int:
         "| path | requests/s | requests | errors |",
         "| --- | ---: | ---: | ---: |",
         f"| HAProxy TLS -> nginx -> app | {proxied.rps:.0f} | {proxied.requests} |"
-        f" {proxied.errors} |",
-        f"| app directly (plain HTTP) | {direct.rps:.0f} | {direct.requests} | {direct.errors} |",
+        f" {proxied.errors} {proxied.kinds} |",
+        f"| app directly (plain HTTP) | {direct.rps:.0f} | {direct.requests} |"
+        f" {direct.errors} {direct.kinds} |",
         "",
         f"Proxied / direct: {ratio:.2f}. The client shares the machine's CPUs with the",
         "proxies and the app, so these are relative figures for this machine only.",

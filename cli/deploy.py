@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cli.api import RegistryClient
-from cli.errors import DeployFailed, PackError
+from cli.errors import ApiError, DeployFailed, PackError
 from cli.pack import pack
 from common.manifest import Manifest, ManifestError, parse_manifest
 from common.names import InvalidName, check_app_name
@@ -117,19 +117,23 @@ class Deployer:
     def follow(self, release: Release, *, start: float, deadline: float) -> Release:
         """Print each new stage once, until `routed` (success) or `failed` (DeployFailed)."""
         seen: set[str] = set()
+        proxy_errors: set[str] = set()
         index = 0
         while True:
             self._show(release, seen, start)
             if release.stage == "routed":
                 return release
+            if release.status == "active":  # serving; waiting for proxies to route it
+                self._show_proxy_errors(proxy_errors)
             if release.status == "failed" or release.stage == "failed":
                 self.report(f"{'failed':<11} {self.clock() - start:6.1f}s")
                 raise DeployFailed(self._failure(release))
             left = deadline - self.clock()
             if left <= 0:
+                hint = f"; proxy errors: {' | '.join(sorted(proxy_errors))}" if proxy_errors else ""
                 raise DeployFailed(
                     f"release v{release.version} did not finish in time"
-                    f" (last stage: {release.stage}, status: {release.status})"
+                    f" (last stage: {release.stage}, status: {release.status}){hint}"
                 )
             wait = max(1, min(WATCH_WAIT_S, int(left)))
             release, new_index = self.client.watch_release(
@@ -138,6 +142,19 @@ class Deployer:
             if new_index <= 0:
                 self.sleep(1.0)  # no X-Paas-Index: degrade to slow polling, never spin
             index = max(index, new_index)
+
+    def _show_proxy_errors(self, shown: set[str]) -> None:
+        """A proxy that refuses its config keeps a release from `routed`: say which, once."""
+        try:
+            hosts = self.client.list_hosts()
+        except ApiError:
+            return  # only a diagnostic; the stage watch goes on and reports the outcome
+        for host in hosts:
+            if host.proxy_error and host.state == "up":
+                line = f"{host.name}: {host.proxy_error.strip().splitlines()[-1]}"
+                if line not in shown:
+                    shown.add(line)
+                    self.report(f"waiting for {line}")
 
     def _show(self, release: Release, seen: set[str], start: float) -> None:
         """Stages are ordered: a later one implies the earlier ones passed between polls."""

@@ -64,6 +64,19 @@ def _alive(pid: int, create_time: float | None = None) -> bool:
         return False
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process we started and its descendants (nginx, HAProxy, apps): a killed
+    agent cannot stop its children, and they would outlive it holding ports."""
+    try:
+        proc = psutil.Process(pid)
+        family = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return
+    for member in family:
+        with contextlib.suppress(psutil.Error):
+            member.kill()
+
+
 def _tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -349,10 +362,7 @@ class LocalCluster:
             if not _alive(pid, create_time):
                 return True
             time.sleep(0.1)
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            return True
+        kill_tree(pid)
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline and _alive(pid, create_time):
             time.sleep(0.05)

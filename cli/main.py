@@ -200,6 +200,7 @@ STATE_OPTION = click.option(
     "--app-dir", type=click.Path(path_type=Path), default=Path("examples/hello"), show_default=True
 )
 @click.option("--no-deploy", is_flag=True, help="Start the cluster only.")
+@click.option("--deploy-timeout", type=click.FloatRange(1), default=600.0, show_default=True)
 def local_up(
     state_dir: Path,
     registry_port: int,
@@ -209,6 +210,7 @@ def local_up(
     domain: str,
     app_dir: Path,
     no_deploy: bool,
+    deploy_timeout: float,
 ) -> None:
     """Start registry + machine agent + frontend agent, log in, deploy the app dir."""
     check_domain(domain)
@@ -224,7 +226,7 @@ def local_up(
     if no_deploy:
         return
     with cluster.client() as api:
-        Deployer(api, click.echo).run(app_dir, timeout=600.0)  # ends with the app's URL
+        Deployer(api, click.echo).run(app_dir, timeout=deploy_timeout)  # ends with the app's URL
 
 
 @local.command("down")

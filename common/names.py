@@ -77,9 +77,7 @@ def check_env_key(value: str) -> str:
 
 
 def check_label(value: str) -> str:
-    return _check(
-        LABEL_RE, value, "label", "use lowercase letters, digits, '_', '.', '-' (max 63)"
-    )
+    return _check(LABEL_RE, value, "label", "use lowercase letters, digits, '_', '.', '-' (max 63)")
 
 
 def check_sha256(value: str) -> str:

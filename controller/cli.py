@@ -84,4 +84,11 @@ def serve(
             logging.getLogger("paas.registry").warning(
                 "no admin token yet: run 'paas-registry init --state-dir %s'", settings.state_dir
             )
-    uvicorn.run(app, host=settings.bind_host, port=settings.bind_port, log_level="info")
+    # Watches block for up to 30 s; a bounded graceful shutdown ends them instead of waiting.
+    uvicorn.run(
+        app,
+        host=settings.bind_host,
+        port=settings.bind_port,
+        log_level="info",
+        timeout_graceful_shutdown=3,
+    )

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cli.local import LocalCluster, Ports
+from cli.local import LocalCluster, Ports, kill_tree
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,8 +54,18 @@ def _isolated_cli_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 def _kill_recorded(cluster: LocalCluster) -> None:
     """Last resort when down() failed: SIGKILL the recorded pids, and only those."""
     for pid in cluster.running().values():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        kill_tree(pid)
+
+
+@contextlib.contextmanager
+def short_dir(prefix: str = "paas-") -> Iterator[Path]:
+    """A tmp folder with a short path: HAProxy refuses unix sockets longer than 97 bytes,
+    and pytest's tmp_path (/tmp/pytest-of-root/pytest-N/test_long_name0/...) gets close."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -76,11 +87,10 @@ def running_cluster(state_dir: Path) -> Iterator[LocalCluster]:
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """One real cluster for the whole session; its CLI login lives in a tmp PAAS_CONFIG."""
-    state = tmp_path_factory.mktemp("paas-local")
     previous = os.environ.get("PAAS_CONFIG")
-    os.environ["PAAS_CONFIG"] = str(state / "cli-config.json")
+    os.environ["PAAS_CONFIG"] = str(tmp_path_factory.mktemp("cli") / "config.json")
     try:
-        with running_cluster(state / "state") as started:
+        with short_dir("paas-e2e-") as state, running_cluster(state / "s") as started:
             yield started
     finally:
         if previous is None:

@@ -28,6 +28,7 @@ class FakeRegistry:
         self.artifacts: set[str] = set()
         self.calls: list[str] = []
         self.step = 0
+        self.hosts: list[dict] = []
 
     def release(self) -> dict:
         stage, status = self.stages[min(self.step, len(self.stages) - 1)]
@@ -61,6 +62,8 @@ class FakeRegistry:
             if name in self.apps:
                 return httpx.Response(200, json=self.apps[name])
             return httpx.Response(404, json={"detail": f"no app named {name!r}"})
+        if path == "/v1/hosts":
+            return httpx.Response(200, json=self.hosts)
         if path.startswith("/v1/artifacts/"):
             sha = path.rsplit("/", 1)[1]
             if request.method == "HEAD":
@@ -154,3 +157,27 @@ def test_bad_app_names_are_refused_before_any_request(tmp_path: Path) -> None:
         resolve_app_name(app)
     with pytest.raises(PackError, match="invalid app name"):
         resolve_app_name(app, "bad;name")
+
+
+def test_stuck_at_healthy_names_the_proxy_error() -> None:
+    fake = FakeRegistry([("uploaded", "deploying"), ("healthy", "active")])
+    fake.hosts = [
+        {
+            "name": "frontend-1",
+            "role": "frontend",
+            "address": "127.0.0.1",
+            "proxy_port": 8443,
+            "labels": {},
+            "state": "up",
+            "last_heartbeat": NOW,
+            "instances": 0,
+            "proxy_error": "[NOTICE] starting\n[ALERT] socket path too long",
+        }
+    ]
+    ticks = iter(range(0, 10_000, 20))
+    lines: list[str] = []
+    api = RegistryClient("http://fake", "t", transport=httpx.MockTransport(fake))
+    deployer = Deployer(api, lines.append, clock=lambda: float(next(ticks)))
+    with pytest.raises(DeployFailed, match="socket path too long"):
+        deployer.run(REPO / "examples" / "hello", timeout=200)
+    assert lines.count("waiting for frontend-1: [ALERT] socket path too long") == 1

@@ -4,29 +4,29 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from cli.local import LocalCluster, _alive
+from cli.local import LocalCluster, _alive, kill_tree
+from tests.conftest import free_ports, short_dir
 from tests.e2e.helpers import PAAS, REPO, wait_for_text
 
 pytestmark = pytest.mark.e2e
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PAAS, *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([PAAS, *args], capture_output=True, text=True, timeout=200)
 
 
-def test_local_up_deploys_says_already_running_and_down_stops_everything(
-    tmp_path: Path,
-) -> None:
-    from tests.conftest import free_ports
+def test_local_up_deploys_says_already_running_and_down_stops_everything() -> None:
+    with short_dir("paas-local-") as base:
+        check_local_up_and_down(base / "s")
 
+
+def check_local_up_and_down(state: Path) -> None:
     registry, http, https, proxy = free_ports(4)
-    state = tmp_path / "state"
     args = [
         "--state-dir", str(state),
         "--registry-port", str(registry),
@@ -35,7 +35,10 @@ def test_local_up_deploys_says_already_running_and_down_stops_everything(
         "--proxy-port", str(proxy),
     ]  # fmt: skip
     try:
-        up = run("local", "up", *args, "--app-dir", str(REPO / "examples" / "hello"))
+        hello = str(REPO / "examples" / "hello")
+        up = run("local", "up", *args, "--app-dir", hello, "--deploy-timeout", "120")
+        if up.returncode != 0:
+            print((state / "logs" / "frontend-1.log").read_text(errors="replace")[-3000:])
         assert up.returncode == 0, up.stdout + up.stderr
         assert up.stdout.strip().splitlines()[-1] == f"https://hello.localhost:{https}/"
         saved = json.loads(Path(os.environ["PAAS_CONFIG"]).read_text())
@@ -59,13 +62,11 @@ def test_local_up_deploys_says_already_running_and_down_stops_everything(
         assert not [pid for pid in pids if _alive(pid)]
     finally:
         for pid in LocalCluster(state).running().values():
-            os.kill(pid, signal.SIGKILL)
+            kill_tree(pid)
 
 
 def test_port_in_use_is_named(tmp_path: Path) -> None:
     import socket
-
-    from tests.conftest import free_ports
 
     registry, http, https, proxy = free_ports(4)
     with socket.socket() as busy:
