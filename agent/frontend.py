@@ -11,9 +11,11 @@ import asyncio
 import contextlib
 import datetime as dt
 import grp
+import hashlib
 import logging
 import os
 import pwd
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,12 +51,13 @@ class FrontendAgent:
         self.client = RegistryClient(settings.registry_url, transport=transport)
         base = settings.state_dir / "haproxy"
         self.conf_dir = base / "conf"
-        self.admin_socket = base / "admin.sock"
+        sockets = socket_dir(base)
+        self.admin_socket = sockets / "admin.sock"
         self.process = HaproxyProcess(
             binary=settings.haproxy_bin,
             config=self.conf_dir / MAIN_FILE,
             pid_file=base / "haproxy.pid",
-            master_socket=base / "master.sock",
+            master_socket=sockets / "master.sock",
             log_file=base / "haproxy.log",
         )
         self.applier = ConfigApplier(
@@ -286,3 +289,22 @@ class _Outage:
 async def _sleep_or_stop(stop: asyncio.Event, delay: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=delay)
+
+
+# HAProxy refuses UNIX socket paths longer than this (sun_path minus its own suffixes).
+MAX_SOCKET_PATH = 97
+
+
+def socket_dir(base: Path) -> Path:
+    """The folder for HAProxy's sockets: `base` when its paths are short enough, else a
+    private folder in /tmp named after `base` (a deep state folder must not stop HAProxy)."""
+    if len(str(base / "master.sock")) + len(".tmp") <= MAX_SOCKET_PATH:
+        return base
+    digest = hashlib.sha256(str(base.resolve()).encode()).hexdigest()[:16]
+    short = Path(tempfile.gettempdir()) / f"paas-haproxy-{digest}"
+    short.mkdir(mode=0o700, exist_ok=True)
+    if short.lstat().st_uid != os.getuid() or not short.is_dir() or short.is_symlink():
+        raise AgentError(f"{short} exists but is not a private folder of this user")
+    short.chmod(0o700)
+    return short
+

@@ -77,7 +77,9 @@ def host_report(
                 # A departing instance that had failed is simply out of service now.
                 state="stopped" if inst.removing and inst.state == "failed" else inst.state,
                 port=inst.port,
-                routed=iid in routed and not inst.removing,
+                # The truth about the live nginx config: a departing instance stays routed until
+                # a config without it is live, so the host never looks empty mid-switch.
+                routed=iid in routed,
                 error=inst.error_text,
             )
             for iid, inst in sorted(instances.items())

@@ -168,10 +168,15 @@ def has_overdue(session: Session, *, now: datetime, timeout_s: float) -> bool:
     return session.execute(query.limit(1)).first() is not None
 
 
-def routing_servers(session: Session) -> set[tuple[int, int]]:
-    """(app id, host id) pairs the frontends route: up machine hosts with a routed instance."""
+def serving_hosts(session: Session) -> list[tuple[int, Host]]:
+    """(app id, host) pairs the frontends route to: up machine hosts whose live proxy config
+    routes a running instance of the app.
+
+    Agents report a departing instance as routed until a config without it is live, so a host
+    stays in the set while its routes move from the old release to the new one.
+    """
     rows = session.execute(
-        select(Instance.app_id, Instance.host_id)
+        select(Instance.app_id, Host)
         .join(Host, Instance.host_id == Host.id)
         .where(
             Instance.routed.is_(True),
@@ -180,7 +185,11 @@ def routing_servers(session: Session) -> set[tuple[int, int]]:
             Host.role == "machine",
         )
     ).all()
-    return {(a, h) for a, h in rows}
+    return [(app_id, host) for app_id, host in rows]
+
+
+def routing_servers(session: Session) -> set[tuple[int, int]]:
+    return {(app_id, host.id) for app_id, host in serving_hosts(session)}
 
 
 def apply_report(

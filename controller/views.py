@@ -6,7 +6,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from common import wire
-from controller.deploys import release_stage
+from controller.deploys import release_stage, serving_hosts
 from controller.models import App, Host, Instance, Release
 from controller.settings import RegistrySettings
 
@@ -128,16 +128,7 @@ def routing_table(session: Session, *, index: int, settings: RegistrySettings) -
         select(App).join(Release).where(Release.status == "active").order_by(App.name)
     ).scalars()
     servers: dict[int, dict[str, wire.RouteServer]] = {}
-    rows = session.execute(
-        select(Instance.app_id, Host)
-        .join(Host, Instance.host_id == Host.id)
-        .where(
-            Instance.routed.is_(True),
-            Instance.state == "running",
-            Host.state == "up",
-            Host.role == "machine",
-        )
-    ).all()
+    rows = serving_hosts(session)
     for app_id, host in rows:
         servers.setdefault(app_id, {})[host.name] = wire.RouteServer(
             host=host.name, address=host.address, port=host.proxy_port

@@ -563,3 +563,16 @@ def test_new_index_with_same_routes_does_not_reload(front: Front) -> None:
         assert front.apply(table(1, ("hello", ["hello.localhost"], [port]))).applied
         result = front.apply(table(9, ("hello", ["hello.localhost"], [port])))
         assert result.applied and not result.changed
+
+
+def test_socket_dir_moves_deep_state_folders_to_a_short_private_path(tmp_path: Path) -> None:
+    from agent.frontend import MAX_SOCKET_PATH, socket_dir
+
+    shallow = Path("/tmp/x")
+    assert socket_dir(shallow) == shallow
+    deep = tmp_path / ("d" * 120)
+    short = socket_dir(deep)
+    assert len(str(short / "master.sock")) <= MAX_SOCKET_PATH
+    assert short.stat().st_mode & 0o777 == 0o700
+    assert socket_dir(deep) == short  # stable across agent restarts
+    short.rmdir()
