@@ -232,7 +232,12 @@ def apply_report(
     for release in touched.values():
         advance_release(session, release, now=now, timeout_s=timeout_s)
     expire_deadlines(session, now=now, timeout_s=timeout_s)
-    bump(session, desired=routing_servers(session) != before)
+    moved = {app_id for app_id, _host in routing_servers(session) ^ before}
+    seq = bump(session, desired=bool(moved))
+    for app_id in moved:
+        app = session.get(App, app_id)
+        if app is not None:
+            app.routing_seq = seq
 
 
 def deploying_stage(instances: list[Instance]) -> str:
@@ -255,7 +260,7 @@ def release_stage(release: Release, *, frontends: list[Host]) -> str:
         return deploying_stage(wanted)
     if release.status == "superseded":
         return "routed"
-    seq = release.activated_seq or 0
+    seq = max(release.activated_seq or 0, release.app.routing_seq or 0)
     all_routed = all(i.routed and i.state == "running" for i in wanted)
     applied = all((f.applied_index or 0) >= seq for f in frontends if f.state == "up")
     return "routed" if all_routed and applied else "healthy"

@@ -41,6 +41,9 @@ class App(Base):
     instances: Mapped[int] = mapped_column(Integer, default=1)
     health_path: Mapped[str] = mapped_column(String(201), default="/")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The desired_seq at which the set of hosts serving this app last changed: a deploy is
+    # routed only once every frontend has applied at least this index.
+    routing_seq: Mapped[int | None] = mapped_column(Integer, default=None)
 
     domains: Mapped[list[Domain]] = relationship(
         back_populates="app", cascade="all, delete-orphan", order_by="Domain.id"

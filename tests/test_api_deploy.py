@@ -130,6 +130,9 @@ def test_deploying_to_active_to_routed(reg: TestRegistry) -> None:
     assert reg.client.get("/v1/apps/hello", headers=reg.admin).json()["active_release"] == 1
     routing = reg.client.get("/v1/routing", headers=reg.headers(front)).json()
     assert routing["apps"] == [{"name": "hello", "domains": ["hello.paas.test"], "servers": []}]
+    # A frontend that applied the table from before the host routed it is not enough.
+    reg.report("f1", front, applied_index=routing["index"])
+    assert reg.release("hello", 1)["stage"] == "healthy"
 
     reg.report(
         "m1", token, instances=[{"id": iid, "state": "running", "port": 5001, "routed": True}]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -38,21 +37,14 @@ def https_get(cluster: LocalCluster, host: str, path: str = "/") -> httpx.Respon
         )
 
 
-def wait_for_text(cluster: LocalCluster, host: str, text: str, *, within: float = 10.0) -> str:
-    """The body once it contains `text`; fails with the last answer seen after `within` s."""
-    deadline = time.monotonic() + within
-    last = ""
-    while True:
-        try:
-            response = https_get(cluster, host)
-            last = f"{response.status_code} {response.text!r}"
-            if response.status_code == 200 and text in response.text:
-                return response.text
-        except httpx.HTTPError as exc:
-            last = repr(exc)
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{host} never answered with {text!r}; last: {last}")
-        time.sleep(0.2)
+def answer_now(cluster: LocalCluster, host: str, text: str) -> str:
+    """One request, right after `paas deploy` returned: "routed" promises the app serves."""
+    response = https_get(cluster, host)
+    assert response.status_code == 200 and text in response.text, (
+        f"{host} answered {response.status_code} {response.text!r}, expected {text!r}\n"
+        + logs(cluster)
+    )
+    return response.text
 
 
 def logs(cluster: LocalCluster) -> str:

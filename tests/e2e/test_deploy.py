@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from cli.local import LocalCluster
-from tests.e2e.helpers import REPO, https_get, logs, paas, wait_for_text
+from tests.e2e.helpers import REPO, answer_now, https_get, logs, paas
 
 pytestmark = pytest.mark.e2e
 HELLO = "hello.localhost"
@@ -34,7 +34,7 @@ def test_first_deploy_answers_over_https(cluster: LocalCluster) -> None:
     for stage in ("installing", "routed"):
         assert stage in out
     assert out.strip().splitlines()[-1] == cluster.app_url("hello")
-    body = wait_for_text(cluster, HELLO, "Hello from hello")
+    body = answer_now(cluster, HELLO, "Hello from hello")
     assert "release 1" in body
 
 
@@ -45,7 +45,7 @@ def test_code_change_is_served_and_listed(cluster: LocalCluster, tmp_path: Path)
     done = paas(cluster, "deploy", str(app))
     assert done.returncode == 0, done.stdout + done.stderr + logs(cluster)
     assert "created app" not in done.stdout
-    body = wait_for_text(cluster, HELLO, "Howdy from hello")
+    body = answer_now(cluster, HELLO, "Howdy from hello")
     assert "release 2" in body
 
     listed = paas(cluster, "releases", "hello", "--json")
@@ -66,7 +66,7 @@ def test_crashing_release_fails_and_previous_keeps_serving(
     assert done.returncode != 0, done.stdout + done.stderr
     assert "boom" in done.stdout + done.stderr, done.stdout + done.stderr + logs(cluster)
     assert "Traceback (most recent call last)" not in done.stderr.split("failed:")[0]
-    body = wait_for_text(cluster, HELLO, "Howdy from hello")
+    body = answer_now(cluster, HELLO, "Howdy from hello")
     assert "release 2" in body
     releases = json.loads(paas(cluster, "releases", "hello", "--json").stdout)
     assert releases[0]["status"] == "failed" and releases[1]["status"] == "active"
@@ -116,7 +116,7 @@ def test_bad_token_is_one_line(cluster: LocalCluster) -> None:
 def test_flask_app_installs_requirements_from_pypi(cluster: LocalCluster) -> None:
     done = paas(cluster, "deploy", str(REPO / "examples" / "flask-hello"), "--timeout", "300")
     assert done.returncode == 0, done.stdout + done.stderr + logs(cluster)
-    body = wait_for_text(cluster, "flask-hello.localhost", "Hello from flask-hello")
+    body = answer_now(cluster, "flask-hello.localhost", "Hello from flask-hello")
     assert "release 1" in body
     # hello is untouched by a second app.
     assert "Howdy from hello" in https_get(cluster, HELLO).text

@@ -11,7 +11,7 @@ import pytest
 
 from cli.local import LocalCluster, _alive, kill_tree
 from tests.conftest import free_ports, short_dir
-from tests.e2e.helpers import PAAS, REPO, wait_for_text
+from tests.e2e.helpers import PAAS, REPO, answer_now
 
 pytestmark = pytest.mark.e2e
 
@@ -45,7 +45,7 @@ def check_local_up_and_down(state: Path) -> None:
         assert saved["registry_url"] == f"http://127.0.0.1:{registry}"
         assert Path(os.environ["PAAS_CONFIG"]).stat().st_mode & 0o777 == 0o600
         cluster = LocalCluster(state)
-        wait_for_text(cluster, "hello.localhost", "Hello from hello")
+        answer_now(cluster, "hello.localhost", "Hello from hello")
 
         again = run("local", "up", *args, "--no-deploy")
         assert again.returncode == 0, again.stderr
