@@ -11,8 +11,6 @@ import httpx
 from common.names import check_health_path
 
 CHECK_TIMEOUT_S = 2.0
-STARTING_INTERVAL_S = 0.2  # fast deploys: a new instance is routed as soon as it answers
-RUNNING_INTERVAL_S = 3.0
 
 
 class HealthChecker:

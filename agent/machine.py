@@ -43,7 +43,9 @@ from common.wire import DesiredInstance, DesiredState, HostReport
 log = logging.getLogger(__name__)
 
 TICK_S = 0.1
-REPORT_COALESCE_S = 0.05
+# While an instance starts, tick faster: it is routed as soon as its first check passes.
+STARTING_TICK_S = 0.03
+REPORT_COALESCE_S = 0.01
 APPLY_RETRY_S = 10.0
 
 
@@ -284,7 +286,7 @@ class MachineAgent:
         last_nginx_check = 0.0
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=TICK_S)
+                await asyncio.wait_for(self._wake.wait(), timeout=self._tick_timeout())
             self._wake.clear()
             now = time.monotonic()
             for inst in list(self.instances.values()):
@@ -298,6 +300,10 @@ class MachineAgent:
             if snapshot != self._last_snapshot:
                 self._last_snapshot = snapshot
                 self._report_soon.set()
+
+    def _tick_timeout(self) -> float:
+        starting = any(i.state == "starting" for i in self.instances.values())
+        return STARTING_TICK_S if starting else TICK_S
 
     def _tick_instance(self, inst: Instance, now: float) -> None:
         sup = inst.supervisor

@@ -52,7 +52,7 @@ class Policy:
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0
     unhealthy_after: int = 3  # consecutive failed checks while running
-    starting_check_interval_s: float = 0.2
+    starting_check_interval_s: float = 0.03
     running_check_interval_s: float = 3.0
 
 

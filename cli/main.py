@@ -14,7 +14,6 @@ from cli import config, output
 from cli.api import RegistryClient
 from cli.deploy import Deployer
 from cli.errors import CliError, DeployFailed
-from cli.local import LocalCluster, Ports
 from common.names import InvalidName, check_app_name, check_domain
 from common.wire import AppCreate
 
@@ -214,6 +213,8 @@ def local_up(
 ) -> None:
     """Start registry + machine agent + frontend agent, log in, deploy the app dir."""
     check_domain(domain)
+    from cli.local import LocalCluster, Ports  # psutil and friends only for `local`
+
     ports = Ports(registry=registry_port, http=http_port, https=https_port, proxy=proxy_port)
     cluster = LocalCluster(state_dir, ports=ports, domain=domain)
     if cluster.up():
@@ -233,6 +234,8 @@ def local_up(
 @STATE_OPTION
 def local_down(state_dir: Path) -> None:
     """Stop exactly the processes `paas local up` recorded."""
+    from cli.local import LocalCluster
+
     cluster = LocalCluster(state_dir)
     stopped = cluster.down()
     click.echo(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
@@ -243,6 +246,8 @@ def local_down(state_dir: Path) -> None:
 @json_option
 def local_status(state_dir: Path, as_json: bool) -> None:
     """Which recorded processes run, and what the registry says about the hosts."""
+    from cli.local import LocalCluster
+
     cluster = LocalCluster(state_dir)
     info = cluster.status()
     hosts_: list[Any] = []

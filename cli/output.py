@@ -6,16 +6,18 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from cli.api import dump
 from common.wire import App, Host, InstanceView, Release
 
+if TYPE_CHECKING:  # rich is imported when a table is drawn: `paas deploy` starts faster
+    from rich.console import Console
+
 
 def console() -> Console:
+    from rich.console import Console
+
     # Piped output is not cut to 80 columns: whole lines grep better than wrapped cells.
     width = None if sys.stdout.isatty() else 200
     return Console(highlight=False, soft_wrap=True, width=width)
@@ -30,6 +32,8 @@ def _when(value: datetime | None) -> str:
 
 
 def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    from rich.table import Table
+
     out = Table(title=title, title_justify="left", box=None, header_style="bold")
     for column in columns:
         out.add_column(column)
