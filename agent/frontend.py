@@ -307,4 +307,3 @@ def socket_dir(base: Path) -> Path:
         raise AgentError(f"{short} exists but is not a private folder of this user")
     short.chmod(0o700)
     return short
-
