@@ -16,6 +16,9 @@ system-packages:
 	[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing="$$missing nginx-light"; \
 	[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || missing="$$missing haproxy"; \
 	dpkg -s python3-venv >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	command -v packer >/dev/null 2>&1 || missing="$$missing packer"; \
+	command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing="$$missing debootstrap"; \
+	command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || missing="$$missing iproute2"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(APT) update && $(APT) install -y $$missing; \
@@ -45,3 +48,4 @@ lint: setup
 bench: setup
 	@command -v wrk >/dev/null 2>&1 || { $(APT) update && $(APT) install -y wrk; }
 	$(BIN)/python bench/deploy.py
+	$(BIN)/python bench/reload_under_load.py

@@ -63,6 +63,23 @@ def _check_link_target(name: str, target: str, *, relative_to: PurePosixPath) ->
             raise UnsafeArchive(f"archive entry {name!r} links outside the tree ({target!r})")
 
 
+def _extract(tar: tarfile.TarFile, dest: Path, members: list[tarfile.TarInfo]) -> None:
+    """Extract with the "data" filter; Python without it (Debian 12's 3.11.2 predates 3.11.4)
+    gets the same effect by hand: no owners from the archive, no set-id bits, no write
+    permission for group or others. check_members has already refused the unsafe paths."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, members=members, filter="data")
+        return
+    for member in members:
+        member.uid, member.gid = os.getuid(), os.getgid()
+        member.uname = member.gname = ""
+        if member.isdir():
+            member.mode = 0o755  # the filter leaves folders at the default mode
+        elif member.isfile() or member.islnk():  # a hard link's mode applies to its target
+            member.mode = (member.mode | 0o600) & 0o755
+    tar.extractall(dest, members=members, numeric_owner=True)
+
+
 def unpack(archive: Path, dest: Path, *, max_total_bytes: int = MAX_TOTAL_BYTES) -> Path:
     """Unpack `archive` into `dest` (which must not exist yet), atomically.
 
@@ -75,9 +92,9 @@ def unpack(archive: Path, dest: Path, *, max_total_bytes: int = MAX_TOTAL_BYTES)
             with tarfile.open(archive, mode="r:*") as tar:
                 members = tar.getmembers()
                 check_members(members, max_total_bytes=max_total_bytes)
-                tar.extractall(tmp, members=members, filter="data")
+                _extract(tar, tmp, members)
         except (tarfile.TarError, EOFError, OSError) as exc:
-            if isinstance(exc, tarfile.FilterError):
+            if isinstance(exc, getattr(tarfile, "FilterError", ())):
                 raise UnsafeArchive(f"archive refused: {exc}") from exc
             raise UnsafeArchive(f"archive {archive.name} could not be read: {exc}") from exc
         os.chmod(tmp, 0o755)

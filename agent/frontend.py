@@ -1,8 +1,11 @@
 """The frontend agent: watch the routing table, render HAProxy config, apply it, report.
 
 One reconcile loop (watch -> view model -> render -> apply -> report) and one heartbeat loop
-(report the same values, restart HAProxy if it died). A registry outage never touches
-HAProxy: it keeps serving the last good config while we retry with jittered backoff.
+(report the same values, restart HAProxy if it died, retry a refused config so a fixed
+template recovers by itself). A registry outage never touches HAProxy: it keeps serving the
+last good config while we retry with jittered backoff. The last routing table applied is
+kept in state_dir/routing.json; a restarted agent adopts the running HAProxy, or starts it
+from that table, before the registry answers.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from pathlib import Path
 
 import httpx
 
+from agent import statefile
 from agent.config_apply import ApplyResult, ConfigApplier
 from agent.errors import AgentError, ProxyError, RegistryError, RenderError, ValidationFailed
 from agent.haproxy import MAIN_FILE, build_view, render_files, summarize
 from agent.haproxy_process import HaproxyProcess
-from agent.registry_client import RegistryClient, backoff_delays, join_or_load_token
+from agent.registry_client import RegistryClient, backoff_delays, join_or_load_token, rejoin
 from agent.render import make_environment, template_dirs
 from agent.settings import AgentSettings
 from agent.tls import ensure_default_cert
@@ -36,6 +40,7 @@ log = logging.getLogger(__name__)
 
 MAX_ERROR_CHARS = 8000  # HostReport.proxy_error allows 8192
 STOP_GRACE_S = 5.0
+RETRY_REFUSED_S = 5.0  # a refused routing table is rendered and tried again this often
 
 
 class FrontendAgent:
@@ -63,11 +68,14 @@ class FrontendAgent:
         self.applier = ConfigApplier(
             self.conf_dir, MAIN_FILE, validate=self.process.validate, reload=self.process.reload
         )
-        self.env = make_environment(template_dirs(settings.template_dir))
+        self.env = make_environment(template_dirs(settings.operator_template_dir))
+        self.routing_file = settings.state_dir / "routing.json"
         self.cert_path: Path | None = settings.tls_cert
         self.applied_index: int | None = None
         self.proxy_error: str | None = None
-        self._last_table: RoutingTable | None = None
+        self._last_table: RoutingTable | None = None  # the table the live config reflects
+        self._wanted: RoutingTable | None = None  # the newest table from the registry
+        self._retry_at = 0.0
         self._lock = asyncio.Lock()  # one HAProxy operation at a time
         self._report_now = asyncio.Event()
 
@@ -107,21 +115,32 @@ class FrontendAgent:
             await self.client.aclose()
 
     async def _start_proxy(self) -> None:
-        """Adopt a running HAProxy, else start on the last good config, else on an empty one."""
+        """Before the registry answers: adopt the running HAProxy or start it on the last good
+        config, then route the saved routing table (identical text: no reload at all)."""
         async with self._lock:
-            if await asyncio.to_thread(self.process.adopt_or_clean):
-                return
-            live = self.conf_dir / MAIN_FILE
-            if live.is_file():
-                try:
-                    await asyncio.to_thread(self.process.validate, live)
-                    await asyncio.to_thread(self.process.start)
-                    log.info("HAProxy serves the last good config until the registry answers")
-                    return
-                except (ValidationFailed, ProxyError) as exc:
-                    log.error("the last good config does not start any more: %s", exc)
-            await self._apply_locked(RoutingTable(index=0, apps=[]))
+            running = await asyncio.to_thread(self.process.adopt_or_clean)
+            if not running:
+                running = await self._start_on_live_config()
+            saved = await asyncio.to_thread(statefile.load, self.routing_file, RoutingTable)
+            if saved is not None:
+                log.info("routing the saved routing table (index %d)", saved.index)
+                await self._apply_locked(saved)
+            elif not running:
+                await self._apply_locked(RoutingTable(index=0, apps=[]))
             await self._ensure_running_locked()
+
+    async def _start_on_live_config(self) -> bool:
+        live = self.conf_dir / MAIN_FILE
+        if not live.is_file():
+            return False
+        try:
+            await asyncio.to_thread(self.process.validate, live)
+            await asyncio.to_thread(self.process.start)
+        except (ValidationFailed, ProxyError) as exc:
+            log.error("the last good config does not start any more: %s", exc)
+            return False
+        log.info("HAProxy serves the last good config until the registry answers")
+        return True
 
     async def _join(self, stop: asyncio.Event) -> bool:
         """Join (or load the kept token), retrying through outages; False when stopped."""
@@ -149,7 +168,7 @@ class FrontendAgent:
                 table = await self.client.routing(index=index, wait_s=self.settings.watch_wait_s)
             except RegistryError as exc:
                 if exc.status == 401:
-                    await self._rejoin(exc)
+                    await rejoin(self.client, self.settings, exc)
                 await _sleep_or_stop(stop, outage.failed(exc))
                 continue
             outage.recovered()
@@ -169,6 +188,7 @@ class FrontendAgent:
             self._report_now.clear()
             async with self._lock:
                 await self._ensure_running_locked()
+            await self._retry_refused()
             report = HostReport(applied_index=self.applied_index, proxy_error=self.proxy_error)
             try:
                 await self.client.report(self.settings.name, report)
@@ -176,19 +196,23 @@ class FrontendAgent:
             except RegistryError as exc:
                 outage.failed(exc)
 
-    async def _rejoin(self, exc: RegistryError) -> None:
-        """The registry no longer knows our token (e.g. it was reset): join again if we can."""
-        if not self.settings.join_token:
-            return
-        log.warning("registry refused the host token (%s); joining again", exc)
-        self.settings.host_token_file.unlink(missing_ok=True)
-        with contextlib.suppress(RegistryError):
-            await join_or_load_token(self.client, self.settings)
-
     # ---- reconcile ----------------------------------------------------------------------
+
+    async def _retry_refused(self) -> None:
+        """The newest table was refused (e.g. a hand-edited template): try it again now and
+        then, so fixing the template is enough to recover."""
+        wanted = self._wanted
+        if wanted is None or self.proxy_error is None or time.monotonic() < self._retry_at:
+            return
+        if wanted == self._last_table and self.applied_index == wanted.index:
+            return  # applied; the error is about single apps, which a retry does not fix
+        self._retry_at = time.monotonic() + RETRY_REFUSED_S
+        log.info("trying the refused routing index %d again", wanted.index)
+        await self.apply_table(wanted)
 
     async def apply_table(self, table: RoutingTable) -> ApplyResult | None:
         """Make HAProxy route `table`; record applied_index/proxy_error, wake the reporter."""
+        self._wanted = table
         async with self._lock:
             if (
                 table == self._last_table
@@ -233,9 +257,17 @@ class FrontendAgent:
         if result.applied:
             if table.index:  # index 0 is our own empty start-up config, not the registry's
                 self.applied_index = table.index
+                if table != self._last_table:
+                    await asyncio.to_thread(self._save_table, table)
             self._last_table = table
             log.info("HAProxy routes index %d (%d apps)", table.index, len(built.view.backends))
         return result
+
+    def _save_table(self, table: RoutingTable) -> None:
+        try:
+            statefile.save(self.routing_file, table)
+        except OSError as exc:  # serving goes on; only a restart during an outage loses it
+            log.error("could not save the routing table to %s: %s", self.routing_file, exc)
 
     async def _ensure_running_locked(self) -> None:
         if self.process.running():

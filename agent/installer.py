@@ -4,11 +4,17 @@ Releases are cached by app and version (state_dir/apps/<app>/releases/<version>/
 the hash of their dependencies (state_dir/venvs/<key>/), so a code-only redeploy unpacks the
 new code and reuses the venv without running an installer. Every folder is built under a temp
 name and renamed into place, so a crash or a concurrent install never leaves half a folder.
+
+Every failure is an InstallError whose message the registry shows as the release's reason:
+the installer's last lines (they name the requirement that could not be installed), or
+"no space left on the agent's disk ..." when the disk is full; what was half-written is
+removed, and nothing is used later unless it was completed and verified.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import os
@@ -22,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent import archive, procs
-from agent.errors import InstallError
+from agent.errors import InstallError, UnsafeArchive
 from common.names import check_app_name, check_sha256
 
 log = logging.getLogger(__name__)
@@ -32,6 +38,8 @@ Download = Callable[[str, Path], Awaitable[None]]  # (sha256, dest) -> file at d
 INSTALL_TIMEOUT_S = 600.0
 VENV_TIMEOUT_S = 120.0
 TAIL_LINES = 20
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded")
 
 
 @dataclass(frozen=True)
@@ -124,11 +132,19 @@ class Installer:
     async def install(self, *, app: str, version: int, sha256: str) -> InstalledRelease:
         """Download (cached by sha), unpack (cached by app+version), build or reuse the venv."""
         check_sha256(sha256)
-        artifact = await self._fetch(sha256)
+        try:
+            artifact = await self._fetch(sha256)
+        except OSError as exc:
+            raise self._failure(exc, f"storing artifact {sha256[:12]}") from exc
         release = self.release_dir(app, version)
         async with self._lock(f"release:{release}"):
             if not _release_matches(release, sha256):
-                await asyncio.to_thread(_unpack_release, artifact, release, sha256)
+                try:
+                    await asyncio.to_thread(_unpack_release, artifact, release, sha256)
+                except (OSError, UnsafeArchive) as exc:
+                    if not _no_space(exc) and isinstance(exc, InstallError):
+                        raise
+                    raise self._failure(exc, f"unpacking release {version} of {app}") from exc
                 log.info("unpacked %s release %d into %s", app, version, release)
         spec = await asyncio.to_thread(environment_spec, release)
         venv = self.venvs_dir / spec.key
@@ -137,8 +153,22 @@ class Installer:
                 log.info("%s release %d reuses venv %s", app, version, spec.key)
             else:
                 log.info("%s release %d needs venv %s, building it", app, version, spec.key)
-                await asyncio.to_thread(self._build_venv, venv, spec)
+                try:
+                    await asyncio.to_thread(self._build_venv, venv, spec)
+                except (OSError, InstallError) as exc:
+                    if isinstance(exc, InstallError) and not _no_space(exc):
+                        raise
+                    raise self._failure(exc, "building the environment") from exc
         return InstalledRelease(app=app, version=version, path=release, venv=venv)
+
+    def _failure(self, exc: BaseException, doing: str) -> InstallError:
+        if _no_space(exc):
+            log.error("no space left in %s while %s", self.state_dir, doing)
+            return InstallError(
+                f"no space left on the agent's disk ({self.state_dir}) while {doing};"
+                f" nothing half-written was kept. Free some space and deploy again.\n{exc}"
+            )
+        return InstallError(f"{doing} failed: {exc}")
 
     async def _fetch(self, sha256: str) -> Path:
         path = self.artifacts_dir / f"{sha256}.tar.gz"
@@ -158,6 +188,7 @@ class Installer:
     def _build_venv(self, venv: Path, spec: EnvironmentSpec) -> None:
         venv.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{venv.name}.", suffix=".build", dir=venv.parent))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; apps may run as another user (run_as_user)
         try:
             # Built under a temp name, so the shebangs of console scripts name the temp
             # folder: rewrite them to the final path before the rename.
@@ -199,8 +230,14 @@ class Installer:
                 except procs.ProcessError as exc:
                     output.append(exc.output)
                     text = "\n".join(output).strip()
-                    lines = "\n".join(text.splitlines()[-TAIL_LINES:])
-                    raise InstallError(f"building the environment failed: {exc}\n{lines}") from exc
+                    # uv's "Using Python 3.11 environment at: <temp folder>" says nothing useful.
+                    kept = [ln for ln in text.splitlines() if not ln.startswith("Using Python ")]
+                    lines = "\n".join(kept[-TAIL_LINES:])
+                    doing = (
+                        "installing the requirements" if argv is install else "creating the venv"
+                    )
+                    what = str(exc).replace(argv[0], Path(argv[0]).name)
+                    raise InstallError(f"{doing} failed ({what}):\n{lines}") from exc
         finally:
             requirements.unlink(missing_ok=True)
 
@@ -225,6 +262,20 @@ def _fix_script_paths(built: Path, final: Path) -> None:
         cfg.write_bytes(cfg.read_bytes().replace(old, new))
 
 
+def _no_space(exc: BaseException) -> bool:
+    """A full disk anywhere in the chain of causes, or in an installer's output."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno in NO_SPACE:
+            return True
+        if isinstance(seen, InstallError) and any(t in str(seen) for t in NO_SPACE_TEXT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _venv_ready(venv: Path) -> bool:
     return (venv / "bin" / "python").exists() and (venv / "pyvenv.cfg").is_file()
 
@@ -237,8 +288,13 @@ def _release_matches(release: Path, sha256: str) -> bool:
 def _unpack_release(artifact: Path, release: Path, sha256: str) -> None:
     staged = release.with_name(f".{release.name}.{os.getpid()}.staged")
     shutil.rmtree(staged, ignore_errors=True)
-    archive.unpack(artifact, staged)
-    (staged / ".paas-artifact").write_text(sha256 + "\n")
+    try:
+        archive.unpack(artifact, staged)
+        # The marker is what makes a release folder usable (`_release_matches`): written last.
+        (staged / ".paas-artifact").write_text(sha256 + "\n")
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
     if release.exists():
         # Same version, different artifact (a re-created registry): replace it.
         old = release.with_name(f".{release.name}.{os.getpid()}.old")

@@ -6,12 +6,12 @@ Plain data and pure functions over it; the agent's loops (agent/machine.py) muta
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.supervisor import Supervisor
+from agent import statefile
+from agent.supervisor import Supervisor, wire_state
 from common.wire import DesiredInstance, DesiredState, HostReport, InstanceReport, InstanceState
 
 ERROR_MAX = 8000  # reports cap errors at 8192 characters
@@ -28,12 +28,14 @@ class Instance:
     supervisor: Supervisor | None = None
     task: asyncio.Task[None] | None = None  # install + start
     health_task: asyncio.Task[None] | None = field(default=None, repr=False)
-    removing: bool = False
+    removing: bool = False  # left the desired state: stopped once no live config routes it
+    stop_requested: bool = False
+    routed_once: bool = False  # a live proxy config sent traffic to it (drain before SIGTERM)
 
     @property
     def state(self) -> InstanceState:
         if self.supervisor is not None:
-            return self.supervisor.state
+            return wire_state(self.supervisor.state)
         return self.phase
 
     @property
@@ -89,13 +91,11 @@ def host_report(
     )
 
 
+def load_desired(state_dir: Path) -> DesiredState | None:
+    """The desired state saved by the last run (None when there is none or it is unreadable)."""
+    return statefile.load(state_dir / "desired.json", DesiredState)
+
+
 def save_desired(state_dir: Path, desired: DesiredState) -> None:
     """state_dir/desired.json, atomically and 0600 (config vars hold secrets)."""
-    path = state_dir / "desired.json"
-    tmp = path.with_name(".desired.json.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(desired.model_dump_json(indent=1))
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    statefile.save(state_dir / "desired.json", desired)

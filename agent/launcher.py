@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+import pwd
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from agent import procs
@@ -43,7 +44,10 @@ def instance_env(
 
 
 class AppLauncher:
-    """Implements supervisor.Launcher for one instance: same argv/env/port on every restart."""
+    """Implements supervisor.Launcher for one instance: same argv/env/port on every restart.
+
+    `on_spawn` learns every new child (the machine agent writes its run record there, so a
+    restarted agent can adopt it)."""
 
     def __init__(
         self,
@@ -52,56 +56,43 @@ class AppLauncher:
         *,
         env: Mapping[str, str],
         log_path: Path,
-        pid_file: Path | None = None,
+        on_spawn: Callable[[procs.Child], None] | None = None,
+        user: str | None = None,
     ) -> None:
         self.argv = ["/bin/sh", "-c", command]
         self.release = release
         self.env = dict(env)
         self.log_path = log_path
-        self.pid_file = pid_file
+        self._on_spawn = on_spawn
+        self.user = user  # run as this unprivileged user (the agent is root), else as the agent
 
     def spawn(self) -> procs.Child:
         home = Path(self.env["HOME"])
         home.mkdir(parents=True, exist_ok=True)
-        child = procs.spawn(self.argv, env=self.env, cwd=self.release.path, log_path=self.log_path)
-        if self.pid_file is not None:
-            # So a restarted agent can end what an earlier (killed) run left behind.
-            self.pid_file.parent.mkdir(parents=True, exist_ok=True)
-            self.pid_file.write_text(f"{child.pid}\n")
+        if self.user is not None:
+            _give_to(home, self.user)
+        child = procs.spawn(
+            self.argv, env=self.env, cwd=self.release.path, log_path=self.log_path, user=self.user
+        )
+        if self._on_spawn is not None:
+            try:
+                self._on_spawn(child)
+            except OSError as exc:
+                child.stop(grace_s=2.0)
+                raise procs.ProcessError(f"could not record the started process: {exc}") from exc
         return child
 
     def log_tail(self) -> str:
         return procs.tail(self.log_path, lines=20)
 
 
-def stop_leftovers(pid_dir: Path, apps_dir: Path, *, grace_s: float = 5.0) -> int:
-    """Stop instance process groups an earlier agent run left running; returns how many.
-
-    A pid counts only if it still leads its own process group and runs from under `apps_dir`,
-    so a recycled pid of an unrelated process is never signalled.
-    """
-    stopped = 0
-    for pid_file in sorted(pid_dir.glob("*.pid")) if pid_dir.is_dir() else []:
-        try:
-            pid = int(pid_file.read_text().strip())
-        except (OSError, ValueError):
-            pid = 0
-        if pid > 0 and _is_our_instance(pid, apps_dir):
-            log.info("stopping instance pid %d left over from an earlier run", pid)
-            procs.stop_group(pid, grace_s=grace_s)
-            stopped += 1
-        pid_file.unlink(missing_ok=True)
-    return stopped
-
-
-def _is_our_instance(pid: int, apps_dir: Path) -> bool:
+def _give_to(folder: Path, user: str) -> None:
+    """The app's HOME belongs to the user it runs as (it may write caches there)."""
     try:
-        if os.getpgid(pid) != pid:
-            return False
-        cwd = Path(f"/proc/{pid}/cwd").resolve()
-    except (OSError, ProcessLookupError):
-        return False
-    return cwd.is_relative_to(apps_dir.resolve())
+        entry = pwd.getpwnam(user)
+    except KeyError as exc:
+        raise procs.ProcessError(f"user {user!r} does not exist") from exc
+    os.chown(folder, entry.pw_uid, entry.pw_gid)
 
 
 def system_path() -> str:

@@ -3,7 +3,13 @@
 One reconcile loop per host. Desired state comes from a blocking query; every instance is
 keyed by id and diffed against what runs; acting is idempotent and a failure of one instance
 is recorded as its error, never stopping the others. Order in a pass (zero downtime): start
-and health-check new instances, render+apply nginx, only then stop the ones no longer wanted.
+and health-check new instances, render+apply nginx, and stop a departed instance only once
+the live nginx config no longer routes to it.
+
+The registry is not needed to keep serving: at start the agent adopts the nginx and the
+instances an earlier run left running (see agent/runrecords.py) and starts the rest of the
+desired state saved on disk, then joins the registry in the background; an outage only
+pauses the watch and the reports.
 """
 
 from __future__ import annotations
@@ -11,31 +17,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import pwd
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 
-from agent import nginx
-from agent.config_apply import ConfigApplier
-from agent.errors import AgentError, RegistryError, RenderError
+from agent.adoption import adopt_instances
+from agent.errors import AgentError, RegistryError
 from agent.health import HealthChecker
-from agent.installer import Installer
+from agent.installer import InstalledRelease, Installer
 from agent.instances import (
-    ERROR_MAX,
     Instance,
     definition,
-    healthy_ports,
     host_report,
+    load_desired,
     save_desired,
     snapshot,
 )
-from agent.launcher import AppLauncher, instance_env, stop_leftovers, system_path
-from agent.nginx_process import NginxProcess, default_worker_user
+from agent.launcher import AppLauncher, instance_env, system_path
+from agent.machine_proxy import MachineProxy
 from agent.ports import PortAllocator
-from agent.registry_client import RegistryClient, backoff_delays, join_or_load_token
+from agent.registry_client import (
+    RegistryClient,
+    backoff_delays,
+    join_with_retry,
+    rejoin,
+)
 from agent.render import make_environment, template_dirs
+from agent.reporter import Reporter
+from agent.runrecords import recorder, remove_record
 from agent.settings import AgentSettings
 from agent.supervisor import Policy, Supervisor
 from common.wire import DesiredInstance, DesiredState, HostReport
@@ -45,8 +58,8 @@ log = logging.getLogger(__name__)
 TICK_S = 0.1
 # While an instance starts, tick faster: it is routed as soon as its first check passes.
 STARTING_TICK_S = 0.03
-REPORT_COALESCE_S = 0.01
-APPLY_RETRY_S = 10.0
+NGINX_CHECK_S = 1.0
+ADOPT_CHECK_S = 5.0  # an adopted instance gets this long to answer before nginx is rendered
 
 
 class MachineAgent:
@@ -60,54 +73,31 @@ class MachineAgent:
     ) -> None:
         self.settings = settings
         self._transport = transport
-        self.policy = policy or Policy()
+        self.policy = policy or Policy()  # start_timeout_s comes from each desired instance
         self.drain_s = drain_s
         self.instances: dict[int, Instance] = {}
-        self.routed: frozenset[int] = frozenset()
-        self.applied_index: int | None = None
-        self.proxy_error: str | None = None
         self._desired_index = 0
-        self._last_view: nginx.NginxView | None = None
         self._last_snapshot: object = None
         self._wake = asyncio.Event()
-        self._report_soon = asyncio.Event()
-        self._apply_lock = asyncio.Lock()
-        self._retry_apply_at = 0.0  # a refused config is retried (e.g. the port was busy)
-        self._report_outage = False
         self._reported: frozenset[int] = frozenset()  # departed ids reported stopped
+
+    @property
+    def run_dir(self) -> Path:
+        return self.settings.state_dir / "run"
 
     # ---- lifecycle ----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Serve until `stop` is set, then stop every instance and nginx (SIGTERM semantics).
+        A SIGKILLed agent stops nothing: the next run adopts what still runs."""
         stop = stop or asyncio.Event()
-        state_dir = self.settings.state_dir
-        for sub in ("artifacts", "apps", "venvs", "logs"):
-            (state_dir / sub).mkdir(parents=True, exist_ok=True)
-        self.client = RegistryClient(self.settings.registry_url, transport=self._transport)
-        self.installer = Installer(state_dir, self.client.download_artifact)
-        self.ports = PortAllocator(*self.settings.port_bounds)
-        self.health = HealthChecker()
-        self.nginx = NginxProcess(
-            state_dir / "nginx", binary=self.settings.nginx_bin, worker_user=default_worker_user()
-        )
-        self.nginx.prepare()
-        self.applier = ConfigApplier(
-            self.nginx.conf_dir,
-            nginx.MAIN_FILE,
-            validate=self.nginx.validate,
-            reload=self.nginx.reload,
-        )
-        self.templates = make_environment(template_dirs(self.settings.template_dir))
-        await asyncio.to_thread(stop_leftovers, state_dir / "run", state_dir / "apps")
+        self._setup()
         tasks: list[asyncio.Task[None]] = []
         try:
-            await self.apply_nginx()  # nginx answers (404) from the start
-            if not await self._join(stop):
-                return
+            await self._start_from_disk()
             tasks = [
-                asyncio.create_task(self._watch_loop(), name="watch"),
                 asyncio.create_task(self._tick_loop(), name="tick"),
-                asyncio.create_task(self._report_loop(), name="report"),
+                asyncio.create_task(self._registry_loop(stop), name="registry"),
             ]
             waiter = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -121,23 +111,76 @@ class MachineAgent:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._shutdown()
 
-    async def _join(self, stop: asyncio.Event) -> bool:
-        delays = backoff_delays()
-        first = True
-        while not stop.is_set():
-            try:
-                await join_or_load_token(self.client, self.settings)
-                return True
-            except RegistryError as exc:
-                if not exc.retryable:
-                    raise
-                delay = next(delays)
-                if first:
-                    log.warning("could not join the registry (will keep trying): %s", exc)
-                    first = False
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
-        return False
+    def _setup(self) -> None:
+        state_dir = self.settings.state_dir
+        for sub in ("artifacts", "apps", "venvs", "logs", "run"):
+            (state_dir / sub).mkdir(parents=True, exist_ok=True)
+        self.client = RegistryClient(self.settings.registry_url, transport=self._transport)
+        self.reporter = Reporter(
+            self.client,
+            self.settings.name,
+            build=self.build_report,
+            sent=self._report_sent,
+            heartbeat_s=self.settings.heartbeat_interval_s,
+        )
+        self.installer = Installer(state_dir, self.client.download_artifact)
+        self.ports = PortAllocator(*self.settings.port_bounds)
+        self.health = HealthChecker()
+        templates = make_environment(template_dirs(self.settings.operator_template_dir))
+        self.proxy = MachineProxy(self.settings, templates)
+        self.nginx = self.proxy.process
+
+    async def _start_from_disk(self) -> None:
+        """Serve what the last run served before the registry answers: adopt the nginx and
+        the instances still running, start the rest of the saved desired state."""
+        await asyncio.to_thread(self.proxy.adopt)
+        cached = await asyncio.to_thread(load_desired, self.settings.state_dir)
+        await self._adopt_instances(cached)
+        if cached is not None:
+            log.info(
+                "starting from the saved desired state (index %d, %d instances)",
+                cached.index,
+                len(cached.instances),
+            )
+            await self.reconcile(cached)
+        else:
+            await self.apply_nginx()  # nginx answers (404) from the start
+        await asyncio.to_thread(self.nginx.ensure_running)
+
+    async def _adopt_instances(self, cached: DesiredState | None) -> None:
+        adopted = await asyncio.to_thread(
+            adopt_instances,
+            self.run_dir,
+            self.settings.state_dir / "apps",
+            wanted={d.id for d in cached.instances} if cached is not None else set(),
+            make_supervisor=self._supervisor,
+            ports=self.ports,
+            now=time.monotonic(),
+            grace_s=self.policy.stop_grace_s,
+            app_uid=self._app_uid(),
+        )
+        self.instances.update(adopted)
+        # Checked before nginx is rendered, so what still answers keeps its route without a
+        # gap; a few tries, as one check may time out on a busy host.
+        await asyncio.gather(*(self._first_check(inst) for inst in adopted.values()))
+
+    def _app_uid(self) -> int | None:
+        user = self.settings.run_as_user
+        return pwd.getpwnam(user).pw_uid if user is not None else None
+
+    async def _first_check(self, inst: Instance) -> None:
+        sup, port = inst.supervisor, inst.port
+        if sup is None or port is None:
+            return
+        deadline = time.monotonic() + ADOPT_CHECK_S
+        while sup.state == "starting" and time.monotonic() < deadline:
+            await self._check(sup, port, inst.desired.health_path)
+            if sup.state == "starting":
+                await asyncio.sleep(0.1)
+
+    async def _registry_loop(self, stop: asyncio.Event) -> None:
+        if await join_with_retry(self.client, self.settings, stop):
+            await asyncio.gather(self._watch_loop(), self.reporter.run())
 
     async def _shutdown(self) -> None:
         """Stop every instance (SIGTERM, grace, SIGKILL), then nginx; bounded."""
@@ -157,7 +200,7 @@ class MachineAgent:
             await asyncio.sleep(0.05)
         for iid, inst in self.instances.items():
             if inst.supervisor is None or inst.supervisor.state == "stopped":
-                self._pid_file(iid).unlink(missing_ok=True)
+                remove_record(self.run_dir, iid)
         if self.instances:
             log.info("stopped %d instance(s)", len(self.instances))
         await asyncio.to_thread(self.nginx.stop, grace_s=5.0)
@@ -170,6 +213,7 @@ class MachineAgent:
         index = -1  # answer now, even if the registry's index is 0
         delays: Iterator[float] | None = None
         while True:
+            started = time.monotonic()
             try:
                 desired = await self.client.desired(
                     self.settings.name, index=index, wait_s=self.settings.watch_wait_s
@@ -178,13 +222,17 @@ class MachineAgent:
                 if delays is None:
                     log.warning("registry unreachable, everything keeps running: %s", exc)
                     delays = backoff_delays()
+                if exc.status == 401:
+                    await rejoin(self.client, self.settings, exc)
                 await asyncio.sleep(next(delays))
                 continue
             if delays is not None:
                 log.info("registry reachable again")
                 delays = None
             if desired.index == index:
-                continue  # the wait ran out, nothing changed
+                if time.monotonic() - started < 1.0:
+                    await asyncio.sleep(0.5)  # the registry did not block; do not spin
+                continue
             index = desired.index
             await asyncio.to_thread(save_desired, self.settings.state_dir, desired)
             await self.reconcile(desired)
@@ -201,33 +249,38 @@ class MachineAgent:
                 inst.task = asyncio.create_task(self._install_and_start(inst))
             elif inst.removing:
                 log.info("instance %d is wanted again", iid)
-                inst.removing = False
+                inst.removing = inst.stop_requested = False
                 inst.desired = d
             elif definition(inst.desired) != definition(d):
                 log.info("instance %d changed its definition, restarting it", iid)
                 inst.task = asyncio.create_task(self._restart(inst, d))
             else:
                 inst.desired = d
-        departing = [i for iid, i in self.instances.items() if iid not in wanted and not i.removing]
-        was_routed = {i.desired.id for i in departing if i.desired.id in self.routed}
-        for inst in departing:
-            inst.removing = True
+        for iid, inst in self.instances.items():
+            if iid not in wanted and not inst.removing:
+                log.info("instance %d of %s left the desired state", iid, inst.desired.app)
+                inst.removing = True
         await self.apply_nginx()
-        now = time.monotonic()
-        for inst in departing:
-            log.info(
-                "instance %d of %s left the desired state, stopping it",
-                inst.desired.id,
-                inst.desired.app,
-            )
+        self._stop_departed(time.monotonic())
+        self._changed()
+
+    def _stop_departed(self, now: float) -> None:
+        """Stop departed instances, each once the live nginx config no longer routes to it
+        (a refused config keeps them serving); routed ones drain in-flight requests first."""
+        if self.proxy.applied_index is None:
+            return  # until our first config is live, what the live one routes is unknown
+        for iid, inst in self.instances.items():
+            if not inst.removing or inst.stop_requested or iid in self.proxy.routed:
+                continue
+            inst.stop_requested = True
             if inst.task is not None and not inst.task.done():
                 inst.task.cancel()
             if inst.supervisor is not None:
-                drain = self.drain_s if inst.desired.id in was_routed else 0.0
+                log.info("stopping instance %d of %s", iid, inst.desired.app)
+                drain = self.drain_s if inst.routed_once else 0.0
                 inst.supervisor.stop(now, drain_s=drain)
             else:
                 inst.phase = "stopped"
-        self._changed()
 
     # ---- install / start ---------------------------------------------------------------
 
@@ -244,18 +297,7 @@ class MachineAgent:
                 return
             port = inst.port if inst.port is not None else self.ports.acquire()
             inst.port = port
-            env = instance_env(
-                d.env,
-                port=port,
-                venv=release.venv,
-                home=self.settings.state_dir / "apps" / d.app / "home",
-                system_path=system_path(),
-            )
-            log_path = self.settings.state_dir / "logs" / d.app / f"{d.id}.log"
-            launcher = AppLauncher(
-                d.command, release, env=env, log_path=log_path, pid_file=self._pid_file(d.id)
-            )
-            inst.supervisor = Supervisor(f"{d.app}#{d.id}", launcher, policy=self.policy)
+            inst.supervisor = self._supervisor(d, release, port)
             inst.supervisor.start(time.monotonic())
             log.info(
                 "instance %d of %s release %d started on port %d", d.id, d.app, d.release, port
@@ -269,16 +311,33 @@ class MachineAgent:
         finally:
             self._changed()
 
+    def _supervisor(self, d: DesiredInstance, release: InstalledRelease, port: int) -> Supervisor:
+        env = instance_env(
+            d.env,
+            port=port,
+            venv=release.venv,
+            home=self.settings.state_dir / "apps" / d.app / "home",
+            system_path=system_path(),
+        )
+        launcher = AppLauncher(
+            d.command,
+            release,
+            env=env,
+            log_path=self.settings.state_dir / "logs" / d.app / f"{d.id}.log",
+            on_spawn=recorder(self.run_dir, d, release, port),
+            user=self.settings.run_as_user,
+        )
+        policy = replace(self.policy, start_timeout_s=d.health_timeout_s)
+        return Supervisor(f"{d.app}#{d.id}", launcher, policy=policy)
+
     async def _restart(self, inst: Instance, desired: DesiredInstance) -> None:
         if inst.supervisor is not None:
             inst.supervisor.stop(time.monotonic())
             while inst.supervisor.transition(time.monotonic()) != "stopped":
                 await asyncio.sleep(0.05)
+        remove_record(self.run_dir, desired.id)
         inst.supervisor, inst.desired = None, desired
         await self._install_and_start(inst)
-
-    def _pid_file(self, iid: int) -> Path:
-        return self.settings.state_dir / "run" / f"{int(iid)}.pid"
 
     # ---- tick: supervise, health-check, route ------------------------------------------------
 
@@ -292,14 +351,15 @@ class MachineAgent:
             for inst in list(self.instances.values()):
                 self._tick_instance(inst, now)
             await self.apply_nginx()
+            self._stop_departed(now)
             self._forget_gone()
-            if now - last_nginx_check >= 1.0:
+            if now - last_nginx_check >= NGINX_CHECK_S:
                 last_nginx_check = now
                 await asyncio.to_thread(self.nginx.ensure_running)
             snapshot = self._snapshot()
             if snapshot != self._last_snapshot:
                 self._last_snapshot = snapshot
-                self._report_soon.set()
+                self.reporter.soon()
 
     def _tick_timeout(self) -> float:
         starting = any(i.state == "starting" for i in self.instances.values())
@@ -316,12 +376,13 @@ class MachineAgent:
             if sup.health_due(now) and inst.port is not None:
                 sup.mark_checked(now)
                 inst.health_task = asyncio.create_task(
-                    self._check(sup, inst.port, inst.desired.health_path, sup.generation)
+                    self._check(sup, inst.port, inst.desired.health_path)
                 )
         except Exception:
             log.exception("supervising instance %d failed", inst.desired.id)
 
-    async def _check(self, sup: Supervisor, port: int, path: str, generation: int) -> None:
+    async def _check(self, sup: Supervisor, port: int, path: str) -> None:
+        generation = sup.generation
         ok, detail = await self.health.check(port, path)
         sup.record_health(ok, time.monotonic(), generation=generation, detail=detail)
         self._wake.set()
@@ -329,101 +390,49 @@ class MachineAgent:
     def _forget_gone(self) -> None:
         """Departed instances leave the table once they are stopped and reported so."""
         for iid, inst in list(self.instances.items()):
-            if inst.removing and inst.state in ("stopped", "failed") and iid in self._reported:
+            if (
+                inst.removing
+                and inst.stop_requested
+                and inst.state in ("stopped", "failed")
+                and iid in self._reported
+            ):
                 self.ports.release(inst.port)
-                self._pid_file(iid).unlink(missing_ok=True)
+                remove_record(self.run_dir, iid)
                 del self.instances[iid]
                 self._reported = self._reported - {iid}
 
     # ---- nginx -------------------------------------------------------------------------------
 
     async def apply_nginx(self) -> None:
-        """Render from the current desired + observed state; apply only when the view changed."""
-        async with self._apply_lock:
-            desired = [i.desired for i in self.instances.values() if not i.removing]
-            try:
-                view = nginx.build_view(
-                    desired,
-                    healthy_ports(self.instances),
-                    address=self.settings.address,
-                    port=self.settings.proxy_port,
-                    paths=self.nginx.paths(),
-                    worker_user=self.nginx.worker_user,
-                )
-            except RenderError as exc:
-                self._set_proxy_error(str(exc))
-                return
-            if view == self._last_view and (
-                self.proxy_error is None or time.monotonic() < self._retry_apply_at
-            ):
-                return
-            self._last_view = view
-            self._retry_apply_at = time.monotonic() + APPLY_RETRY_S
-            index = self._desired_index
-            try:
-                files = nginx.render_files(self.templates, view)
-                result = await asyncio.to_thread(self.applier.apply, files)
-            except RenderError as exc:
-                self._set_proxy_error(str(exc))
-                return
-            if result.applied:
-                self.routed = view.routed_ids
-                self.applied_index = index
-                self.proxy_error = None
-            else:
-                self._set_proxy_error(result.error or "nginx config refused")
+        if await self.proxy.apply(self.instances, index=self._desired_index):
+            for iid in self.proxy.routed:
+                self.instances[iid].routed_once = True
             self._changed()
-
-    def _set_proxy_error(self, message: str) -> None:
-        if message != self.proxy_error:
-            log.error("nginx config not applied: %s", message)
-        self.proxy_error = message[-ERROR_MAX:]
-        self._changed()
 
     # ---- reports -------------------------------------------------------------------------------
 
-    def _departing(self, iid: int) -> bool:
+    def _gone_for_good(self, iid: int) -> bool:
         inst = self.instances.get(iid)
-        return inst is not None and inst.removing
+        return inst is not None and inst.removing and inst.stop_requested
 
     def _changed(self) -> None:
         self._wake.set()
 
     def _snapshot(self) -> tuple[object, ...]:
-        return (snapshot(self.instances, self.routed), self.applied_index, self.proxy_error)
+        proxy = self.proxy
+        return (snapshot(self.instances, proxy.routed), proxy.applied_index, proxy.error)
 
     def build_report(self) -> HostReport:
         return host_report(
             self.instances,
-            routed=self.routed,
-            applied_index=self.applied_index,
-            proxy_error=self.proxy_error,
+            routed=self.proxy.routed,
+            applied_index=self.proxy.applied_index,
+            proxy_error=self.proxy.error,
         )
 
-    async def _report_loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._report_soon.wait(), timeout=self.settings.heartbeat_interval_s
-                )
-            if self._report_soon.is_set():
-                await asyncio.sleep(REPORT_COALESCE_S)  # let a burst of changes settle
-            self._report_soon.clear()
-            await self._send_report()
-
-    async def _send_report(self) -> None:
-        report = self.build_report()
-        gone = frozenset(
-            r.id for r in report.instances if r.state == "stopped" and self._departing(r.id)
-        )
-        try:
-            await self.client.report(self.settings.name, report)
-        except RegistryError as exc:
-            if not self._report_outage:
-                log.warning("could not report to the registry (will keep trying): %s", exc)
-                self._report_outage = True
-            return
-        if self._report_outage:
-            log.info("reports reach the registry again")
-            self._report_outage = False
+    def _report_sent(self, report: HostReport) -> None:
+        """Departed instances reported stopped may now leave the table."""
+        gone = {
+            r.id for r in report.instances if r.state == "stopped" and self._gone_for_good(r.id)
+        }
         self._reported = self._reported | gone

@@ -4,6 +4,8 @@ nginx runs as a child of the agent in the foreground (`-g 'daemon off;'`), in it
 group, with every file under state_dir/nginx/ (prefix, config, pid, logs, temp), never
 touching /etc/nginx or the system service. When the agent runs as root the workers run as an
 unprivileged user; nginx itself chowns its temp folders to that user when it creates them.
+An nginx an earlier agent run left running (same prefix and config) is adopted, not
+restarted, so an agent restart (even after SIGKILL) drops no connection.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class NginxProcess:
         self.prefix = prefix
         self.binary = binary
         self.worker_user = worker_user  # the `user` line; None when not running as root
-        self._child: procs.Child | None = None
+        self._child: procs.Child | procs.Adopted | None = None
         self._temp_dir: Path | None = None
 
     @property
@@ -113,6 +115,39 @@ class NginxProcess:
     @property
     def running(self) -> bool:
         return self._child is not None and self._child.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The master's pid while it runs (started or adopted)."""
+        return self._child.pid if self.running and self._child is not None else None
+
+    def adopt(self) -> bool:
+        """Take over the nginx master an earlier agent run left running on our config."""
+        if self.running:
+            return True
+        master = self._running_master()
+        if master is None:
+            return False
+        try:
+            self._child = procs.Adopted(master)
+        except psutil.Error:
+            return False
+        log.info("adopted the running nginx master %d", master.pid)
+        return True
+
+    def _running_master(self) -> psutil.Process | None:
+        """The live nginx master of the pid file, when it runs with our prefix and config."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            proc = psutil.Process(pid)
+            title = " ".join(proc.cmdline())
+            if proc.status() == psutil.STATUS_ZOMBIE or os.getpgid(pid) != pid:
+                return None
+        except (OSError, ValueError, psutil.Error):
+            return None
+        if "nginx: master process" not in title or f"-c {self.conf} " not in f"{title} ":
+            return None
+        return proc
 
     # ---- validate / reload (the ConfigApplier callbacks) --------------------------------
 

@@ -43,6 +43,10 @@ class PortAllocator:
             return port
         raise NoFreePort(f"no free port left in {self.low}-{self.high}")
 
+    def reserve(self, port: int) -> None:
+        """Hold a port a live instance already listens on (one adopted after a restart)."""
+        self._reserved.add(port)
+
     def release(self, port: int | None) -> None:
         if port is not None:
             self._reserved.discard(port)

@@ -10,12 +10,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pwd
 import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from agent.errors import AgentError
 
@@ -107,14 +110,80 @@ class Child:
         return self.poll()
 
 
+class Adopted:
+    """A process group leader an earlier agent run started (not our child): the same
+    interface as Child, through psutil. Its exit status is unknown once it is gone."""
+
+    UNKNOWN_STATUS = -1
+
+    def __init__(self, proc: psutil.Process) -> None:
+        self._proc = proc
+        self._create_time = proc.create_time()
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def poll(self) -> int | None:
+        return None if same_process(self._proc.pid, self._create_time) else self.UNKNOWN_STATUS
+
+    def signal(self, sig: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, sig)
+
+    def wait(self, timeout_s: float) -> int | None:
+        deadline = time.monotonic() + timeout_s
+        while self.poll() is None:
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.02)
+        return self.UNKNOWN_STATUS
+
+    def stop(self, *, grace_s: float) -> int | None:
+        """SIGTERM the group, wait `grace_s`, then SIGKILL the group (bounded). Blocking."""
+        if self.poll() is None:
+            self.signal(signal.SIGTERM)
+            if self.wait(grace_s) is None:
+                log.info("pid %d did not stop within %.1fs, sending SIGKILL", self.pid, grace_s)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        return self.poll()
+
+
+def create_time(pid: int) -> float | None:
+    """The process's start time as psutil reports it (None when there is no such process)."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def same_process(pid: int, created: float) -> bool:
+    """`pid` runs (not a zombie) and is the process that started at `created`, not a
+    recycled pid."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return abs(proc.create_time() - created) < 0.05
+    except psutil.Error:
+        return False
+
+
 def spawn(
     argv: Sequence[str],
     *,
     env: Mapping[str, str],
     cwd: Path,
     log_path: Path,
+    user: str | None = None,
 ) -> Child:
-    """Start a child in a new session, stdout/stderr appended to `log_path`."""
+    """Start a child in a new session, stdout/stderr appended to `log_path`.
+
+    With `user` (the agent runs as root), the child runs as that user and its primary group,
+    with no supplementary groups: it gets none of root's privileges.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as out:
         try:
@@ -127,10 +196,20 @@ def spawn(
                 cwd=cwd,
                 start_new_session=True,
                 close_fds=True,
+                user=user,
+                group=_primary_group(user) if user is not None else None,
+                extra_groups=[] if user is not None else None,
             )
         except OSError as exc:
             raise ProcessError(f"could not start {argv[0]}: {exc}") from exc
     return Child(popen)
+
+
+def _primary_group(user: str) -> int:
+    try:
+        return pwd.getpwnam(user).pw_gid
+    except KeyError as exc:
+        raise ProcessError(f"user {user!r} does not exist") from exc
 
 
 def tail(path: Path, *, lines: int = 20, max_bytes: int = 64 * 1024) -> str:

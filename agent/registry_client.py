@@ -6,6 +6,7 @@ family: `retryable` tells an outage (back off and keep serving) from a refusal (
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -191,6 +192,39 @@ def backoff_delays(
     while True:
         yield ceiling / 2 + rng() * ceiling / 2
         ceiling = min(cap, ceiling * 2)
+
+
+async def join_with_retry(
+    client: RegistryClient, settings: AgentSettings, stop: asyncio.Event
+) -> bool:
+    """join_or_load_token, retried with back-off through outages; False once `stop` is set.
+    A refusal that no retry can fix (a wrong join token) raises."""
+    delays = backoff_delays()
+    logged = False
+    while not stop.is_set():
+        try:
+            await join_or_load_token(client, settings)
+            return True
+        except RegistryError as exc:
+            if not exc.retryable:
+                raise
+            if not logged:
+                log.warning("could not join the registry (will keep trying): %s", exc)
+                logged = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=next(delays))
+    return False
+
+
+async def rejoin(client: RegistryClient, settings: AgentSettings, exc: RegistryError) -> None:
+    """The registry no longer knows our host token (e.g. it was reset): join again if we
+    have a join token; a failure is left to the caller's next retry."""
+    if not settings.join_token:
+        return
+    log.warning("registry refused the host token (%s); joining again", exc)
+    settings.host_token_file.unlink(missing_ok=True)
+    with contextlib.suppress(RegistryError):
+        await join_or_load_token(client, settings)
 
 
 async def join_or_load_token(client: RegistryClient, settings: AgentSettings) -> str:

@@ -23,8 +23,13 @@ def default_template_dir() -> Path:
 
 
 def make_environment(template_dirs: Sequence[Path]) -> jinja2.Environment:
-    """A Jinja environment that looks in `template_dirs` in order (operator overrides first)."""
+    """A Jinja environment that looks in `template_dirs` in order (operator overrides first).
+
+    No template cache: every render searches the folders again, so an override an operator
+    adds, fixes or removes while the agent runs is used by the next render (renders are rare
+    and the templates small)."""
     return jinja2.Environment(
+        cache_size=0,
         loader=jinja2.FileSystemLoader([str(path) for path in template_dirs]),
         undefined=jinja2.StrictUndefined,
         autoescape=False,  # proxy configs, not HTML; values are validated by the view models

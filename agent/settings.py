@@ -6,6 +6,7 @@ so a typo stops the agent with one clear line instead of producing a broken prox
 
 from __future__ import annotations
 
+import pwd
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,6 +47,9 @@ class AgentSettings(BaseSettings):
     # frontend: the cluster domain; the self-signed default certificate covers *.<domain>.
     domain: str | None = None
     labels: dict[str, str] = {}
+    # machine: run app processes as this unprivileged user (the agent itself stays root to
+    # own nginx and bind ports); None runs them as the agent's own user.
+    run_as_user: str | None = None
 
     @field_validator("name")
     @classmethod
@@ -68,6 +72,20 @@ class AgentSettings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"registry_url {value!r} must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("run_as_user")
+    @classmethod
+    def _run_as_user(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        check_label(value)
+        try:
+            entry = pwd.getpwnam(value)
+        except KeyError:
+            raise ValueError(f"run_as_user {value!r} is not a user on this host") from None
+        if entry.pw_uid == 0:
+            raise ValueError(f"run_as_user {value!r} is root; name an unprivileged user")
+        return value
 
     @field_validator("labels")
     @classmethod
@@ -106,6 +124,12 @@ class AgentSettings(BaseSettings):
     def port_bounds(self) -> tuple[int, int]:
         """The inclusive (low, high) port range for app instances."""
         return parse_port_range(self.port_range)
+
+    @property
+    def operator_template_dir(self) -> Path:
+        """Templates here override the packaged ones, file by file: --template-dir, else
+        <state_dir>/templates (it may not exist)."""
+        return self.template_dir if self.template_dir is not None else self.state_dir / "templates"
 
     @property
     def host_token_file(self) -> Path:

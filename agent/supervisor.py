@@ -1,17 +1,30 @@
 """Process supervision as a state machine, in the style of supervisord.
 
-    stopped -> starting --(health check passes)--> running <--> unhealthy
-                  |  ^                                |
-         (exits)  v  | (delay: 0.5s, 1s, 2s ...)      | (exits)
-                backoff <-----------------------------+
-                  |
-     (more than N failed starts in a row, or no passing check within the start timeout)
-                  v
-                failed          any state --stop()--> stopping --(exit or SIGKILL)--> stopped
+    stopped --start()--> starting --(health check passes)--> running <--> unhealthy
+                           |  ^                                  |
+                  (exits)  |  | (after a growing delay:           | (exits)
+                           v  |  0.5s, 1s, 2s ...)               v
+                         backoff <------------------------------ exited
+                           |
+      (more than N failed starts in a row, or no passing check within the start timeout)
+                           v
+                         fatal            any state --stop()--> stopping --(exit)--> stopped
+
+- `exited`: the process ended on its own after it had been healthy; the next tick decides
+  (back-off, or fatal when it keeps dying). A run counts as a success, and ends a series of
+  failed starts, only once it stayed healthy for `stable_after_s` (supervisord's startsecs):
+  an app that passes one check and then crashes every time still ends up fatal.
+- `unhealthy`: running, but its continuous health checks fail; the agent takes it out of the
+  proxy until a check passes again.
+- `fatal`: gave up; the reason carries the last lines of the instance's log.
+- `adopt()`: a process an earlier agent run started enters `starting` like a spawned one; if
+  it does not pass a check within the start timeout it is killed and replaced (back-off),
+  never given up on: it had started fine once.
 
 `transition(now)` is called on every tick with `now` passed in, so tests own the clock; the OS
 actions sit behind `Launcher`/`ProcessHandle`, so the logic is tested without processes.
 Health checks run elsewhere (they are async I/O); their results come in via `record_health`.
+`wire_state` is the one place where these states become the wire's `InstanceState`.
 """
 
 from __future__ import annotations
@@ -22,13 +35,36 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from agent.errors import AgentError
+from common.wire import InstanceState
 
 log = logging.getLogger(__name__)
 
-State = Literal["stopped", "starting", "running", "unhealthy", "backoff", "stopping", "failed"]
+State = Literal[
+    "stopped", "starting", "running", "unhealthy", "backoff", "stopping", "exited", "fatal"
+]
+
+_WIRE: dict[State, InstanceState] = {
+    "stopped": "stopped",
+    "starting": "starting",
+    "running": "running",
+    "unhealthy": "unhealthy",
+    "backoff": "backoff",
+    "stopping": "stopping",
+    "exited": "stopped",  # for the one tick before the restart decision
+    "fatal": "failed",
+}
+
+
+def wire_state(state: State) -> InstanceState:
+    """The state a report carries for a supervisor state."""
+    return _WIRE[state]
 
 
 class ProcessHandle(Protocol):
+    @property
+    def pid(self) -> int:
+        """The process (and process group) id."""
+
     def poll(self) -> int | None:
         """Exit status once exited (and reaped), else None."""
 
@@ -46,8 +82,9 @@ class Launcher(Protocol):
 
 @dataclass(frozen=True)
 class Policy:
-    max_failed_starts: int = 3  # more than this many failed starts in a row -> failed
-    start_timeout_s: float = 30.0  # a health check must pass within this, else failed
+    max_failed_starts: int = 3  # more than this many failed starts in a row -> fatal
+    start_timeout_s: float = 30.0  # a health check must pass within this, else fatal
+    stable_after_s: float = 10.0  # healthy this long: the run counts as a good start
     stop_grace_s: float = 10.0  # SIGTERM -> this long -> SIGKILL
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0
@@ -64,11 +101,14 @@ class Supervisor:
         self.policy = policy or Policy()
         self._launcher = launcher
         self.state: State = "stopped"
-        self.reason: str | None = None  # why it is failed / backing off / unhealthy
+        self.reason: str | None = None  # why it is fatal / backing off / unhealthy
         self.generation = 0  # bumps on every spawn; stale health results are ignored
         self.failed_starts = 0
         self._handle: ProcessHandle | None = None
         self._started_at = 0.0
+        self._healthy_since: float | None = None
+        self._adopted = False  # the current process was adopted, not spawned by us
+        self._exit_status: int | None = None
         self._next_start_at = 0.0
         self._next_check_at = 0.0
         self._failed_checks = 0
@@ -80,24 +120,36 @@ class Supervisor:
     # ---- commands -----------------------------------------------------------------------
 
     def start(self, now: float) -> None:
-        """Start from stopped or failed (a fresh run: counters reset)."""
-        if self.state not in ("stopped", "failed"):
+        """Start from stopped or fatal (a fresh run: counters reset)."""
+        if self.state not in ("stopped", "fatal"):
             return
         self.failed_starts = 0
         self.reason = None
         self._spawn(now)
+
+    def adopt(self, handle: ProcessHandle, now: float) -> None:
+        """Take over a process an earlier agent run started: `starting` until a check passes,
+        so it is routed again only once it answers."""
+        if self.state not in ("stopped", "fatal"):
+            raise AgentError(f"{self.name}: cannot adopt a process while {self.state}")
+        self.failed_starts = 0
+        self.reason = None
+        self._begin(handle, now)
+        self._adopted = True
+        log.info("%s: adopted running pid %d", self.name, handle.pid)
 
     def stop(self, now: float, *, drain_s: float = 0.0) -> None:
         """Stop: wait `drain_s` (in-flight requests), SIGTERM the group, SIGKILL after grace."""
         if self.state in ("stopped", "stopping"):
             return
         if not self.alive:
-            self._set("stopped", now)
+            self._handle = None
+            self._set("stopped")
             return
         self._term_at = now + max(0.0, drain_s)
         self._kill_at = None
         self._killed = False
-        self._set("stopping", now)
+        self._set("stopping")
         self.transition(now)
 
     # ---- ticks --------------------------------------------------------------------------
@@ -106,30 +158,45 @@ class Supervisor:
     def alive(self) -> bool:
         return self._handle is not None and self._handle.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        return self._handle.pid if self._handle is not None else None
+
     def transition(self, now: float) -> State:
         """Advance on the clock and on the process's exit; returns the (new) state."""
         exit_status = self._reap()
         if self.state == "starting":
             if exit_status is not None:
                 self._failed_start(now, f"exited with status {exit_status} before it was healthy")
+            elif now - self._started_at >= self.policy.start_timeout_s and self._adopted:
+                # Not ours to give up on: it had been started fine; start a fresh one.
+                if self._handle is not None:
+                    self._handle.signal(signal.SIGKILL)
+                    self._handle = None
+                self._failed_start(now, "the adopted process did not pass its health check")
             elif now - self._started_at >= self.policy.start_timeout_s:
                 self._fatal(
-                    now,
                     f"health check did not pass within {self.policy.start_timeout_s:g}s"
                     + (f" ({self._last_check_detail})" if self._last_check_detail else ""),
                     kill=True,
                 )
         elif self.state in ("running", "unhealthy"):
             if exit_status is not None:
-                # It had been healthy, so this is the first failure of a new series.
-                self.failed_starts = 0
-                self._failed_start(now, f"exited with status {exit_status} while running")
+                self._exit_status = exit_status
+                self.reason = f"exited with status {exit_status} while running"
+                log.info("%s %s", self.name, self.reason)
+                self._set("exited")
+        elif self.state == "exited":
+            healthy_for = now - (self._healthy_since if self._healthy_since is not None else now)
+            if healthy_for >= self.policy.stable_after_s:
+                self.failed_starts = 0  # it had run well: this is the first crash of a series
+            self._failed_start(now, f"exited with status {self._exit_status} while running")
         elif self.state == "backoff":
             if now >= self._next_start_at:
                 self._spawn(now)
         elif self.state == "stopping":
             if self._handle is None:
-                self._set("stopped", now)
+                self._set("stopped")
             elif self._term_at is not None and now >= self._term_at:
                 self._term_at = None
                 self._handle.signal(signal.SIGTERM)
@@ -152,27 +219,32 @@ class Supervisor:
         if generation != self.generation or self.state not in ("starting", "running", "unhealthy"):
             return
         self._last_check_detail = detail
-        interval = (
-            self.policy.starting_check_interval_s
-            if self.state == "starting"
-            else self.policy.running_check_interval_s
-        )
         if ok:
             self._failed_checks = 0
             self.reason = None
-            if self.state == "starting":
-                self.failed_starts = 0  # a healthy start ends a series of failed ones
             if self.state != "running":
-                self._set("running", now)
+                if self.state == "starting":
+                    self._healthy_since = now
+                    log.info("%s is healthy", self.name)
+                else:
+                    log.info("%s passes its health check again", self.name)
+                self._set("running")
             self._next_check_at = now + self.policy.running_check_interval_s
             return
-        self._next_check_at = now + interval
         if self.state == "starting":
+            self._next_check_at = now + self.policy.starting_check_interval_s
             return
+        self._next_check_at = now + self.policy.running_check_interval_s
         self._failed_checks += 1
         if self.state == "running" and self._failed_checks >= self.policy.unhealthy_after:
             self.reason = detail or "health check failed"
-            self._set("unhealthy", now)
+            log.warning(
+                "%s failed %d health checks in a row, out of service: %s",
+                self.name,
+                self._failed_checks,
+                self.reason,
+            )
+            self._set("unhealthy")
 
     def mark_checked(self, now: float) -> None:
         """A check was launched: do not launch another before the result is in."""
@@ -181,19 +253,27 @@ class Supervisor:
     # ---- internals ----------------------------------------------------------------------
 
     def _spawn(self, now: float) -> None:
+        try:
+            handle = self._launcher.spawn()
+        except AgentError as exc:
+            self._handle = None
+            self.generation += 1
+            self._started_at = now
+            self._set("starting")
+            self._failed_start(now, f"could not start: {exc}")
+            return
+        self._begin(handle, now)
+
+    def _begin(self, handle: ProcessHandle, now: float) -> None:
         self.generation += 1
+        self._handle = handle
         self._failed_checks = 0
         self._last_check_detail = ""
         self._next_check_at = now
         self._started_at = now
-        try:
-            self._handle = self._launcher.spawn()
-        except AgentError as exc:
-            self._handle = None
-            self._set("starting", now)
-            self._failed_start(now, f"could not start: {exc}")
-            return
-        self._set("starting", now)
+        self._healthy_since = None
+        self._adopted = False
+        self._set("starting")
 
     def _reap(self) -> int | None:
         """The exit status if the process exited since the last tick (then forgets it)."""
@@ -204,13 +284,13 @@ class Supervisor:
             return None
         self._handle = None
         if self.state == "stopping":
-            self._set("stopped", None)
+            self._set("stopped")
         return status
 
     def _failed_start(self, now: float, what: str) -> None:
         self.failed_starts += 1
         if self.failed_starts > self.policy.max_failed_starts:
-            self._fatal(now, f"{what}; gave up after {self.failed_starts} failed starts in a row")
+            self._fatal(f"{what}; gave up after {self.failed_starts} failed starts in a row")
             return
         delay = min(
             self.policy.backoff_cap_s,
@@ -219,17 +299,17 @@ class Supervisor:
         self._next_start_at = now + delay
         self.reason = what
         log.info("%s %s; restarting in %.1fs", self.name, what, delay)
-        self._set("backoff", now)
+        self._set("backoff")
 
-    def _fatal(self, now: float, what: str, *, kill: bool = False) -> None:
+    def _fatal(self, what: str, *, kill: bool = False) -> None:
         if kill and self._handle is not None:
             self._handle.signal(signal.SIGKILL)
         tail = self._launcher.log_tail()
         self.reason = what + (f"\n{tail}" if tail else "")
         log.error("%s failed: %s", self.name, what)
-        self._set("failed", now)
+        self._set("fatal")
 
-    def _set(self, state: State, now: float | None) -> None:
+    def _set(self, state: State) -> None:
         if state != self.state:
             log.debug("%s: %s -> %s", self.name, self.state, state)
         self.state = state

@@ -15,7 +15,16 @@ import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from cli.errors import ApiError, RegistryUnreachable
-from common.wire import App, AppCreate, Artifact, Host, InstanceView, Release, ReleaseCreate
+from common.wire import (
+    App,
+    AppCreate,
+    Artifact,
+    Host,
+    InstanceView,
+    Release,
+    ReleaseCreate,
+    RollbackRequest,
+)
 
 T = TypeVar("T")
 INDEX_HEADER = "X-Paas-Index"
@@ -155,6 +164,11 @@ class RegistryClient:
     def create_release(self, app: str, sha256: str) -> Release:
         body = ReleaseCreate(artifact_sha256=sha256).model_dump(mode="json")
         return self._parse(self._request("POST", f"/v1/apps/{app}/releases", json=body), Release)
+
+    def rollback(self, app: str, version: int | None = None) -> Release:
+        """A new release with the code and config of `version` (default: the one before)."""
+        body = RollbackRequest(version=version).model_dump(mode="json")
+        return self._parse(self._request("POST", f"/v1/apps/{app}/rollback", json=body), Release)
 
     def list_releases(self, app: str) -> list[Release]:
         return self._parse(self._request("GET", f"/v1/apps/{app}/releases"), list[Release])

@@ -5,20 +5,34 @@ Progress goes through a `report(line)` callable so the command prints it and tes
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from cli.api import RegistryClient
-from cli.errors import ApiError, DeployFailed, PackError
+from cli.errors import ApiError, CliError, DeployFailed, PackError, RegistryUnreachable
 from cli.pack import pack
 from common.manifest import Manifest, ManifestError, parse_manifest
 from common.names import InvalidName, check_app_name
 from common.wire import AppCreate, Release
 
+T = TypeVar("T")
 STAGES = ("uploaded", "installing", "starting", "healthy", "routed")
 WATCH_WAIT_S = 30
+# While following a release, a registry that stops answering (restart, crash) is retried
+# with back-off for this long before `paas deploy` gives up; the deploy itself goes on.
+RECONNECT_S = 120.0
+RETRY_STATUSES = frozenset({502, 503, 504})  # a proxy in front of a registry that restarts
+
+
+def retry_delays(*, base: float = 0.5, cap: float = 5.0) -> Iterator[float]:
+    delay = base
+    while True:
+        yield delay
+        delay = min(cap, delay * 2)
 
 
 def read_manifest(root: Path) -> Manifest:
@@ -77,11 +91,13 @@ class Deployer:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        reconnect_s: float = RECONNECT_S,
     ) -> None:
         self.client = client
         self.report = report
         self.clock = clock
         self.sleep = sleep
+        self.reconnect_s = reconnect_s
 
     def run(self, root: Path, *, app: str | None = None, timeout: float = 600.0) -> DeployResult:
         root = Path(root)
@@ -107,8 +123,24 @@ class Deployer:
             packed.path.unlink(missing_ok=True)
         release = self.client.create_release(name, packed.sha256)
         self.report(f"release v{release.version} of {name}")
-        release = self.follow(release, start=start, deadline=start + timeout)
-        urls = self.client.get_app(name).urls
+        return self._finish(release, start=start, timeout=timeout, created=created)
+
+    def rollback(
+        self, app: str, *, version: int | None = None, timeout: float = 600.0
+    ) -> DeployResult:
+        """Start a release with the code and config of `version` (default: the one before the
+        active one) and follow it like a deploy."""
+        start = self.clock()
+        release = self.client.rollback(app, version)
+        self.report(f"release v{release.version} of {app}: {release.description}")
+        return self._finish(release, start=start, timeout=timeout, created=False)
+
+    def _finish(
+        self, release: Release, *, start: float, timeout: float, created: bool
+    ) -> DeployResult:
+        deadline = start + timeout
+        release = self.follow(release, start=start, deadline=deadline)
+        urls = self._retrying(lambda: self.client.get_app(release.app).urls, deadline=deadline)
         url = urls[0] if urls else None
         if url:
             self.report(url)
@@ -136,18 +168,47 @@ class Deployer:
                     f" (last stage: {release.stage}, status: {release.status}){hint}"
                 )
             wait = max(1, min(WATCH_WAIT_S, int(left)))
-            release, new_index = self.client.watch_release(
-                release.app, release.version, index=index, wait_s=wait
+            watch = functools.partial(
+                self.client.watch_release, release.app, release.version, index=index, wait_s=wait
             )
+            release, new_index = self._retrying(watch, deadline=deadline)
             if new_index <= 0:
                 self.sleep(1.0)  # no X-Paas-Index: degrade to slow polling, never spin
             index = max(index, new_index)
+
+    def _retrying(self, call: Callable[[], T], *, deadline: float) -> T:
+        """`call()`, retried with back-off while the registry is unreachable (restarting),
+        for at most `reconnect_s` and never past `deadline`."""
+        delays = retry_delays()
+        lost_at: float | None = None
+        while True:
+            try:
+                result = call()
+            except (RegistryUnreachable, ApiError) as exc:
+                if isinstance(exc, ApiError) and exc.status not in RETRY_STATUSES:
+                    raise
+                now = self.clock()
+                if lost_at is None:
+                    lost_at = now
+                    self.report(
+                        f"lost the registry ({exc}); retrying for up to {self.reconnect_s:g}s"
+                    )
+                if now - lost_at >= self.reconnect_s or now >= deadline:
+                    raise RegistryUnreachable(
+                        f"{exc}; gave up after {now - lost_at:.0f}s of retrying"
+                        " (the release may still finish: see `paas releases`)"
+                    ) from exc
+                self.sleep(min(next(delays), max(0.0, deadline - now)))
+                continue
+            if lost_at is not None:
+                self.report("the registry answers again")
+            return result
 
     def _show_proxy_errors(self, shown: set[str]) -> None:
         """A proxy that refuses its config keeps a release from `routed`: say which, once."""
         try:
             hosts = self.client.list_hosts()
-        except ApiError:
+        except CliError:
             return  # only a diagnostic; the stage watch goes on and reports the outcome
         for host in hosts:
             if host.proxy_error and host.state == "up":

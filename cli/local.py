@@ -368,6 +368,33 @@ class LocalCluster:
             time.sleep(0.05)
         return True
 
+    # ---- faults (tests): kill one recorded process, start it again ----------------------
+
+    def kill(self, name: str, sig: int = signal.SIGKILL, *, timeout: float = 10.0) -> int:
+        """Send `sig` to the recorded process `name` only (not its children); wait until it is
+        gone. Returns its pid."""
+        p = self.processes().get(name)
+        if p is None or not _alive(p["pid"], p.get("create_time")):
+            raise ClusterError(f"{name} is not running")
+        os.kill(p["pid"], sig)
+        deadline = time.monotonic() + timeout
+        while _alive(p["pid"], p.get("create_time")):
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{name} (pid {p['pid']}) did not exit after signal {sig}")
+            time.sleep(0.05)
+        return int(p["pid"])
+
+    def restart(self, name: str) -> None:
+        """Start `name` again with its recorded command line (same ports and state folder)."""
+        p = self.processes().get(name)
+        if p is None:
+            raise ClusterError(f"{name} was never started here")
+        if _alive(p["pid"], p.get("create_time")):
+            raise ClusterError(f"{name} is still running (pid {p['pid']})")
+        self._start(name, list(p["argv"]))
+        if name == REGISTRY:
+            self._wait_registry()
+
     def status(self) -> dict[str, Any]:
         processes = self.processes()
         return {

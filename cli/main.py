@@ -129,6 +129,25 @@ def deploy(path: Path, app_name: str | None, timeout: float, as_json: bool) -> N
 
 
 @main.command()
+@click.argument("app")
+@click.argument("version", required=False, type=click.IntRange(1))
+@click.option("--timeout", type=click.FloatRange(1), default=600.0, show_default=True)
+@json_option
+def rollback(app: str, version: int | None, timeout: float, as_json: bool) -> None:
+    """Deploy the code and config of VERSION again, as a new release.
+
+    VERSION defaults to the release before the active one. The new release goes through the
+    same health check as a deploy; the previous one serves until it passes.
+    """
+    check_app_name(app)
+    report = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    with client() as api:
+        result = Deployer(api, report).rollback(app, version=version, timeout=timeout)
+    if as_json:
+        output.print_json(result.release)
+
+
+@main.command()
 @click.argument("app", required=False)
 @json_option
 def status(app: str | None, as_json: bool) -> None:
@@ -148,10 +167,15 @@ def status(app: str | None, as_json: bool) -> None:
         releases = api.list_releases(app)
         instances = api.list_instances(app)
     active = next((r for r in releases if r.version == found.active_release), None)
+    # The newest release when it is not the active one: a deploy in progress or one that
+    # failed (with its reason), which the active release keeps serving through.
+    latest = releases[0] if releases and releases[0] is not active else None
     if as_json:
-        output.print_json({"app": found, "release": active, "instances": instances})
+        output.print_json(
+            {"app": found, "release": active, "latest": latest, "instances": instances}
+        )
         return
-    output.app_detail(found, active)
+    output.app_detail(found, active, latest)
     output.instances_table(instances)
 
 

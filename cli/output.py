@@ -23,6 +23,9 @@ def console() -> Console:
     return Console(highlight=False, soft_wrap=True, width=width)
 
 
+ERROR_LINES = 12  # of a failed release's reason in `paas status APP`
+
+
 def print_json(value: Any) -> None:
     print(json.dumps(dump(value), indent=2, sort_keys=False))
 
@@ -33,12 +36,13 @@ def _when(value: datetime | None) -> str:
 
 def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     out = Table(title=title, title_justify="left", box=None, header_style="bold")
     for column in columns:
         out.add_column(column)
-    for row in rows:
-        out.add_row(*("-" if cell is None else str(cell) for cell in row))
+    for row in rows:  # plain Text: an error such as "[errno 28] ..." is not rich markup
+        out.add_row(*(Text("-" if cell is None else str(cell)) for cell in row))
     console().print(out)
 
 
@@ -67,15 +71,15 @@ def releases_table(releases: Sequence[Release]) -> None:
         return
     table(
         None,
-        ["VERSION", "STATUS", "STAGE", "ARTIFACT", "CREATED", "ERROR"],
+        ["VERSION", "STATUS", "STAGE", "DESCRIPTION", "CREATED", "ERROR"],
         [
             [
                 f"v{r.version}",
                 r.status,
                 r.stage,
-                r.artifact_sha256[:12],
+                r.description or f"artifact {r.artifact_sha256[:12]}",
                 _when(r.created_at),
-                (r.error or "").strip().splitlines()[-1] if r.error else None,
+                _last_line(r.error),
             ]
             for r in releases
         ],
@@ -120,19 +124,39 @@ def instances_table(instances: Sequence[InstanceView]) -> None:
                 i.port,
                 i.state,
                 "yes" if i.routed else "no",
-                (i.error or "").strip().splitlines()[-1] if i.error else None,
+                _last_line(i.error),
             ]
             for i in instances
         ],
     )
 
 
-def app_detail(app: App, release: Release | None) -> None:
+def _last_line(text: str | None) -> str | None:
+    lines = (text or "").strip().splitlines()
+    return lines[-1] if lines else None
+
+
+def app_detail(app: App, release: Release | None, latest: Release | None = None) -> None:
+    """The app, its serving release and, when newer, the release that is not serving (yet)."""
     c = console()
     c.print(f"[bold]{app.name}[/bold]  instances: {app.instances}  health: {app.health_path}")
     for url in app.urls:
         c.print(f"  {url}")
     if release:
-        c.print(f"release v{release.version}: {release.status}, stage {release.stage}")
+        c.print(f"release v{release.version}: {release.status}, stage {release.stage}", end="")
+        c.print(f" ({release.description})" if release.description else "")
     else:
         c.print("no active release")
+    if latest is not None:
+        what = f" ({latest.description})" if latest.description else ""
+        c.print(f"latest release v{latest.version}{what}: {latest.status}, stage {latest.stage}")
+        for line in _excerpt(latest.error):
+            c.print(f"  {line}", markup=False)
+
+
+def _excerpt(error: str | None) -> list[str]:
+    """The reason's first line (what failed) and its last lines (the log tail)."""
+    lines = (error or "").strip().splitlines()
+    if len(lines) <= ERROR_LINES:
+        return lines
+    return [lines[0], "...", *lines[-(ERROR_LINES - 2) :]]

@@ -18,6 +18,9 @@ from common.names import (
 )
 
 MAX_INSTANCES = 100
+DEFAULT_HEALTH_TIMEOUT_S = 30.0  # a new instance must pass its health check within this
+MIN_HEALTH_TIMEOUT_S = 1.0
+MAX_HEALTH_TIMEOUT_S = 3600.0
 
 
 class ManifestError(ValueError):
@@ -29,6 +32,7 @@ class Manifest:
     """What `paas.toml` may declare; None means "not declared, keep the app's value"."""
 
     health_path: str | None = None
+    health_timeout: float | None = None  # seconds; None: the app's (or the default) value
     name: str | None = None  # the app name `paas deploy` uses; the registry only checks it
     instances: int | None = None
     domains: list[str] = field(default_factory=list)
@@ -64,7 +68,7 @@ def require_web(processes: dict[str, str]) -> dict[str, str]:
     return processes
 
 
-_KEYS = {"name", "health_path", "instances", "domains"}  # name: read by the CLI
+_KEYS = {"name", "health_path", "health_timeout", "instances", "domains"}  # name: read by the CLI
 
 
 def parse_manifest(text: str) -> Manifest:
@@ -85,6 +89,7 @@ def parse_manifest(text: str) -> Manifest:
     return Manifest(
         name=_name(values.get("name")),
         health_path=_health_path(values.get("health_path")),
+        health_timeout=_health_timeout(values.get("health_timeout")),
         instances=_instances(values.get("instances")),
         domains=_domains(values.get("domains")),
     )
@@ -119,6 +124,19 @@ def _health_path(value: object) -> str | None:
         return check_health_path(value)
     except InvalidName as exc:
         raise ManifestError(f"paas.toml: {exc}") from None
+
+
+def _health_timeout(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ManifestError("paas.toml: health_timeout must be a number of seconds such as 30")
+    if not MIN_HEALTH_TIMEOUT_S <= value <= MAX_HEALTH_TIMEOUT_S:
+        raise ManifestError(
+            f"paas.toml: health_timeout must be between {MIN_HEALTH_TIMEOUT_S:g}"
+            f" and {MAX_HEALTH_TIMEOUT_S:g} seconds"
+        )
+    return float(value)
 
 
 def _instances(value: object) -> int | None:

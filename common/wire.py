@@ -12,6 +12,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from common.manifest import (
+    DEFAULT_HEALTH_TIMEOUT_S,
+    MAX_HEALTH_TIMEOUT_S,
+    MIN_HEALTH_TIMEOUT_S,
+)
 from common.names import (
     Address,
     AppName,
@@ -100,6 +105,10 @@ class ReleaseCreate(Model):
     artifact_sha256: Sha256
 
 
+class RollbackRequest(Model):
+    version: int | None = Field(default=None, ge=1)  # None: the release before the active one
+
+
 class InstanceView(Model):
     id: int
     app: AppName
@@ -125,6 +134,10 @@ class Release(Model):
     error: str | None  # why it failed: the last lines of the install or process log
     created_at: datetime
     instances: list[InstanceView] = Field(default_factory=list)
+    # Seconds a new instance has to pass its health check (paas.toml [app] health_timeout).
+    health_timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S
+    # What made it: "deploy <sha[:12]>", "config: set A, B; unset C", "rollback to v3".
+    description: str = ""
 
 
 # ---- config vars (added by the registry engineer: `paas config`) -----------------------
@@ -184,6 +197,10 @@ class DesiredInstance(Model):
     health_path: HealthPath
     domains: list[Domain]  # every domain of the app, cluster domain included
     serve: bool  # route traffic to it once healthy (its release is the app's active one)
+    # A started instance that passes no health check within this many seconds is failed.
+    health_timeout_s: float = Field(
+        default=DEFAULT_HEALTH_TIMEOUT_S, ge=MIN_HEALTH_TIMEOUT_S, le=MAX_HEALTH_TIMEOUT_S
+    )
 
 
 class DesiredState(Model):

@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from common.names import InvalidName
@@ -38,6 +39,7 @@ def create_app(settings: RegistrySettings) -> FastAPI:
         notifier=notifier,
         artifacts=ArtifactStore(settings.artifacts_dir, max_bytes=settings.max_artifact_bytes),
     )
+    ctx.artifacts.remove_partial_uploads()  # left by a crash mid-upload; never visible
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -60,6 +62,7 @@ def create_app(settings: RegistrySettings) -> FastAPI:
     app.add_exception_handler(RegistryError, _registry_error)  # type: ignore[arg-type]
     app.add_exception_handler(InvalidName, _invalid_name)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(OperationalError, _database_error)  # type: ignore[arg-type]
 
     @app.get("/v1/health", tags=["health"])
     def health() -> dict[str, bool]:
@@ -84,6 +87,21 @@ async def _deadline_tick(ctx: Context) -> None:
 
 def _registry_error(_request: Request, exc: RegistryError) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
+
+
+def _database_error(_request: Request, exc: OperationalError) -> JSONResponse:
+    """The transaction was rolled back; a full disk is the one cause a user can act on."""
+    if "disk is full" in str(exc.orig).lower():
+        log.error("database write refused: no space left (%s)", exc.orig)
+        return JSONResponse(
+            {"detail": "no space left on the registry's database disk; nothing was changed"},
+            status_code=507,
+        )
+    log.error("database error: %s", exc.orig)
+    return JSONResponse(
+        {"detail": f"the registry's database failed: {exc.orig}; nothing was changed"},
+        status_code=500,
+    )
 
 
 def _invalid_name(_request: Request, exc: InvalidName) -> JSONResponse:

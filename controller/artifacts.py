@@ -7,8 +7,11 @@ becomes visible.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
+import logging
 import os
 import tarfile
 import tempfile
@@ -18,9 +21,13 @@ from pathlib import Path
 from starlette.concurrency import run_in_threadpool
 
 from common.names import check_sha256
-from controller.errors import Invalid, NotFound, TooLarge
+from controller.errors import InsufficientStorage, Invalid, NotFound, StorageFailed, TooLarge
+
+log = logging.getLogger("paas.registry")
 
 MAX_MANIFEST_BYTES = 1024 * 1024
+UPLOAD_PREFIX = ".upload-"
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class ArtifactStore:
@@ -42,24 +49,36 @@ class ArtifactStore:
         return path.stat().st_size
 
     async def save(self, sha256: str, chunks: AsyncIterator[bytes]) -> int:
-        """Stream `chunks` to disk; keep them only if they hash to `sha256`. Returns the size."""
+        """Stream `chunks` to disk; keep them only if they hash to `sha256`. Returns the size.
+
+        A full filesystem is InsufficientStorage (507) and leaves no file behind; the rest of
+        the body is still read (up to the size limit) so the client gets the answer instead
+        of a broken pipe.
+        """
         final = self.path_for(sha256)
         if final.is_file():
             async for _ in chunks:  # idempotent re-upload: drain the body, keep the stored copy
                 pass
             return final.stat().st_size
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=".upload-", dir=final.parent)
-        tmp = Path(tmp_name)
+        tmp: Path | None = None
+        received = 0
+
+        async def counted() -> AsyncIterator[bytes]:
+            nonlocal received
+            async for chunk in chunks:
+                received += len(chunk)
+                if received > self.max_bytes:
+                    raise TooLarge(f"artifact is larger than the limit of {self.max_bytes} bytes")
+                yield chunk
+
+        body = counted()
         try:
-            digest, size = hashlib.sha256(), 0
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=UPLOAD_PREFIX, dir=final.parent)
+            tmp = Path(tmp_name)
+            digest = hashlib.sha256()
             with os.fdopen(fd, "wb") as out:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if size > self.max_bytes:
-                        raise TooLarge(
-                            f"artifact is larger than the limit of {self.max_bytes} bytes"
-                        )
+                async for chunk in body:
                     digest.update(chunk)
                     out.write(chunk)
                 out.flush()
@@ -69,9 +88,36 @@ class ArtifactStore:
                     f"artifact body hashes to {digest.hexdigest()}, not {sha256}; nothing stored"
                 )
             os.replace(tmp, final)
-            return size
+            return received
+        except OSError as exc:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+                tmp = None
+            async for _ in body:  # the client is told why, not cut off mid-upload
+                pass
+            if exc.errno in NO_SPACE:
+                log.error("artifact %s refused: no space left in %s", sha256[:12], self.root)
+                raise InsufficientStorage(
+                    "no space left on the registry's artifact store; nothing was stored"
+                ) from exc
+            raise StorageFailed(
+                f"the registry's artifact store could not write: {exc.strerror or exc};"
+                " nothing was stored"
+            ) from exc
         finally:
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+
+    def remove_partial_uploads(self) -> int:
+        """Delete temp files of uploads cut short by a crash (they were never visible)."""
+        removed = 0
+        for path in self.root.glob(f"*/{UPLOAD_PREFIX}*") if self.root.is_dir() else []:
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+        if removed:
+            log.info("removed %d partial artifact upload(s) left by an interrupted upload", removed)
+        return removed
 
     def read_app_files(self, sha256: str) -> tuple[str, str | None]:
         """(Procfile text, paas.toml text or None) from the stored `.tar.gz`."""

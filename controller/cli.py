@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from controller.auth import has_admin_token, issue_token, revoke_tokens
-from controller.db import Database
+from controller.db import Database, DatabaseCorrupt
 from controller.settings import RegistrySettings
 
 
@@ -78,7 +78,10 @@ def serve(
         domain=domain,
         public_https_port=public_https_port,
     )
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except DatabaseCorrupt as exc:
+        raise click.ClickException(f"{exc}; restore it from a backup") from exc
     with app.state.ctx.db.read() as session:
         if not has_admin_token(session):
             logging.getLogger("paas.registry").warning(

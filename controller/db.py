@@ -3,21 +3,28 @@
 Every mutation goes through `Database.write()`: one transaction, serialised by an in-process
 lock (SQLite has a single writer anyway, and it keeps read-modify-write steps such as
 "next release version" race-free), and the watchers are woken only after the commit.
+
+SQLite runs in WAL mode: a commit is one append to the write-ahead log, so a registry killed
+at any moment (even SIGKILL) reopens at its last committed transaction, never half of one.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import create_engine, event, func, inspect, select, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.schema import CreateColumn
 
-from controller.models import Base, Revision
+from controller.models import Base, Instance, Revision
+
+log = logging.getLogger("paas.registry")
 
 _BUMPED = "paas_bumped"
 
@@ -50,7 +57,10 @@ class Database:
         self.on_commit = on_commit
 
     def create_all(self) -> None:
+        """Create missing tables and columns, check the database, seed the revision row."""
         Base.metadata.create_all(self.engine)
+        add_missing_columns(self.engine)
+        check_integrity(self.engine)
         with self.write() as session:
             if session.get(Revision, 1) is None:
                 session.add(Revision(id=1, seq=0, desired_seq=0))
@@ -74,9 +84,50 @@ class Database:
             self.on_commit()
 
 
+class DatabaseCorrupt(RuntimeError):
+    """SQLite's own check found damage; the registry refuses to start on it."""
+
+
+def add_missing_columns(engine: Engine) -> None:
+    """Columns added to the models since a database was created (each has a server default)."""
+    existing = inspect(engine)
+    with engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            have = {c["name"] for c in existing.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in have:
+                    continue
+                ddl = CreateColumn(column).compile(dialect=engine.dialect)
+                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
+                log.info("database: added column %s.%s", table.name, column.name)
+
+
+def check_integrity(engine: Engine) -> None:
+    """SQLite: `PRAGMA quick_check` must say ok and the journal must be WAL."""
+    if engine.dialect.name != "sqlite":
+        return
+    with engine.connect() as conn:
+        problems = [row[0] for row in conn.execute(text("PRAGMA quick_check"))]
+        mode = conn.execute(text("PRAGMA journal_mode")).scalar_one()
+    if problems != ["ok"]:
+        raise DatabaseCorrupt(
+            f"the registry database {engine.url.database} is damaged: " + "; ".join(problems[:5])
+        )
+    if engine.url.database not in (None, "", ":memory:") and str(mode).lower() != "wal":
+        raise DatabaseCorrupt(f"the registry database is in {mode} mode, expected wal")
+
+
 def revision(session: Session) -> Revision:
     row = session.execute(select(Revision).where(Revision.id == 1)).scalar_one()
     return row
+
+
+def next_instance_id(session: Session) -> int:
+    """A new instance id, never one used before (SQLite would reuse a deleted max rowid)."""
+    row = revision(session)
+    top = session.execute(select(func.max(Instance.id))).scalar_one_or_none() or 0
+    row.instance_seq = max(row.instance_seq or 0, top) + 1
+    return row.instance_seq
 
 
 def bump(session: Session, *, desired: bool) -> int:

@@ -10,12 +10,12 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session
 
-from common.manifest import Manifest
+from common.manifest import DEFAULT_HEALTH_TIMEOUT_S, Manifest
 from common.wire import HostReport
-from controller.db import bump
+from controller.db import bump, next_instance_id
 from controller.errors import Conflict
 from controller.models import App, Domain, Host, Instance, Release
 from controller.placement import HostSlot, place
@@ -46,9 +46,15 @@ def create_release(
     artifact_sha256: str,
     processes: dict[str, str],
     manifest: Manifest,
+    description: str,
     now: datetime,
+    timeout_s: float,
 ) -> Release:
-    """Create the next release of `app`, place its instances, and start deploying it."""
+    """Create the next release of `app`, place its instances, and start deploying it.
+
+    The config snapshot is the app's config vars now. The deploy's deadline is `timeout_s`
+    (fetching and installing) plus the release's health timeout, stored with the release.
+    """
     if manifest.instances is not None:
         app.instances = manifest.instances
     if manifest.domains:
@@ -57,19 +63,23 @@ def create_release(
     for other in app.releases:
         if other.status == "deploying":
             fail_release(session, other, f"superseded by release {version}")
+    health_timeout = manifest.health_timeout or DEFAULT_HEALTH_TIMEOUT_S
     release = Release(
         version=version,
         artifact_sha256=artifact_sha256,
         processes=processes,
         health_path=manifest.health_path or app.health_path,
+        health_timeout_s=health_timeout,
+        description=description,
         config={v.key: v.value for v in app.config_vars},
         secret_keys=[v.key for v in app.config_vars if v.secret],
         status="deploying",
         created_at=now,
+        deadline_at=now + timedelta(seconds=timeout_s + health_timeout),
     )
     app.releases.append(release)
     session.flush()
-    log.info("release %s v%d created", app.name, version)
+    log.info("release %s v%d created (%s)", app.name, version, description)
     if app.instances == 0:
         activate_release(session, release)
         return release
@@ -78,7 +88,11 @@ def create_release(
         fail_release(session, release, NO_HOST_ERROR)
         return release
     for host in placed:
-        release.instances.append(Instance(app=app, process="web", host=host, updated_at=now))
+        release.instances.append(
+            Instance(
+                id=next_instance_id(session), app=app, process="web", host=host, updated_at=now
+            )
+        )
     session.flush()
     names = ", ".join(h.name for h in placed)
     log.info("release %s v%d placed on %s", app.name, version, names)
@@ -131,6 +145,13 @@ def activate_release(session: Session, release: Release) -> None:
     log.info("release %s v%d active", release.app.name, release.version)
 
 
+def deadline_of(release: Release, *, timeout_s: float) -> datetime:
+    """The stored deadline; rows from before deadlines were stored get the registry's default."""
+    if release.deadline_at is not None:
+        return release.deadline_at
+    return release.created_at + timedelta(seconds=timeout_s + release.health_timeout_s)
+
+
 def advance_release(session: Session, release: Release, *, now: datetime, timeout_s: float) -> None:
     """Move a deploying release on: failed instance -> failed, all running -> active."""
     if release.status != "deploying":
@@ -143,28 +164,37 @@ def advance_release(session: Session, release: Release, *, now: datetime, timeou
         fail_release(session, release, reason)
     elif wanted and all(i.state == "running" for i in wanted):
         activate_release(session, release)
-    elif now - release.created_at > timedelta(seconds=timeout_s):
+    elif now >= (deadline := deadline_of(release, timeout_s=timeout_s)):
         stage = deploying_stage(wanted)
+        seconds = (deadline - release.created_at).total_seconds()
+        detail = next((i.error for i in wanted if i.error), None)
         fail_release(
             session,
             release,
-            f"the deploy did not become healthy within {timeout_s:g} s (stuck at {stage})",
+            f"the deploy did not become healthy within {seconds:g} s (stuck at {stage})"
+            + (f"\n{detail}" if detail else ""),
         )
+
+
+def _overdue(now: datetime, timeout_s: float) -> ColumnElement[bool]:
+    legacy_cutoff = now - timedelta(seconds=timeout_s + DEFAULT_HEALTH_TIMEOUT_S)
+    return and_(
+        Release.status == "deploying",
+        or_(
+            Release.deadline_at <= now,
+            and_(Release.deadline_at.is_(None), Release.created_at < legacy_cutoff),
+        ),
+    )
 
 
 def expire_deadlines(session: Session, *, now: datetime, timeout_s: float) -> None:
     """Fail every deploying release past its deadline (checked lazily and by a slow tick)."""
-    cutoff = now - timedelta(seconds=timeout_s)
-    overdue = session.execute(
-        select(Release).where(Release.status == "deploying", Release.created_at < cutoff)
-    ).scalars()
-    for release in overdue:
+    for release in session.execute(select(Release).where(_overdue(now, timeout_s))).scalars():
         advance_release(session, release, now=now, timeout_s=timeout_s)
 
 
 def has_overdue(session: Session, *, now: datetime, timeout_s: float) -> bool:
-    cutoff = now - timedelta(seconds=timeout_s)
-    query = select(Release.id).where(Release.status == "deploying", Release.created_at < cutoff)
+    query = select(Release.id).where(_overdue(now, timeout_s))
     return session.execute(query.limit(1)).first() is not None
 
 
@@ -281,7 +311,14 @@ def scale_active(session: Session, app: App, *, now: datetime) -> None:
         placed = _place(session, app, -extra, staying=[i.host.name for i in running])
         for host in placed:
             active.instances.append(
-                Instance(app=app, process="web", host=host, serve=True, updated_at=now)
+                Instance(
+                    id=next_instance_id(session),
+                    app=app,
+                    process="web",
+                    host=host,
+                    serve=True,
+                    updated_at=now,
+                )
             )
         log.info("app %s scaled up to %d instances", app.name, len(running) + len(placed))
     else:

@@ -29,3 +29,15 @@ class Conflict(RegistryError):
 
 class TooLarge(RegistryError):
     status_code = 413
+
+
+class InsufficientStorage(RegistryError):
+    """The filesystem under the artifact store or the database is full (HTTP 507)."""
+
+    status_code = 507
+
+
+class StorageFailed(RegistryError):
+    """The artifact store could not write for another reason (permissions, I/O error)."""
+
+    status_code = 500

@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -85,6 +95,12 @@ class Release(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     activated_seq: Mapped[int | None] = mapped_column(Integer, default=None)
+    # Columns added after the first schema carry a server default, so `Database.create_all`
+    # can add them to an existing database with ALTER TABLE ... ADD COLUMN.
+    health_timeout_s: Mapped[float] = mapped_column(Float, server_default=text("30"))
+    description: Mapped[str] = mapped_column(Text, server_default=text("''"))
+    # A deploy not active by then is failed; stored, so a restarted registry keeps it.
+    deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
     app: Mapped[App] = relationship(back_populates="releases")
     instances: Mapped[list[Instance]] = relationship(
@@ -164,3 +180,6 @@ class Revision(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, default=0)
     desired_seq: Mapped[int] = mapped_column(Integer, default=0)
+    # The last instance id handed out: ids are never reused, even after rows are deleted, so
+    # an agent never mistakes a new instance for a departed one with the same id.
+    instance_seq: Mapped[int] = mapped_column(Integer, server_default=text("0"))

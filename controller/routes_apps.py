@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Response, status
+from fastapi import APIRouter, Body, Depends, Path, Query, Response, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -19,6 +19,7 @@ from controller.deploys import add_domains, create_release, scale_active
 from controller.errors import Conflict, Invalid, NotFound
 from controller.models import App, Instance, Release
 from controller.queries import expire_if_due, get_app, now, watch
+from controller.rollback import rollback
 from controller.views import app_view, instance_view, release_view, up_frontends
 
 router = APIRouter(prefix="/v1/apps", tags=["apps"], dependencies=[Depends(require_admin)])
@@ -100,7 +101,27 @@ def create_release_route(
             artifact_sha256=body.artifact_sha256,
             processes=processes,
             manifest=manifest,
+            description=f"deploy {body.artifact_sha256[:12]}",
             now=now(),
+            timeout_s=ctx.settings.deploy_timeout_s,
+        )
+        return release_view(release, frontends=up_frontends(session))
+
+
+@router.post("/{app}/rollback", status_code=status.HTTP_201_CREATED, response_model=wire.Release)
+def rollback_route(
+    app: AppName,
+    body: Annotated[wire.RollbackRequest | None, Body()] = None,
+    ctx: Context = Depends(get_ctx),
+) -> wire.Release:
+    """A new release with the code and config of `version` (default: the one before)."""
+    with ctx.db.write() as session:
+        release = rollback(
+            session,
+            get_app(session, app),
+            version=body.version if body else None,
+            now=now(),
+            timeout_s=ctx.settings.deploy_timeout_s,
         )
         return release_view(release, frontends=up_frontends(session))
 

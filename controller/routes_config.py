@@ -27,6 +27,18 @@ def _view(app: App, release: int | None = None) -> wire.ConfigVars:
     )
 
 
+def _describe(body: wire.ConfigUpdate) -> str:
+    """`config: set A, B; unset C` (keys only: values may be secret)."""
+    parts = []
+    if body.set:
+        parts.append("set " + ", ".join(sorted(body.set)))
+    if body.unset:
+        parts.append("unset " + ", ".join(sorted(body.unset)))
+    if body.secret:
+        parts.append("secret " + ", ".join(sorted(body.secret)))
+    return "config: " + ("; ".join(parts) or "unchanged")
+
+
 @router.get("/{app}/config", response_model=wire.ConfigVars)
 def read_config(app: AppName, ctx: Context = Depends(get_ctx)) -> wire.ConfigVars:
     with ctx.db.read() as session:
@@ -66,8 +78,12 @@ def update_config(
                 row,
                 artifact_sha256=active.artifact_sha256,
                 processes=dict(active.processes),
-                manifest=Manifest(health_path=active.health_path),
+                manifest=Manifest(
+                    health_path=active.health_path, health_timeout=active.health_timeout_s
+                ),
+                description=_describe(body),
                 now=now(),
+                timeout_s=ctx.settings.deploy_timeout_s,
             )
             started = release.version
         return _view(row, started)

@@ -61,6 +61,8 @@ def release_view(release: Release, *, frontends: list[Host]) -> wire.Release:
         error=release.error,
         created_at=release.created_at,
         instances=[instance_view(i) for i in release.instances],
+        health_timeout_s=release.health_timeout_s,
+        description=release.description or "",
     )
 
 
@@ -115,6 +117,7 @@ def desired_state(
                 artifact_sha256=release.artifact_sha256,
                 env=env,
                 health_path=release.health_path,
+                health_timeout_s=release.health_timeout_s,
                 domains=app_domains(app, settings),
                 serve=instance.serve,
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from controller.testing import TestRegistry, make_artifact, sha256_of, test_registry
+from tests.mounts import tmpfs
 
 
 @pytest.fixture
@@ -75,3 +77,44 @@ def test_bad_sha_is_422(reg: TestRegistry) -> None:
         assert response.status_code in (404, 422), sha
     response = reg.client.put("/v1/artifacts/" + "g" * 64, content=b"x", headers=reg.admin)
     assert response.status_code == 422 and "sha256" in response.json()["detail"]
+
+
+def test_full_artifact_store_is_507_and_leaves_nothing(tmp_path: Path) -> None:
+    """A real full filesystem (2 MiB tmpfs) under the artifact store."""
+    state = tmp_path / "state"
+    with (
+        tmpfs(state / "artifacts", size="2m"),
+        test_registry(state, max_artifact_bytes=8 << 20) as reg,
+    ):
+        kept = os.urandom(1 << 20)
+        kept_sha = reg.upload(kept)
+        big = os.urandom(3 << 20)
+        big_sha = sha256_of(big)
+        response = reg.client.put(f"/v1/artifacts/{big_sha}", content=big, headers=reg.admin)
+        assert response.status_code == 507, response.text
+        assert response.json()["detail"] == (
+            "no space left on the registry's artifact store; nothing was stored"
+        )
+        assert stored_files(reg) == [f"{kept_sha[:2]}/{kept_sha}"]  # no partial file
+        assert reg.client.head(f"/v1/artifacts/{big_sha}", headers=reg.admin).status_code == 404
+        # What was stored before is whole, and a small upload still fits.
+        assert reg.client.get(f"/v1/artifacts/{kept_sha}", headers=reg.admin).content == kept
+        reg.upload(make_artifact({"Procfile": "web: x\n"}))
+
+
+def test_full_database_disk_is_507_and_changes_nothing(tmp_path: Path) -> None:
+    """The registry's whole state folder on a small tmpfs that something else filled."""
+    state = tmp_path / "state"
+    with tmpfs(state, size="2m"), test_registry(state) as reg:
+        reg.create_app("before")
+        filler = state / "filler"
+        with filler.open("wb", buffering=0) as out, contextlib.suppress(OSError):
+            while True:
+                out.write(b"\0" * 4096)
+        response = reg.client.post("/v1/apps", json={"name": "after"}, headers=reg.admin)
+        assert response.status_code == 507, response.text
+        assert "no space left on the registry's database disk" in response.json()["detail"]
+        listed = reg.client.get("/v1/apps", headers=reg.admin)  # reads still answer
+        assert [a["name"] for a in listed.json()] == ["before"]
+        filler.unlink()
+        reg.create_app("after")

@@ -77,6 +77,16 @@ def test_release_from_real_tarball_reads_procfile_and_manifest(reg: TestRegistry
         ({"app.py": ""}, 422, "no Procfile"),
         ({"Procfile": "web: x\n", "paas.toml": "colour = 1\n"}, 422, "unknown key colour"),
         ({"Procfile": "web x\n"}, 422, "Procfile line 1"),
+        (
+            {"Procfile": "web: x\n", "paas.toml": "[app]\nhealth_timeout = 0\n"},
+            422,
+            "health_timeout must be between 1 and 3600 seconds",
+        ),
+        (
+            {"Procfile": "web: x\n", "paas.toml": '[app]\nhealth_timeout = "10s"\n'},
+            422,
+            "health_timeout must be a number of seconds",
+        ),
     ],
 )
 def test_bad_artifacts_create_nothing(
@@ -232,16 +242,23 @@ def test_no_machine_host_fails_at_once(reg: TestRegistry) -> None:
 
 
 def test_deploy_deadline(tmp_path: Path) -> None:
+    """The deadline is the registry's install allowance plus the release's health timeout."""
     with test_registry(tmp_path, deploy_timeout_s=0.2) as reg:
         token = reg.join("m1")
         reg.create_app("hello")
-        release = reg.deploy("hello")
+        files = {"Procfile": "web: python app.py\n", "paas.toml": "[app]\nhealth_timeout = 1\n"}
+        release = reg.deploy("hello", files)
+        assert release["health_timeout_s"] == 1
         [iid] = [i["id"] for i in release["instances"]]
-        reg.report("m1", token, instances=[{"id": iid, "state": "starting", "port": 5001}])
-        time.sleep(0.3)
+        reg.report(
+            "m1",
+            token,
+            instances=[{"id": iid, "state": "starting", "port": 5001, "error": "HTTP 500"}],
+        )
+        time.sleep(1.3)
         got = reg.release("hello", 1)
         assert got["status"] == "failed"
-        assert "did not become healthy within 0.2 s" in got["error"]
+        assert "did not become healthy within 1.2 s (stuck at starting)\nHTTP 500" in got["error"]
         assert ids(reg.desired("m1", token)) == []
 
 
@@ -271,3 +288,18 @@ def test_zero_instances_activates_at_once(reg: TestRegistry) -> None:
     reg.create_app("idle", instances=0)
     release = reg.deploy("idle")
     assert release["status"] == "active"
+
+
+def test_instance_ids_are_never_reused(reg: TestRegistry) -> None:
+    """SQLite reuses a deleted top rowid; an agent would take the new instance for the old."""
+    token = reg.join("m1")
+    reg.create_app("keep")
+    deploy_active(reg, "m1", token, "keep")
+    reg.create_app("gone")
+    first = deploy_active(reg, "m1", token, "gone")
+    [gone_id] = [i["id"] for i in first["instances"]]
+    assert reg.client.delete("/v1/apps/gone", headers=reg.admin).status_code == 204
+    reg.report("m1", token, instances=[])  # the agent stopped it: its row is deleted
+    reg.create_app("next")
+    [new_id] = [i["id"] for i in reg.deploy("next")["instances"]]
+    assert new_id > gone_id

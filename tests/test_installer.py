@@ -15,6 +15,7 @@ import pytest
 
 from agent.errors import InstallError, UnsafeArchive
 from agent.installer import Installer, environment_spec
+from tests.mounts import resize, tmpfs
 
 
 def _artifact(files: dict[str, str]) -> bytes:
@@ -148,7 +149,7 @@ def test_failed_install_reports_the_installer_output(tmp_path: Path) -> None:
     sha = store.add({"Procfile": "web: x\n", "requirements.txt": "./no-such-local-package\n"})
     with pytest.raises(InstallError) as caught:
         asyncio.run(installer.install(app="shop", version=1, sha256=sha))
-    assert "building the environment failed" in str(caught.value)
+    assert "installing the requirements failed" in str(caught.value)
     assert "no-such-local-package" in str(caught.value)
     assert [p for p in (tmp_path / "venvs").iterdir() if not p.name.startswith(".")] == []
     assert list((tmp_path / "venvs").iterdir()) == []  # the temp build folder is gone
@@ -194,3 +195,43 @@ def test_real_tiny_pypi_package(tmp_path: Path) -> None:
     assert done.stdout.strip() == "1.16.0"
     # The app itself is not installed into the venv: it runs from its folder.
     assert not list(release.venv.glob("lib/python*/site-packages/shop*"))
+
+
+@pytest.mark.skipif(not _pypi_reachable(), reason="PyPI is not reachable")
+def test_requirement_missing_from_pypi_is_named(tmp_path: Path) -> None:
+    store = Store()
+    installer = Installer(tmp_path, store.download)
+    sha = store.add({"Procfile": "web: x\n", "requirements.txt": "paas-no-such-package-xyz==1.0\n"})
+    with pytest.raises(InstallError) as caught:
+        asyncio.run(installer.install(app="shop", version=1, sha256=sha))
+    message = str(caught.value)
+    assert message.startswith("installing the requirements failed")
+    assert "paas-no-such-package-xyz" in message.split("\n", 1)[1]  # the installer's own lines
+    assert list((tmp_path / "venvs").iterdir()) == []
+
+
+def test_full_disk_while_unpacking_fails_cleanly(tmp_path: Path) -> None:
+    """A release that unpacks to more than the disk holds: a clear error, no half-unpacked
+    folder; once there is room the same release installs and nothing stale is reused."""
+    store = Store()
+    big = store.add(
+        {"Procfile": "web: python app.py\n", "app.py": APP, "data.txt": "a" * (3 << 20)}
+    )
+    small = store.add({"Procfile": "web: python app.py\n", "app.py": APP})
+    with tmpfs(tmp_path / "state", size="2m") as state:
+        installer = Installer(state, store.download)
+        with pytest.raises(InstallError) as caught:
+            asyncio.run(installer.install(app="shop", version=1, sha256=big))
+        message = str(caught.value)
+        assert message.startswith(f"no space left on the agent's disk ({state})"), message
+        assert "unpacking release 1 of shop" in message
+        releases = state / "apps" / "shop" / "releases"
+        assert list(releases.iterdir()) == []  # no staged, temp or partial folder left
+        # The space is free again: a small release installs on the same disk.
+        done = asyncio.run(installer.install(app="shop", version=2, sha256=small))
+        assert (done.path / ".paas-artifact").is_file()
+
+        resize(state, "8m")
+        again = asyncio.run(installer.install(app="shop", version=1, sha256=big))
+        assert (again.path / "data.txt").stat().st_size == 3 << 20
+        assert sorted(p.name for p in releases.iterdir()) == ["1", "2"]

@@ -9,17 +9,19 @@ import contextlib
 import hashlib
 import io
 import json
+import os
+import signal
 import socket
-import subprocess
 import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
-from agent.launcher import stop_leftovers
 from agent.machine import MachineAgent
+from agent.render import default_template_dir
 from agent.settings import AgentSettings
 from agent.supervisor import Policy
 from common.wire import DesiredInstance, DesiredState, HostReport, InstanceReport
@@ -73,6 +75,7 @@ class FakeRegistry:
         self.instances: list[DesiredInstance] = []
         self.blobs: dict[str, bytes] = {}
         self.reports: list[HostReport] = []
+        self.down = False  # True: every request fails as if the registry were unreachable
         self._changed = asyncio.Event()
         self.transport = httpx.MockTransport(self.handle)
 
@@ -89,6 +92,8 @@ class FakeRegistry:
         self._changed = asyncio.Event()
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
+        if self.down:
+            raise httpx.ConnectError("connection refused", request=request)
         path = request.url.path
         if path == "/v1/hosts/join":
             assert request.headers["Authorization"] == "Bearer join-secret"
@@ -134,6 +139,8 @@ def _desired(
     release: int = 1,
     serve: bool = False,
     command: str = "python app.py",
+    env: dict[str, str] | None = None,
+    health_path: str = "/",
 ) -> DesiredInstance:
     return DesiredInstance(
         id=iid,
@@ -142,8 +149,8 @@ def _desired(
         process="web",
         command=command,
         artifact_sha256=sha,
-        env={"GREETING": "hi"},
-        health_path="/",
+        env=env if env is not None else {"GREETING": "hi"},
+        health_path=health_path,
         domains=[f"{app}.paas.test"],
         serve=serve,
     )
@@ -274,24 +281,195 @@ def test_machine_agent_installs_routes_switches_and_reports_failures(tmp_path: P
     asyncio.run(scenario())
 
 
-def test_leftover_instances_of_an_earlier_run_are_stopped(tmp_path: Path) -> None:
-    """Only process groups running from under apps/ are ended; a recycled pid is left alone."""
-    apps = tmp_path / "apps" / "hello" / "releases" / "1"
-    apps.mkdir(parents=True)
-    pid_dir = tmp_path / "run"
-    pid_dir.mkdir()
-    ours = subprocess.Popen(["sleep", "60"], cwd=apps, start_new_session=True)
-    stranger = subprocess.Popen(["sleep", "60"], cwd=tmp_path, start_new_session=True)
-    try:
-        (pid_dir / "1.pid").write_text(f"{ours.pid}\n")
-        (pid_dir / "2.pid").write_text(f"{stranger.pid}\n")
-        (pid_dir / "3.pid").write_text("not a pid\n")
-        assert stop_leftovers(pid_dir, tmp_path / "apps", grace_s=2.0) == 1
-        assert ours.wait(timeout=5) is not None
-        assert stranger.poll() is None
-        assert list(pid_dir.iterdir()) == []
-    finally:
-        for proc in (ours, stranger):
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=5)
+# ---- faults: unhealthy and killed instances, a refused nginx template -----------------------
+
+SICK_PY = """
+import os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        sick = self.path == "/health" and os.path.exists(os.environ["SICK_FLAG"])
+        body = f"{os.environ.get('PAAS_RELEASE', '?')} pid {os.getpid()}".encode()
+        self.send_response(500 if sick else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"""
+
+
+class Hammer:
+    """A request loop through nginx for as long as the `async with` lasts; records failures.
+
+    A new connection per request: nginx closes idle keep-alive connections when it reloads,
+    racing a client that reuses one (in the cluster HAProxy retries those, see its
+    `retry-on`; the e2e tests cover keep-alive clients through HAProxy)."""
+
+    def __init__(self, port: int, host: str) -> None:
+        self.port, self.host = port, host
+        self.sent = 0
+        self.failures: list[str] = []
+        self.bodies: set[str] = set()
+        self._running = True
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Hammer:
+        self._task = asyncio.create_task(self._loop())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._running = False
+        assert self._task is not None
+        await asyncio.wait_for(self._task, timeout=30)
+
+    async def _loop(self) -> None:
+        url = f"http://127.0.0.1:{self.port}/"
+        limits = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(trust_env=False, timeout=5, limits=limits) as client:
+            while self._running:
+                self.sent += 1
+                try:
+                    response = await client.get(url, headers={"Host": self.host})
+                    if response.status_code != 200:
+                        self.failures.append(f"{response.status_code} {response.text}")
+                    else:
+                        self.bodies.add(response.text.split(" pid ")[0])
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+                await asyncio.sleep(0.005)
+
+
+def machine_settings(state_dir: Path, proxy_port: int, **extra: object) -> AgentSettings:
+    return AgentSettings(
+        role="machine",
+        registry_url="http://registry.test",
+        join_token="join-secret",
+        name="m1",
+        state_dir=state_dir,
+        proxy_port=proxy_port,
+        heartbeat_interval_s=0.5,
+        watch_wait_s=5.0,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def recorded_pid(state_dir: Path, iid: int) -> int:
+    return int(json.loads((state_dir / "run" / f"{iid}.json").read_text())["pid"])
+
+
+def test_unhealthy_instance_leaves_nginx_and_a_killed_one_is_restarted(tmp_path: Path) -> None:
+    """Both faults for real: a health path that answers 500, and kill -9 of an instance.
+    Each is reported, and nginx keeps answering from the other instance without a failure."""
+    proxy_port = _free_port()
+    state = tmp_path / "state"
+    flags = {1: tmp_path / "sick-1", 2: tmp_path / "sick-2"}
+
+    async def scenario() -> None:
+        registry = FakeRegistry("m1")
+        sha = registry.add_artifact({"Procfile": "web: python app.py\n", "app.py": SICK_PY})
+        policy = Policy(
+            running_check_interval_s=0.1, unhealthy_after=2, backoff_base_s=0.1, stop_grace_s=3
+        )
+        agent = MachineAgent(
+            machine_settings(state, proxy_port), transport=registry.transport, policy=policy
+        )
+        stop = asyncio.Event()
+        runner = asyncio.create_task(agent.run(stop))
+        try:
+            registry.set_desired(
+                [
+                    _desired(i, sha, serve=True, health_path="/health", env={"SICK_FLAG": str(f)})
+                    for i, f in flags.items()
+                ]
+            )
+            await registry.until(
+                "both routed", lambda: _routed(registry, 1) and _routed(registry, 2)
+            )
+            async with Hammer(proxy_port, "hello.paas.test") as load:
+                flags[1].touch()
+                await registry.until("1 unhealthy", lambda: _state(registry, 1) == "unhealthy")
+                await registry.until("1 unrouted", lambda: not _routed(registry, 1))
+                assert "answered 500" in (registry.latest(1).error or "")  # type: ignore[union-attr]
+                assert _routed(registry, 2)
+                flags[1].unlink()
+                await registry.until("1 routed again", lambda: _routed(registry, 1))
+                assert _state(registry, 1) == "running"
+
+                killed = recorded_pid(state, 2)
+                os.killpg(killed, signal.SIGKILL)
+                await registry.until(
+                    "2 restarted", lambda: _routed(registry, 2) and recorded_pid(state, 2) != killed
+                )
+            assert any(
+                r.id == 2 and r.state in ("stopped", "backoff", "starting")
+                for report in registry.reports
+                for r in report.instances
+            ), "the crash of instance 2 was never reported"
+            assert load.sent > 10 and load.failures == []
+        finally:
+            stop.set()
+            await asyncio.wait_for(runner, timeout=30)
+
+    asyncio.run(scenario())
+
+
+def test_refused_nginx_template_keeps_the_old_release_serving_and_recovers_by_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hand-edited operator template nginx refuses: reported, the departing release keeps
+    serving (it is not stopped while the live config routes it); removing the bad template is
+    enough to recover, with no new change from the registry."""
+    monkeypatch.setattr("agent.machine_proxy.APPLY_RETRY_S", 0.3)
+    proxy_port = _free_port()
+    state = tmp_path / "state"
+    override = state / "templates" / "nginx.conf.j2"  # the default operator template folder
+
+    async def scenario() -> None:
+        registry = FakeRegistry("m1")
+        sha = registry.add_artifact({"Procfile": "web: python app.py\n", "app.py": SICK_PY})
+        env = {"SICK_FLAG": str(tmp_path / "never"), "PAAS_RELEASE": "v1"}
+        v1 = _desired(1, sha, serve=True, env=env)
+        v2 = _desired(2, sha, release=2, env={**env, "PAAS_RELEASE": "v2"})
+        agent = MachineAgent(
+            machine_settings(state, proxy_port),
+            transport=registry.transport,
+            policy=Policy(stop_grace_s=3),
+            drain_s=0.2,
+        )
+        stop = asyncio.Event()
+        runner = asyncio.create_task(agent.run(stop))
+        try:
+            registry.set_desired([v1])
+            await registry.until("v1 routed", lambda: _routed(registry, 1))
+            good = (default_template_dir() / "nginx.conf.j2").read_text()
+            override.parent.mkdir(parents=True)
+            override.write_text(good.replace("events {", "no_such_directive on;\nevents {"))
+            async with Hammer(proxy_port, "hello.paas.test") as load:
+                registry.set_desired([v1, v2])
+                await registry.until("v2 running", lambda: _state(registry, 2) == "running")
+                registry.set_desired([v2.model_copy(update={"serve": True})])
+                await registry.until("proxy error", lambda: bool(registry.reports[-1].proxy_error))
+                error = registry.reports[-1].proxy_error or ""
+                assert 'unknown directive "no_such_directive"' in error
+                await asyncio.sleep(1.0)  # several refused retries
+                assert _routed(registry, 1) and _state(registry, 1) == "running"
+                assert not _routed(registry, 2)
+                override.unlink()
+                await registry.until("v2 routed", lambda: _routed(registry, 2))
+                await registry.until("v1 gone", lambda: _state(registry, 1) in (None, "stopped"))
+                assert registry.reports[-1].proxy_error is None
+                await asyncio.sleep(0.2)
+            assert load.failures == []
+            assert load.bodies == {"v1", "v2"}
+        finally:
+            stop.set()
+            await asyncio.wait_for(runner, timeout=30)
+
+    asyncio.run(scenario())

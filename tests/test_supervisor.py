@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import signal
+from typing import get_args
 
 import pytest
 
 from agent.errors import AgentError
-from agent.supervisor import Policy, Supervisor
+from agent.supervisor import Policy, State, Supervisor, wire_state
 
 
 class FakeProcess:
+    pid = 4242
+
     def __init__(self) -> None:
         self.status: int | None = None
         self.signals: list[int] = []
@@ -86,24 +89,90 @@ def test_crash_backoff_grows_then_fatal_after_limit() -> None:
         now = t
     assert delays == pytest.approx([0.5, 1.0, 2.0], abs=0.051)
     launcher.current.status = 1
-    assert sup.transition(now) == "failed"
+    assert sup.transition(now) == "fatal"
+    assert wire_state(sup.state) == "failed"
     assert "gave up after 4 failed starts" in (sup.reason or "")
     assert "ImportError: no module named flask" in (sup.reason or "")
-    assert sup.transition(now + 100) == "failed"
+    assert sup.transition(now + 100) == "fatal"
     assert len(launcher.spawned) == 4
 
 
 def test_running_instance_that_exits_is_restarted() -> None:
-    sup, launcher = _sup()
+    sup, launcher = _sup(stable_after_s=10.0)
     sup.start(0.0)
     _pass_health(sup, 0.1)
     launcher.current.status = 0
-    assert sup.transition(1.0) == "backoff"
-    assert sup.transition(1.6) == "starting"
+    assert sup.transition(20.0) == "exited"
+    assert wire_state(sup.state) == "stopped"
+    assert "exited with status 0 while running" in (sup.reason or "")
+    assert sup.transition(20.1) == "backoff"  # it had run well: the first, shortest delay
+    assert sup.transition(20.5) == "backoff"
+    assert sup.transition(20.6) == "starting"
     assert len(launcher.spawned) == 2
-    _pass_health(sup, 1.7)
+    _pass_health(sup, 20.7)
     assert sup.state == "running"
-    assert sup.failed_starts == 0
+
+
+def test_healthy_then_crashing_loop_still_ends_fatal() -> None:
+    """Passing one check and dying right after is not a good start (supervisord's startsecs)."""
+    sup, launcher = _sup(stable_after_s=10.0, max_failed_starts=2, backoff_base_s=0.5)
+    sup.start(0.0)
+    now = 0.0
+    states = []
+    for _ in range(3):
+        _pass_health(sup, now + 0.1)
+        launcher.current.status = 1
+        sup.transition(now + 0.2)  # exited
+        states.append(sup.transition(now + 0.3))
+        now += 10.0  # past any back-off delay
+        sup.transition(now)
+    assert states == ["backoff", "backoff", "fatal"]
+    assert "gave up after 3 failed starts" in (sup.reason or "")
+    assert len(launcher.spawned) == 3
+
+
+def test_adopted_process_is_checked_before_it_counts_as_running() -> None:
+    sup, launcher = _sup()
+    proc = FakeProcess()
+    sup.adopt(proc, 5.0)
+    assert sup.state == "starting" and sup.pid == 4242
+    assert launcher.spawned == []  # nothing new was started
+    _pass_health(sup, 5.1)
+    assert sup.state == "running"
+    proc.status = -1  # it dies later: restarted like any other instance
+    assert sup.transition(30.0) == "exited"
+    sup.transition(30.1)
+    assert sup.transition(31.0) == "starting"
+    assert len(launcher.spawned) == 1
+    sup.stop(31.1)
+    with pytest.raises(AgentError):
+        sup.adopt(FakeProcess(), 31.2)  # only a stopped supervisor adopts
+
+
+def test_adopted_process_that_never_answers_is_replaced_not_fatal() -> None:
+    sup, launcher = _sup(start_timeout_s=5.0, backoff_base_s=0.5)
+    proc = FakeProcess()
+    sup.adopt(proc, 0.0)
+    sup.mark_checked(0.0)
+    sup.record_health(False, 0.1, generation=sup.generation, detail="timed out")
+    assert sup.transition(5.0) == "backoff"
+    assert signal.SIGKILL in proc.signals
+    assert sup.transition(5.5) == "starting"
+    assert len(launcher.spawned) == 1  # a fresh process of our own
+    assert sup.transition(10.5) == "fatal"  # ours: the usual rule applies
+
+
+def test_every_state_maps_to_a_wire_state() -> None:
+    assert {s: wire_state(s) for s in get_args(State)} == {
+        "stopped": "stopped",
+        "starting": "starting",
+        "running": "running",
+        "unhealthy": "unhealthy",
+        "backoff": "backoff",
+        "stopping": "stopping",
+        "exited": "stopped",
+        "fatal": "failed",
+    }
 
 
 def test_health_timeout_fails_and_kills() -> None:
@@ -113,7 +182,7 @@ def test_health_timeout_fails_and_kills() -> None:
     sup.mark_checked(0.0)
     sup.record_health(False, 0.1, generation=sup.generation, detail="connection refused")
     assert sup.transition(29.9) == "starting"
-    assert sup.transition(30.0) == "failed"
+    assert sup.transition(30.0) == "fatal"
     assert signal.SIGKILL in proc.signals
     assert "did not pass within 30s" in (sup.reason or "")
     assert "connection refused" in (sup.reason or "")
@@ -191,4 +260,4 @@ def test_spawn_error_counts_as_failed_start() -> None:
     sup.start(0.0)
     assert sup.state == "backoff"
     assert "no such command" in (sup.reason or "")
-    assert sup.transition(0.5) == "failed"
+    assert sup.transition(0.5) == "fatal"

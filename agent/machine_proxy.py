@@ -1,0 +1,105 @@
+"""The machine's proxy: nginx routing each app's domains to its healthy local instances.
+
+Owns the nginx process and its config folder. Renders from (desired instances, healthy
+ports), applies only when the view changed, keeps the last good config when the validator
+refuses a render (e.g. a hand-edited operator template) and reports why, and tries a refused
+view again every APPLY_RETRY_S so that fixing the template is enough to recover. `routed` is
+the truth about the live config: the instances it sends traffic to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+
+import jinja2
+
+from agent import nginx
+from agent.config_apply import ConfigApplier
+from agent.errors import RenderError
+from agent.instances import ERROR_MAX, Instance, healthy_ports
+from agent.nginx_process import NginxProcess, default_worker_user
+from agent.settings import AgentSettings
+
+log = logging.getLogger(__name__)
+
+APPLY_RETRY_S = 5.0
+
+
+class MachineProxy:
+    def __init__(self, settings: AgentSettings, templates: jinja2.Environment) -> None:
+        self.settings = settings
+        self.templates = templates
+        self.process = NginxProcess(
+            settings.state_dir / "nginx",
+            binary=settings.nginx_bin,
+            worker_user=default_worker_user(),
+        )
+        self.process.prepare()
+        self.applier = ConfigApplier(
+            self.process.conf_dir,
+            nginx.MAIN_FILE,
+            validate=self.process.validate,
+            reload=self.process.reload,
+        )
+        self.routed: frozenset[int] = frozenset()
+        self.applied_index: int | None = None  # the desired index the live config reflects
+        self.error: str | None = None
+        self._last_view: nginx.NginxView | None = None
+        self._retry_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def apply(self, instances: Mapping[int, Instance], *, index: int) -> bool:
+        """Render and apply when the view changed (or a refused one is due for a retry);
+        True when `routed`, `applied_index` or `error` changed."""
+        async with self._lock:
+            desired = [i.desired for i in instances.values() if not i.removing]
+            try:
+                view = nginx.build_view(
+                    desired,
+                    healthy_ports(instances),
+                    address=self.settings.address,
+                    port=self.settings.proxy_port,
+                    paths=self.process.paths(),
+                    worker_user=self.process.worker_user,
+                )
+            except RenderError as exc:
+                return self._refused(str(exc))
+            if view == self._last_view and (
+                self.error is None or time.monotonic() < self._retry_at
+            ):
+                return False
+            self._last_view = view
+            self._retry_at = time.monotonic() + APPLY_RETRY_S
+            try:
+                files = nginx.render_files(self.templates, view)
+                result = await asyncio.to_thread(self.applier.apply, files)
+            except (RenderError, OSError) as exc:
+                return self._refused(f"nginx config not written: {exc}")
+            if not result.applied:
+                return self._refused(result.error or "nginx config refused")
+            if self.error is not None:
+                log.info("nginx config applied again; the proxy error is cleared")
+            self.routed = view.routed_ids
+            self.applied_index = index
+            self.error = None
+            return True
+
+    def _refused(self, message: str) -> bool:
+        message = message[-ERROR_MAX:]
+        if message == self.error:
+            return False
+        log.error("nginx config not applied, the last good one stays live: %s", message)
+        self.error = message
+        return True
+
+    def adopt(self) -> bool:
+        return self.process.adopt()
+
+    def ensure_running(self) -> bool:
+        return self.process.ensure_running()
+
+    def stop(self, *, grace_s: float) -> None:
+        self.process.stop(grace_s=grace_s)

@@ -1,0 +1,328 @@
+"""Zero-downtime check: keep-alive HTTPS load on one app while it is redeployed and while the
+frontend reloads, on a LocalCluster with free ports.
+
+    .venv/bin/python bench/reload_under_load.py [--redeploys 20] [--reloads 20]
+        [--tool auto|wrk|python] [--connections 8] [--seconds 90] [--baseline-seconds 10]
+        [--write docs/BENCHMARKS.md]
+
+The load (wrk when installed, else a threaded Python client that also checks every body)
+runs against https://bench.localhost through HAProxy -> nginx -> app. Meanwhile the app is
+redeployed `--redeploys` times (`paas deploy`, a code change each time: new instances start
+beside the old ones, nginx switches, the old ones drain and stop) and the frontend reloads
+`--reloads` times (a second app's domain is changed, which changes the routing table; each
+reload is confirmed by the new domain answering). Prints requests sent, failed and p99
+latency, next to the same load's p99 over `--baseline-seconds` without any redeploy or
+reload; `--write` puts the result into its own section of docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from cli.local import FRONTEND, MACHINE, LocalCluster, Ports  # noqa: E402
+
+PAAS = str(Path(sys.executable).parent / "paas")
+APP, FLIP = "bench", "flip"
+BEGIN, END = "<!-- reload-under-load -->", "<!-- /reload-under-load -->"
+
+
+def free_ports(count: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def write_app(base: Path, name: str, revision: int) -> Path:
+    app = base / name
+    if not app.exists():
+        ignore = shutil.ignore_patterns("__pycache__")
+        shutil.copytree(REPO / "examples" / "hello", app, ignore=ignore)
+        (app / "paas.toml").write_text(f'[app]\nname = "{name}"\nhealth_path = "/health"\n')
+    code = (app / "app.py").read_text().split("\n# revision")[0]
+    (app / "app.py").write_text(f"{code}\n# revision {revision}\n")  # a new artifact each time
+    return app
+
+
+def deploy(cluster: LocalCluster, app: Path) -> None:
+    done = subprocess.run(
+        [PAAS, "deploy", str(app), "--timeout", "300"],
+        env=cluster.env(),
+        capture_output=True,
+        text=True,
+        timeout=320,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"deploy of {app.name} failed:\n{done.stdout}{done.stderr}")
+
+
+def https_status(cluster: LocalCluster, host: str) -> int:
+    try:
+        with httpx.Client(verify=False, timeout=5) as client:
+            response = client.get(
+                f"https://127.0.0.1:{cluster.ports.https}/",
+                headers={"Host": host},
+                extensions={"sni_hostname": host},
+            )
+            return response.status_code
+    except httpx.HTTPError:
+        return -1
+
+
+def frontend_reload(cluster: LocalCluster, n: int) -> None:
+    """Give the second app a new domain; done once HAProxy routes it (its config reloaded)."""
+    domain = f"{FLIP}-{n}.{cluster.domain}"
+    token = cluster.tokens()["admin_token"]
+    response = httpx.patch(
+        f"{cluster.registry_url}/v1/apps/{FLIP}",
+        json={"domains": [domain]},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    response.raise_for_status()
+    deadline = time.monotonic() + 60
+    while https_status(cluster, domain) != 200:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{domain} was never routed")
+        time.sleep(0.02)
+
+
+def count_lines(path: Path, text: str) -> int:
+    return path.read_text(errors="replace").count(text)
+
+
+# ---- load ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    tool: str
+    sent: int = 0
+    failed: int = 0
+    p99_ms: float = 0.0
+    kinds: Counter[str] = field(default_factory=Counter)
+
+
+class PythonLoad:
+    """`connections` threads, one keep-alive TLS connection each; every body is checked."""
+
+    def __init__(self, url: str, host: str, *, connections: int, expect: str) -> None:
+        self.url, self.host, self.expect = url, host, expect
+        self.latencies: list[float] = []
+        self.result = Load(f"python httpx, {connections} keep-alive connections")
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run) for _ in range(connections)]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def finish(self) -> Load:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+        lat = sorted(self.latencies)
+        self.result.p99_ms = 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else 0.0
+        return self.result
+
+    def _run(self) -> None:
+        headers = {"Host": self.host}
+        ext = {"sni_hostname": self.host}
+        with httpx.Client(verify=False, timeout=10) as client:
+            while not self._stop.is_set():
+                start = time.perf_counter()
+                kind = None
+                try:
+                    response = client.get(self.url, headers=headers, extensions=ext)
+                    if response.status_code != 200 or self.expect not in response.text:
+                        kind = f"{response.status_code} {' '.join(response.text.split())[:50]}"
+                except httpx.HTTPError as exc:
+                    kind = type(exc).__name__
+                took = time.perf_counter() - start
+                with self._lock:
+                    self.result.sent += 1
+                    self.latencies.append(took)
+                    if kind:
+                        self.result.failed += 1
+                        self.result.kinds[kind] += 1
+
+
+class WrkLoad:
+    """wrk for a fixed duration (it has no way to stop early and still report)."""
+
+    def __init__(self, url: str, host: str, *, connections: int, seconds: int) -> None:
+        argv = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
+        self.argv = [*argv, "-H", f"Host: {host}", url]
+        self.seconds = seconds
+        self.tool = f"wrk, 2 threads, {connections} keep-alive connections, {seconds}s"
+        self._proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, text=True)
+
+    def finish(self) -> Load:
+        assert self._proc is not None
+        out, _ = self._proc.communicate(timeout=self.seconds + 60)
+        result = Load(self.tool)
+        result.sent = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
+        bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+        if bad:
+            result.kinds["non-2xx"] = int(bad[1])
+        errors = re.search(
+            r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+        )
+        if errors:
+            names = ("connect", "read", "write", "timeout")
+            for name, value in zip(names, errors.groups(), strict=True):
+                if int(value):
+                    result.kinds[f"socket {name} error"] = int(value)
+        result.failed = sum(result.kinds.values())
+        p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
+        if p99:
+            scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99[2]]
+            result.p99_ms = float(p99[1]) * scale
+        return result
+
+
+# ---- main ------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--redeploys", type=int, default=20)
+    parser.add_argument("--reloads", type=int, default=20)
+    parser.add_argument("--tool", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--seconds", type=int, default=90, help="wrk's fixed duration")
+    parser.add_argument("--baseline-seconds", type=int, default=10)
+    parser.add_argument("--write", type=Path, help="put the result into this markdown file")
+    args = parser.parse_args()
+    tool = args.tool if args.tool != "auto" else ("wrk" if shutil.which("wrk") else "python")
+
+    work = Path(tempfile.mkdtemp(prefix="paas-reload-"))
+    registry, http, https, proxy = free_ports(4)
+    ports = Ports(registry=registry, http=http, https=https, proxy=proxy)
+    cluster = LocalCluster(work / "state", ports=ports)
+    try:
+        cluster.up()
+        deploy(cluster, write_app(work, APP, 0))
+        deploy(cluster, write_app(work, FLIP, 0))
+        host = f"{APP}.{cluster.domain}"
+        url = f"https://127.0.0.1:{https}/"
+        logs = {
+            "nginx": (cluster.log_path(MACHINE), "nginx reloaded"),
+            "haproxy": (cluster.log_path(FRONTEND), "HAProxy reloaded"),
+        }
+
+        def make_load(seconds: int) -> WrkLoad | PythonLoad:
+            if tool == "wrk":
+                return WrkLoad(url, host, connections=args.connections, seconds=seconds)
+            return PythonLoad(url, host, connections=args.connections, expect=f"Hello from {APP}")
+
+        time.sleep(2)  # let the set-up deploys settle
+        baseline = make_load(args.baseline_seconds)
+        baseline.start()
+        time.sleep(args.baseline_seconds)
+        quiet = baseline.finish()
+        before = {name: count_lines(path, text) for name, (path, text) in logs.items()}
+        load = make_load(args.seconds)
+        started = time.monotonic()
+        load.start()
+        time.sleep(1)
+        deploy_s: list[float] = []
+        for i in range(max(args.redeploys, args.reloads)):
+            if i < args.redeploys:
+                t = time.monotonic()
+                deploy(cluster, write_app(work, APP, i + 1))
+                deploy_s.append(time.monotonic() - t)
+            if i < args.reloads:
+                frontend_reload(cluster, i + 1)
+            print(f"round {i + 1}: redeployed and reloaded", flush=True)
+        actions_s = time.monotonic() - started
+        if tool == "wrk" and actions_s > args.seconds:
+            print(f"warning: the actions took {actions_s:.0f}s, longer than wrk's {args.seconds}s")
+        time.sleep(1)
+        result = load.finish()
+        reloads = {
+            name: count_lines(path, text) - before[name] for name, (path, text) in logs.items()
+        }
+    finally:
+        cluster.down()
+        shutil.rmtree(work, ignore_errors=True)
+
+    kinds = ", ".join(f"{k} x{n}" for k, n in result.kinds.most_common()) or "none"
+    command = " ".join([".venv/bin/python bench/reload_under_load.py", *sys.argv[1:]])
+    median = statistics.median(deploy_s) if deploy_s else 0.0
+    lines = [
+        f"Produced by `{command}` on {platform.node()} ({platform.platform()}, {os.cpu_count()}"
+        f" CPUs, Python {platform.python_version()}), {time.strftime('%Y-%m-%d %H:%M %Z')}.",
+        f"Load: {result.tool}; HTTPS through HAProxy -> nginx -> app (examples/hello),",
+        "client, proxies, registry, agents and apps all on the same machine.",
+        "",
+        "| what | value |",
+        "| --- | ---: |",
+        f"| redeploys under load (`paas deploy`, health-gated) | {len(deploy_s)} |",
+        f"| frontend reloads under load (routing changes, each confirmed) | {args.reloads} |",
+        f"| HAProxy / nginx reloads seen in the agents' logs | {reloads['haproxy']}"
+        f" / {reloads['nginx']} |",
+        f"| requests sent | {result.sent} |",
+        f"| **requests failed** | **{result.failed}** ({kinds}) |",
+        f"| p99 latency during the redeploys and reloads | {result.p99_ms:.1f} ms |",
+        f"| p99 latency, same load, {args.baseline_seconds}s without any change"
+        f" | {quiet.p99_ms:.1f} ms ({quiet.failed} failed of {quiet.sent}) |",
+        f"| median redeploy time under load | {median:.2f} s |",
+        "",
+        "A failed request is any non-2xx answer or socket error (the Python client also checks",
+        "each body). The load saturates the CPUs it shares with everything else, so the p99 is",
+        "set by CPU contention: compare it with the row measured without any change.",
+    ]
+    text = "\n".join(lines) + "\n"
+    print()
+    print(text)
+    if args.write:
+        write_section(args.write, text)
+        print(f"wrote the reload-under-load section of {args.write}")
+    return 0 if result.failed == 0 else 1
+
+
+def write_section(path: Path, body: str) -> None:
+    """Replace (or append) only this benchmark's section; the rest of the file is kept."""
+    section = f"{BEGIN}\n## Reload under load\n\n{body}{END}\n"
+    current = path.read_text() if path.exists() else "# Benchmarks\n"
+    if BEGIN in current and END in current:
+        head, rest = current.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1].lstrip("\n")
+        new = head + section + (f"\n{tail}" if tail else "")
+    else:
+        new = current.rstrip("\n") + "\n\n" + section
+    path.write_text(new)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""A registry restarted on the same state folder: deploys in flight resolve, nothing resets.
+
+Each "restart" closes one registry app and builds a new one on the same SQLite file, as
+`paas-registry serve` does after a crash (the e2e test kills the real process with -9).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from controller.testing import test_registry
+
+SLOW = {"Procfile": "web: python app.py\n", "paas.toml": "[app]\nhealth_timeout = 1\n"}
+
+
+def test_deploy_keeps_its_deadline_across_a_restart(tmp_path: Path) -> None:
+    with test_registry(tmp_path, deploy_timeout_s=0.2) as reg:
+        token = reg.join("m1")
+        reg.create_app("shop")
+        [iid] = [i["id"] for i in reg.deploy("shop", SLOW)["instances"]]
+        reg.report("m1", token, instances=[{"id": iid, "state": "starting", "port": 5001}])
+        started = time.monotonic()
+    time.sleep(0.8)
+    with test_registry(tmp_path, deploy_timeout_s=0.2) as reg:
+        assert reg.release("shop", 1)["status"] == "deploying"  # not failed by the restart
+        time.sleep(max(0.0, started + 1.3 - time.monotonic()))
+        got = reg.release("shop", 1)  # 1.2 s after it was created, not after the restart
+        assert got["status"] == "failed", got
+        assert "did not become healthy within 1.2 s (stuck at starting)" in got["error"]
+
+
+def test_reports_after_a_restart_finish_the_deploy(tmp_path: Path) -> None:
+    with test_registry(tmp_path) as reg:
+        token = reg.join("m1")
+        reg.create_app("shop")
+        [iid] = [i["id"] for i in reg.deploy("shop")["instances"]]
+        reg.report("m1", token, instances=[{"id": iid, "state": "starting", "port": 5001}])
+        index = int(
+            reg.client.get("/v1/apps/shop/releases/1", headers=reg.admin).headers["X-Paas-Index"]
+        )
+    with test_registry(tmp_path) as reg:
+        after = reg.client.get("/v1/apps/shop/releases/1", headers=reg.admin)
+        assert int(after.headers["X-Paas-Index"]) >= index  # watchers' indexes stay valid
+        instances = [{"id": iid, "state": "running", "port": 5001, "routed": True}]
+        reg.report("m1", token, instances=instances)  # the host token survived too
+        assert reg.release("shop", 1)["status"] == "active"
+
+
+def test_an_older_database_gets_the_new_columns(tmp_path: Path) -> None:
+    with test_registry(tmp_path) as reg:
+        reg.join("m1")
+        reg.create_app("shop")
+        reg.deploy("shop")
+    with sqlite3.connect(tmp_path / "registry.db") as conn:  # as the first schema had it
+        for column in ("health_timeout_s", "description", "deadline_at"):
+            conn.execute(f"ALTER TABLE releases DROP COLUMN {column}")
+    with test_registry(tmp_path) as reg:
+        got = reg.release("shop", 1)
+        assert (got["status"], got["health_timeout_s"], got["description"]) == (
+            "deploying",
+            30,
+            "",
+        )
+        with sqlite3.connect(tmp_path / "registry.db") as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_partial_uploads_are_removed_at_start(tmp_path: Path) -> None:
+    with test_registry(tmp_path) as reg:
+        sha = reg.upload(b"whole")
+    partial = tmp_path / "artifacts" / sha[:2] / ".upload-abc123"
+    partial.write_bytes(b"half of an upload cut short by kill -9")
+    with test_registry(tmp_path) as reg:
+        assert not partial.exists()
+        assert reg.client.get(f"/v1/artifacts/{sha}", headers=reg.admin).content == b"whole"
