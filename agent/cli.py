@@ -45,7 +45,13 @@ log = logging.getLogger("agent")
 @click.option("--nginx-bin", default=None)
 @click.option("--haproxy-bin", default=None)
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
-def main(config_file: Path | None, verbose: bool, **options: object) -> None:
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="frontend: render the saved routing with this host's templates, validate it with"
+    " HAProxy and print the diff against the live config; changes nothing.",
+)
+def main(config_file: Path | None, verbose: bool, dry_run: bool, **options: object) -> None:
     """Run a machine or frontend agent until SIGTERM/SIGINT."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -57,10 +63,27 @@ def main(config_file: Path | None, verbose: bool, **options: object) -> None:
         settings = load_settings(config_file, **options)
     except (ValidationError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(f"invalid settings: {exc}") from exc
+    if dry_run:
+        _dry_run(settings)
+        return
     try:
         asyncio.run(_run(settings))
     except AgentError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _dry_run(settings: AgentSettings) -> None:
+    if settings.role != "frontend":
+        raise click.ClickException("--dry-run is implemented for the frontend role only")
+    from agent.dryrun import frontend_dry_run
+
+    try:
+        result = frontend_dry_run(settings)
+    except AgentError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(result.report, nl=False)
+    if not result.ok:
+        sys.exit(1)
 
 
 async def _run(settings: AgentSettings) -> None:

@@ -91,6 +91,8 @@ class FrontendAgent:
             )
         try:
             self.conf_dir.mkdir(parents=True, exist_ok=True)
+            # The config folders hold private keys (certs/*.pem): owner only.
+            self.conf_dir.parent.chmod(0o700)
             if self.cert_path is None:
                 self.cert_path = ensure_default_cert(
                     self.settings.state_dir, self.settings.domain, now=dt.datetime.now(dt.UTC)

@@ -17,6 +17,7 @@ from pathlib import Path
 import jinja2
 
 from agent.errors import RenderError
+from agent.options import checked_options
 from agent.render import render
 from common.names import (
     InvalidName,
@@ -24,11 +25,20 @@ from common.names import (
     check_app_name,
     check_domain,
     check_host_name,
+    check_sha256,
 )
-from common.wire import RouteApp, RoutingTable
+from common.wire import RouteApp, RouteCert, RouteOptions, RoutingTable
+
+# A certificate file holds PEM blocks and nothing else (HAProxy reads it, never the config).
+_PEM_RE = re.compile(
+    r"^(?:-----BEGIN [A-Z ]{1,40}-----\n[A-Za-z0-9+/=\n]{1,100000}-----END [A-Z ]{1,40}-----\n)+$"
+)
 
 MAIN_TEMPLATE = "haproxy.cfg.j2"
 MAP_TEMPLATE = "haproxy-hosts.map.j2"
+CERT_LIST_TEMPLATE = "haproxy-certs.list.j2"
+CERT_LIST_FILE = "certs.list"
+CERT_DIR = "certs"
 MAIN_FILE = "haproxy.cfg"
 EXACT_MAP_FILE = "hosts.map"
 WILDCARD_MAP_FILE = "wildcards.map"
@@ -49,6 +59,20 @@ class BackendView:
     name: str  # app_<app name>
     app: str
     servers: tuple[ServerView, ...]
+    server_timeout_s: int = 65  # the app's read timeout + 5 s (nginx answers 504 first)
+    hsts_max_age_s: int = 0  # 0: no Strict-Transport-Security header
+    maintenance: bool = False  # answer 503 without asking the app
+    https_redirect: bool = True  # False: served over plain HTTP too
+    # The Host HAProxy's HTTP health check sends to each machine's nginx (the app's cluster
+    # domain): nginx answers 503 there when the host runs no healthy instance of the app.
+    check_host: str = ""
+
+
+@dataclass(frozen=True)
+class CertView:
+    file: str  # certs/<sha256>.pem, relative to the config folder
+    sni: tuple[str, ...]  # the names it is served for (crt-list SNI filters)
+    pem: str = field(repr=False)  # chain + private key
 
 
 @dataclass(frozen=True)
@@ -65,6 +89,9 @@ class HaproxyView:
     exact_map: tuple[tuple[str, str], ...]  # (domain, backend), sorted
     wildcard_map: tuple[tuple[str, str], ...]  # (".suffix", backend), longest suffix first
     index: int
+    plain_http_backends: tuple[str, ...] = ()  # backends served over HTTP (no redirect)
+    cert_list: str = CERT_LIST_FILE  # crt-list file, relative to the config folder
+    certs: tuple[CertView, ...] = ()  # user and ACME certificates, served by SNI
 
 
 @dataclass(frozen=True)
@@ -108,7 +135,34 @@ def build_backend(app: RouteApp) -> BackendView:
             suffix += 1
         seen.add(server_name)
         servers.append(ServerView(name=server_name, endpoint=endpoint(server.address, server.port)))
-    return BackendView(name=f"app_{name}", app=name, servers=tuple(servers))
+    options = route_options(app)
+    domains = [check_domain(d.lower()) for d in app.domains]
+    return BackendView(
+        name=f"app_{name}",
+        app=name,
+        servers=tuple(servers),
+        server_timeout_s=options.read_timeout_s + 5,
+        hsts_max_age_s=options.hsts_max_age_s,
+        maintenance=options.maintenance,
+        https_redirect=options.https_redirect,
+        check_host=next((d for d in domains if not d.startswith("*.")), ""),
+    )
+
+
+def route_options(app: RouteApp) -> RouteOptions:
+    """The app's routing options, checked again (bounded integers and real booleans)."""
+    return checked_options(getattr(app, "routing", None))
+
+
+def build_cert(cert: RouteCert) -> CertView:
+    """One certificate -> its file and SNI names; raises InvalidName for anything unexpected."""
+    sha = check_sha256(cert.sha256)
+    sni = tuple(check_domain(name) for name in cert.sni)
+    if not sni:
+        raise InvalidName(f"certificate {sha[:12]} is served for no name")
+    if not _PEM_RE.fullmatch(cert.pem):
+        raise InvalidName(f"certificate {sha[:12]} is not plain PEM")
+    return CertView(file=f"{CERT_DIR}/{sha}.pem", sni=sni, pem=cert.pem)
 
 
 def build_view(
@@ -162,6 +216,12 @@ def build_view(
         ((d[1:], f"app_{a}") for d, a in owner.items() if d.startswith("*.")),
         key=lambda pair: (-len(pair[0]), pair[0]),
     )
+    certs: list[CertView] = []
+    for route_cert in getattr(table, "certs", None) or []:
+        try:
+            certs.append(build_cert(route_cert))
+        except InvalidName as exc:
+            errors.append(f"certificate skipped: {exc}")
     view = HaproxyView(
         http_bind=http_bind,
         https_bind=https_bind,
@@ -173,17 +233,24 @@ def build_view(
         exact_map=tuple(exact),
         wildcard_map=tuple(wildcard),
         index=table.index,
+        plain_http_backends=tuple(b.name for b in backends if not b.https_redirect),
+        certs=tuple(certs),
     )
     return BuiltView(view=view, errors=tuple(errors))
 
 
 def render_files(env: jinja2.Environment, view: HaproxyView) -> dict[str, str]:
-    """{file name: text} for the live config folder: the main file and the two host maps."""
-    return {
+    """{file name: text} for the live config folder: the main file, the two host maps, the
+    crt-list and one PEM file per certificate."""
+    files = {
         MAIN_FILE: render(env, MAIN_TEMPLATE, {"v": view}),
         EXACT_MAP_FILE: render(env, MAP_TEMPLATE, {"entries": view.exact_map}),
         WILDCARD_MAP_FILE: render(env, MAP_TEMPLATE, {"entries": view.wildcard_map}),
+        view.cert_list: render(env, CERT_LIST_TEMPLATE, {"certs": view.certs}),
     }
+    for cert in view.certs:
+        files[cert.file] = cert.pem
+    return files
 
 
 def summarize(errors: Sequence[str]) -> str | None:

@@ -80,6 +80,8 @@ class MachineAgent:
         self._last_snapshot: object = None
         self._wake = asyncio.Event()
         self._reported: frozenset[int] = frozenset()  # departed ids reported stopped
+        self._watch_index = -1  # the desired index the running watch waits past
+        self._rewatch = asyncio.Event()  # a report showed the registry past that index
 
     @property
     def run_dir(self) -> Path:
@@ -122,6 +124,7 @@ class MachineAgent:
             build=self.build_report,
             sent=self._report_sent,
             heartbeat_s=self.settings.heartbeat_interval_s,
+            index_seen=self._index_seen,
         )
         self.installer = Installer(state_dir, self.client.download_artifact)
         self.ports = PortAllocator(*self.settings.port_bounds)
@@ -214,10 +217,9 @@ class MachineAgent:
         delays: Iterator[float] | None = None
         while True:
             started = time.monotonic()
+            self._watch_index = index
             try:
-                desired = await self.client.desired(
-                    self.settings.name, index=index, wait_s=self.settings.watch_wait_s
-                )
+                desired = await self._fetch_desired(index)
             except RegistryError as exc:
                 if delays is None:
                     log.warning("registry unreachable, everything keeps running: %s", exc)
@@ -225,6 +227,9 @@ class MachineAgent:
                 if exc.status == 401:
                     await rejoin(self.client, self.settings, exc)
                 await asyncio.sleep(next(delays))
+                continue
+            if desired is None:
+                log.debug("the registry is past index %d: watching again at once", index)
                 continue
             if delays is not None:
                 log.info("registry reachable again")
@@ -237,9 +242,32 @@ class MachineAgent:
             await asyncio.to_thread(save_desired, self.settings.state_dir, desired)
             await self.reconcile(desired)
 
+    async def _fetch_desired(self, index: int) -> DesiredState | None:
+        """One watch; None when a report showed the registry past `index` first (a watch
+        sent while this host was cut off can hang long after the link is back)."""
+        self._rewatch.clear()
+        fetch = asyncio.ensure_future(
+            self.client.desired(self.settings.name, index=index, wait_s=self.settings.watch_wait_s)
+        )
+        rewatch = asyncio.ensure_future(self._rewatch.wait())
+        try:
+            await asyncio.wait({fetch, rewatch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            rewatch.cancel()
+            if not fetch.done():
+                fetch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await fetch
+        return fetch.result() if not fetch.cancelled() else None
+
+    def _index_seen(self, index: int) -> None:
+        if 0 <= self._watch_index < index:
+            self._rewatch.set()
+
     async def reconcile(self, desired: DesiredState) -> None:
         """Diff desired instances (by id) against ours and act; idempotent."""
         self._desired_index = desired.index
+        self.proxy.services = tuple(desired.services)
         wanted = {d.id: d for d in desired.instances}
         for iid, d in wanted.items():
             inst = self.instances.get(iid)

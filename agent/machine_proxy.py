@@ -22,6 +22,7 @@ from agent.errors import RenderError
 from agent.instances import ERROR_MAX, Instance, healthy_ports
 from agent.nginx_process import NginxProcess, default_worker_user
 from agent.settings import AgentSettings
+from common.wire import ServiceRoute
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class MachineProxy:
             reload=self.process.reload,
         )
         self.routed: frozenset[int] = frozenset()
+        # Issue 5: the cluster's service endpoints (from the desired state) this host listens on.
+        self.services: tuple[ServiceRoute, ...] = ()
         self.applied_index: int | None = None  # the desired index the live config reflects
         self.error: str | None = None
         self._last_view: nginx.NginxView | None = None
@@ -64,6 +67,7 @@ class MachineProxy:
                     port=self.settings.proxy_port,
                     paths=self.process.paths(),
                     worker_user=self.process.worker_user,
+                    services=self.services,
                 )
             except RenderError as exc:
                 return self._refused(str(exc))

@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass
 import jinja2
 
 from agent.errors import RenderError
+from agent.options import checked_options
 from agent.render import render
 from common.names import InvalidName, check_address, check_app_name, check_domain
-from common.wire import DesiredInstance
+from common.wire import DesiredInstance, RouteOptions, ServiceRoute
 
 TEMPLATE = "nginx.conf.j2"
 MAIN_FILE = "nginx.conf"
@@ -44,6 +45,21 @@ class AppServer:
     domains: tuple[str, ...]
     ports: tuple[int, ...]  # empty: the app answers 503 here
     instance_ids: tuple[int, ...]  # the instances behind `ports` (same order)
+    max_body_mb: int = 100  # client_max_body_size
+    read_timeout_s: int = 60  # proxy_read_timeout / proxy_send_timeout
+    websocket: bool = True  # pass Upgrade through
+
+
+@dataclass(frozen=True)
+class ServiceServer:
+    """Issue 5: 127.0.0.1:`port` forwards to the proxies (`servers`, "addr:port") that route a
+    healthy instance of app `name`, with Host `domain`; no servers: it answers 503."""
+
+    name: str
+    upstream: str
+    port: int
+    domain: str
+    servers: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -53,6 +69,7 @@ class NginxView:
     paths: NginxPaths
     server_names_hash_bucket_size: int
     apps: tuple[AppServer, ...]
+    services: tuple[ServiceServer, ...] = ()
 
     @property
     def routed_ids(self) -> frozenset[int]:
@@ -71,6 +88,7 @@ def build_view(
     port: int,
     paths: NginxPaths,
     worker_user: str | None = None,
+    services: Iterable[ServiceRoute] = (),
 ) -> NginxView:
     """One server per app (its domains), upstream = ports of its healthy `serve` instances.
 
@@ -90,6 +108,7 @@ def build_view(
         domains: dict[str, list[str]] = {}
         members: dict[str, list[tuple[int, int]]] = {}
         claimed: set[str] = set()
+        options: dict[str, RouteOptions] = {}
         for inst in sorted(desired, key=lambda i: (i.app, i.id)):
             check_app_name(inst.app)
             app_domains = domains.setdefault(inst.app, [])
@@ -98,11 +117,14 @@ def build_view(
                 if domain not in app_domains and domain not in claimed:
                     app_domains.append(domain)
                     claimed.add(domain)
+            if inst.app not in options:
+                options[inst.app] = checked_options(getattr(inst, "routing", None))
             app_members = members.setdefault(inst.app, [])
             inst_port = healthy_ports.get(inst.id)
             if inst.serve and inst_port is not None:
                 _check_port(inst_port)
                 app_members.append((inst.id, inst_port))
+        service_servers = _service_servers(services, taken={port})
     except InvalidName as exc:
         raise RenderError(f"refused to render nginx config: {exc}") from exc
 
@@ -113,6 +135,9 @@ def build_view(
             domains=tuple(domains[name]),
             ports=tuple(p for _, p in members[name]),
             instance_ids=tuple(i for i, _ in members[name]),
+            max_body_mb=options[name].max_body_mb,
+            read_timeout_s=options[name].read_timeout_s,
+            websocket=options[name].websocket,
         )
         for name in sorted(domains)
         if domains[name]
@@ -124,7 +149,38 @@ def build_view(
         paths=paths,
         server_names_hash_bucket_size=_bucket_size(longest),
         apps=apps,
+        services=service_servers,
     )
+
+
+def _service_servers(
+    services: Iterable[ServiceRoute], *, taken: set[int]
+) -> tuple[ServiceServer, ...]:
+    """One listener per app service port; a port clashing with another listener is refused."""
+    result: list[ServiceServer] = []
+    for service in sorted(services, key=lambda s: s.name):
+        check_app_name(service.name)
+        check_domain(service.domain)
+        _check_port(service.port)
+        if service.port in taken:
+            raise InvalidName(f"service port {service.port} of {service.name} is already used")
+        taken.add(service.port)
+        servers: list[str] = []
+        for server in service.servers:
+            check_address(server.address)
+            _check_port(server.port)
+            host = f"[{server.address}]" if _is_ipv6(server.address) else server.address
+            servers.append(f"{host}:{server.port}")
+        result.append(
+            ServiceServer(
+                name=service.name,
+                upstream=f"svc-{service.name}",
+                port=service.port,
+                domain=service.domain,
+                servers=tuple(servers),
+            )
+        )
+    return tuple(result)
 
 
 def render_files(env: jinja2.Environment, view: NginxView) -> dict[str, str]:

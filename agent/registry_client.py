@@ -76,9 +76,14 @@ class RegistryClient:
         response = await self._watch("/v1/routing", index=index, wait_s=wait_s)
         return _parse(RoutingTable, response)
 
-    async def report(self, host: str, report: HostReport) -> None:
+    async def report(self, host: str, report: HostReport) -> int | None:
+        """Send a status report; returns the registry's desired index (None: not given)."""
         check_host_name(host)
-        await self._request("POST", f"/v1/hosts/{host}/report", json=report.model_dump(mode="json"))
+        response = await self._request(
+            "POST", f"/v1/hosts/{host}/report", json=report.model_dump(mode="json")
+        )
+        value = response.headers.get("X-Paas-Index", "")
+        return int(value) if value.isdigit() else None
 
     async def download_artifact(self, sha256: str, dest: Path) -> None:
         """Stream to a temp file beside `dest`, verify the sha256, then rename into place."""

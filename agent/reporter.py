@@ -29,12 +29,14 @@ class Reporter:
         build: Callable[[], HostReport],
         sent: Callable[[HostReport], None],
         heartbeat_s: float,
+        index_seen: Callable[[int], None] | None = None,
     ) -> None:
         self._client = client
         self._host = host
         self._build = build
         self._sent = sent  # told about every report the registry accepted
         self._heartbeat_s = heartbeat_s
+        self._index_seen = index_seen  # told the registry's desired index after each report
         self._soon = asyncio.Event()
         self._outage = False
 
@@ -54,7 +56,7 @@ class Reporter:
     async def send(self) -> bool:
         report = self._build()
         try:
-            await self._client.report(self._host, report)
+            index = await self._client.report(self._host, report)
         except RegistryError as exc:
             if not self._outage:
                 log.warning("could not report to the registry (will keep trying): %s", exc)
@@ -64,4 +66,6 @@ class Reporter:
             log.info("reports reach the registry again")
             self._outage = False
         self._sent(report)
+        if index is not None and self._index_seen is not None:
+            self._index_seen(index)
         return True

@@ -31,6 +31,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.report import write_section  # noqa: E402
 from cli.local import LocalCluster, Ports  # noqa: E402
 
 PAAS = str(Path(sys.executable).parent / "paas")
@@ -215,7 +216,7 @@ def main() -> int:
 
     ratio = proxied.rps / direct.rps if direct.rps else float("nan")
     lines = [
-        "# Benchmarks",
+        "## Deploy latency and proxy throughput",
         "",
         f"Produced by `{' '.join(['.venv/bin/python', 'bench/deploy.py', *sys.argv[1:]])}`"
         f" on {platform.node()} ({platform.platform()}, {platform.processor() or 'cpu?'},"
@@ -223,12 +224,12 @@ def main() -> int:
         "One LocalCluster on 127.0.0.1: registry, one machine agent (nginx), one frontend",
         "agent (HAProxy, TLS); app = examples/hello (stdlib, no requirements).",
         "",
-        "## Deploy latency (`paas deploy` start -> first HTTPS 200 with the new text)",
+        "### Deploy latency (`paas deploy` start -> first HTTPS 200 with the new text)",
         "",
         f"- first deploy (new app each time): {fmt(first)}",
         f"- code-only redeploy of one app: {fmt(redeploy)}",
         "",
-        f"## Throughput ({proxied.tool}, keep-alive, {args.seconds:.0f}s each)",
+        f"### Throughput ({proxied.tool}, keep-alive, {args.seconds:.0f}s each)",
         "",
         "| path | requests/s | requests | errors |",
         "| --- | ---: | ---: | ---: |",
@@ -244,8 +245,8 @@ def main() -> int:
     print()
     print(text)
     if args.write:
-        args.write.write_text(text)
-        print(f"wrote {args.write}")
+        write_section(args.write, "deploy", text)
+        print(f"wrote the deploy section of {args.write}")
     return 0
 
 

@@ -19,11 +19,16 @@ from common.wire import (
     App,
     AppCreate,
     Artifact,
+    Cert,
+    ConfigUpdate,
+    ConfigVars,
     Host,
     InstanceView,
     Release,
     ReleaseCreate,
     RollbackRequest,
+    RouteOptions,
+    RouteOptionsUpdate,
 )
 
 T = TypeVar("T")
@@ -189,8 +194,53 @@ class RegistryClient:
     def list_instances(self, app: str) -> list[InstanceView]:
         return self._parse(self._request("GET", f"/v1/apps/{app}/instances"), list[InstanceView])
 
+    def scale_app(self, name: str, instances: int) -> App:
+        response = self._request("PATCH", f"/v1/apps/{name}", json={"instances": instances})
+        return self._parse(response, App)
+
     def list_hosts(self) -> list[Host]:
         return self._parse(self._request("GET", "/v1/hosts"), list[Host])
+
+    def add_domain(self, app: str, domain: str) -> App:
+        response = self._request("POST", f"/v1/apps/{app}/domains", json={"domain": domain})
+        return self._parse(response, App)
+
+    def remove_domain(self, app: str, domain: str) -> App:
+        return self._parse(self._request("DELETE", f"/v1/apps/{app}/domains/{domain}"), App)
+
+    def add_cert(self, app: str, cert_pem: str, key_pem: str) -> Cert:
+        body = {"cert_pem": cert_pem, "key_pem": key_pem}
+        return self._parse(self._request("POST", f"/v1/apps/{app}/certs", json=body), Cert)
+
+    def list_certs(self, app: str) -> list[Cert]:
+        return self._parse(self._request("GET", f"/v1/apps/{app}/certs"), list[Cert])
+
+    def remove_cert(self, app: str, sha256: str) -> None:
+        self._request("DELETE", f"/v1/apps/{app}/certs/{sha256}")
+
+    def get_routing(self, app: str) -> RouteOptions:
+        return self._parse(self._request("GET", f"/v1/apps/{app}/routing"), RouteOptions)
+
+    def update_routing(self, app: str, change: RouteOptionsUpdate) -> RouteOptions:
+        body = change.model_dump(mode="json", exclude_none=True)
+        response = self._request("PATCH", f"/v1/apps/{app}/routing", json=body)
+        return self._parse(response, RouteOptions)
+
+    # ---- config vars (issue 5) -----------------------------------------------------------
+
+    def get_config(self, app: str, *, reveal: bool = False) -> ConfigVars:
+        params = {"reveal": "true"} if reveal else {}
+        return self._parse(
+            self._request("GET", f"/v1/apps/{app}/config", params=params), ConfigVars
+        )
+
+    def update_config(self, app: str, update: ConfigUpdate) -> ConfigVars:
+        body = update.model_dump(mode="json")
+        return self._parse(self._request("PATCH", f"/v1/apps/{app}/config", json=body), ConfigVars)
+
+    def force_delete_app(self, name: str) -> None:
+        """Delete even when other apps depend on it."""
+        self._request("DELETE", f"/v1/apps/{name}", params={"force": "true"})
 
 
 def _index(response: httpx.Response, previous: int) -> int:

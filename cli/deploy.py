@@ -121,9 +121,37 @@ class Deployer:
                 self.report(f"uploaded artifact {packed.sha256[:12]} ({size_kib} KiB)")
         finally:
             packed.path.unlink(missing_ok=True)
+        self.wait_for_dependencies(name, read_manifest(root), deadline=start + timeout)
         release = self.client.create_release(name, packed.sha256)
         self.report(f"release v{release.version} of {name}")
         return self._finish(release, start=start, timeout=timeout, created=created)
+
+    def wait_for_dependencies(self, name: str, manifest: Manifest, *, deadline: float) -> None:
+        """Until every existing app of `depends_on` has a healthy, routed instance (a missing
+        one is left for the registry to refuse with its message)."""
+        for dep in manifest.depends_on or []:
+            said = False
+            while True:
+                if self.client.find_app(dep) is None:
+                    break
+                instances = self.client.list_instances(dep)
+                if any(i.state == "running" and i.routed for i in instances):
+                    if said:
+                        self.report(f"dependency {dep} is healthy")
+                    break
+                if not said:
+                    self.report(f"waiting for dependency {dep} of {name}: no healthy instance yet")
+                    said = True
+                if self.clock() >= deadline:
+                    raise DeployFailed(f"failed: dependency {dep} has no healthy instance")
+                self.sleep(1.0)
+
+    def follow_version(self, app: str, version: int, *, timeout: float = 600.0) -> DeployResult:
+        """Follow release `version` (started by a config change) like a deploy."""
+        start = self.clock()
+        release, _ = self.client.watch_release(app, version)
+        self.report(f"release v{release.version} of {app}: {release.description}")
+        return self._finish(release, start=start, timeout=timeout, created=False)
 
     def rollback(
         self, app: str, *, version: int | None = None, timeout: float = 600.0

@@ -94,8 +94,10 @@ class LocalCluster:
         host: str = "127.0.0.1",
         bin_dir: Path | None = None,
         ready_timeout: float = 60.0,
+        service_ports: tuple[int, int] = (20000, 29999),
     ) -> None:
         self.state_dir = Path(state_dir).absolute()
+        self.service_ports = service_ports  # the registry's range of per-app service ports
         self.ports = ports or Ports()
         self.domain = domain
         self.host = host
@@ -252,6 +254,8 @@ class LocalCluster:
             "--port", str(self.ports.registry),
             "--domain", self.domain,
             "--public-https-port", str(self.ports.https),
+            "--service-port-min", str(self.service_ports[0]),
+            "--service-port-max", str(self.service_ports[1]),
         ]  # fmt: skip
 
     def _agent_argv(self, role: str, name: str, join_token: str) -> list[str]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from cli import config, output
+from cli import certs, config, config_verbs, domains, output, ps, routing
 from cli.api import RegistryClient
 from cli.deploy import Deployer
 from cli.errors import CliError, DeployFailed
@@ -104,13 +104,14 @@ def apps_create(name: str, domains: tuple[str, ...], instances: int, as_json: bo
 @main.command("apps:delete")
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Really delete the app, its releases and instances.")
-def apps_delete(name: str, yes: bool) -> None:
+@click.option("--force", is_flag=True, help="Delete even if other apps depend on it.")
+def apps_delete(name: str, yes: bool, force: bool) -> None:
     """Delete an app (needs --yes)."""
     check_app_name(name)
     if not yes:
         raise CliError(f"deleting {name} stops it and removes its releases; add --yes to confirm")
     with client() as api:
-        api.delete_app(name)
+        api.force_delete_app(name) if force else api.delete_app(name)
     click.echo(f"deleted app {name}")
 
 
@@ -118,10 +119,18 @@ def apps_delete(name: str, yes: bool) -> None:
 @click.argument("path", type=click.Path(path_type=Path), default=".")
 @click.option("--app", "app_name", help="App name (default: paas.toml name, else folder name).")
 @click.option("--timeout", type=click.FloatRange(1), default=600.0, show_default=True)
+@click.option("--plan", is_flag=True, help="Show the env diff the deploy would make; no change.")
 @json_option
-def deploy(path: Path, app_name: str | None, timeout: float, as_json: bool) -> None:
+def deploy(path: Path, app_name: str | None, timeout: float, plan: bool, as_json: bool) -> None:
     """Pack PATH, upload it, release it and follow the release until it serves."""
     report = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    if plan:
+        from cli.plan import deploy_plan
+
+        with client() as api:
+            for line in deploy_plan(api, path, app=app_name):
+                click.echo(line)
+        return
     with client() as api:
         result = Deployer(api, report).run(path, app=app_name, timeout=timeout)
     if as_json:
@@ -296,6 +305,12 @@ def local_status(state_dir: Path, as_json: bool) -> None:
         click.echo()
         output.hosts_table(hosts_)
 
+
+domains.register(main, client=client, json_option=json_option)
+certs.register(main, client=client, json_option=json_option)
+routing.register(main, client=client, json_option=json_option)
+ps.register(main, client=client, json_option=json_option)
+config_verbs.register(main, client=client, json_option=json_option)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -92,13 +92,14 @@ def hosts_table(hosts: Sequence[Host]) -> None:
         return
     table(
         None,
-        ["HOST", "ROLE", "STATE", "ADDRESS", "INSTANCES", "HEARTBEAT", "PROXY ERROR"],
+        ["HOST", "ROLE", "STATE", "ADDRESS", "LABELS", "INSTANCES", "HEARTBEAT", "PROXY ERROR"],
         [
             [
                 h.name,
                 h.role,
                 h.state,
                 f"{h.address}:{h.proxy_port}",
+                ",".join(f"{k}={v}" for k, v in sorted(h.labels.items())) or None,
                 h.instances,
                 _when(h.last_heartbeat),
                 h.proxy_error,

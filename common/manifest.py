@@ -14,6 +14,7 @@ from common.names import (
     check_app_name,
     check_domain,
     check_health_path,
+    check_label,
     check_process_type,
 )
 
@@ -36,6 +37,8 @@ class Manifest:
     name: str | None = None  # the app name `paas deploy` uses; the registry only checks it
     instances: int | None = None
     domains: list[str] = field(default_factory=list)
+    depends_on: list[str] | None = None  # apps this one calls; None: keep the app's list
+    constraints: dict[str, str] | None = None  # host labels required; None: keep the app's
 
 
 def parse_procfile(text: str) -> dict[str, str]:
@@ -68,7 +71,16 @@ def require_web(processes: dict[str, str]) -> dict[str, str]:
     return processes
 
 
-_KEYS = {"name", "health_path", "health_timeout", "instances", "domains"}  # name: read by the CLI
+# name: read by the CLI
+_KEYS = {
+    "name",
+    "health_path",
+    "health_timeout",
+    "instances",
+    "domains",
+    "depends_on",
+    "constraints",
+}
 
 
 def parse_manifest(text: str) -> Manifest:
@@ -92,6 +104,8 @@ def parse_manifest(text: str) -> Manifest:
         health_timeout=_health_timeout(values.get("health_timeout")),
         instances=_instances(values.get("instances")),
         domains=_domains(values.get("domains")),
+        depends_on=_depends_on(values.get("depends_on"), values.get("name")),
+        constraints=_constraints(values.get("constraints")),
     )
 
 
@@ -158,3 +172,32 @@ def _domains(value: object) -> list[str]:
         return [check_domain(item) for item in value]
     except InvalidName as exc:
         raise ManifestError(f"paas.toml: {exc}") from None
+
+
+def _depends_on(value: object, own_name: object) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ManifestError('paas.toml: depends_on must be a list of app names such as ["users"]')
+    names: list[str] = []
+    for item in value:
+        try:
+            name = check_app_name(item)
+        except InvalidName as exc:
+            raise ManifestError(f"paas.toml: depends_on: {exc}") from None
+        if name == own_name:
+            raise ManifestError(f"paas.toml: app {name} cannot depend on itself")
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def _constraints(value: object) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ManifestError('paas.toml: constraints must be a table such as {zone = "a"}')
+    try:
+        return {check_label(str(k)): check_label(v) for k, v in value.items()}
+    except InvalidName as exc:
+        raise ManifestError(f"paas.toml: constraints: {exc}") from None

@@ -88,6 +88,54 @@ class App(Model):
     urls: list[str]  # https://<app>.<cluster domain>[:port]/ first, then one per domain
     active_release: int | None
     created_at: datetime
+    # Issue 5: the app's fixed service port (every machine proxy listens on
+    # 127.0.0.1:<service_port> for it) and the apps it depends on (paas.toml depends_on).
+    service_port: Port | None = None
+    depends_on: list[AppName] = Field(default_factory=list)
+
+
+class RouteOptions(Model):
+    """Per-app routing settings an app owner may change (`paas routing:set`); typed values
+    only, rendered by the proxies' templates (no raw config from app owners)."""
+
+    max_body_mb: int = Field(default=100, ge=1, le=10240)  # larger request bodies get 413
+    read_timeout_s: int = Field(default=60, ge=1, le=3600)  # waiting for the app to answer
+    websocket: bool = True  # pass `Upgrade` through to the app
+    https_redirect: bool = True  # plain HTTP gets a 301 to HTTPS; off: served over HTTP too
+    hsts_max_age_s: int = Field(default=0, ge=0, le=63072000)  # 0: no HSTS header
+    maintenance: bool = False  # the frontends answer 503 without asking the app
+
+
+class RouteOptionsUpdate(Model):
+    max_body_mb: int | None = Field(default=None, ge=1, le=10240)
+    read_timeout_s: int | None = Field(default=None, ge=1, le=3600)
+    websocket: bool | None = None
+    https_redirect: bool | None = None
+    hsts_max_age_s: int | None = Field(default=None, ge=0, le=63072000)
+    maintenance: bool | None = None
+
+
+class DomainAdd(Model):
+    """`paas domains:add APP DOMAIN`: an exact name or a wildcard `*.example.com`."""
+
+    domain: Domain
+
+
+class CertAdd(Model):
+    """`paas certs:add APP --cert FILE --key FILE`: a PEM chain (leaf first) and its key."""
+
+    cert_pem: str = Field(max_length=65536)
+    key_pem: str = Field(max_length=65536)
+
+
+class Cert(Model):
+    app: AppName
+    sha256: Sha256  # of the leaf certificate (DER)
+    names: list[Domain]  # DNS names the certificate is valid for
+    covers: list[Domain]  # the app's domains it is served for (SNI)
+    not_after: datetime
+    source: Literal["user", "acme"]
+    created_at: datetime
 
 
 # ---- artifacts --------------------------------------------------------------------------
@@ -150,7 +198,7 @@ class ConfigUpdate(Model):
 
 
 class ConfigVars(Model):
-    vars: dict[EnvKey, str]  # secret values redacted
+    vars: dict[EnvKey, str]  # secret values redacted unless an admin asked ?reveal=true
     secret: list[EnvKey]
     release: int | None = None  # the release a change started (None: nothing deployed yet)
 
@@ -197,16 +245,28 @@ class DesiredInstance(Model):
     health_path: HealthPath
     domains: list[Domain]  # every domain of the app, cluster domain included
     serve: bool  # route traffic to it once healthy (its release is the app's active one)
+    routing: RouteOptions = Field(default_factory=RouteOptions)  # the app's routing options
     # A started instance that passes no health check within this many seconds is failed.
     health_timeout_s: float = Field(
         default=DEFAULT_HEALTH_TIMEOUT_S, ge=MIN_HEALTH_TIMEOUT_S, le=MAX_HEALTH_TIMEOUT_S
     )
 
 
+class ServiceRoute(Model):
+    """Issue 5: a machine proxy listens on 127.0.0.1:`port` for app `name` and forwards to the
+    machine proxies (`servers`) that route a healthy instance of it, with Host `domain`."""
+
+    name: AppName
+    port: Port
+    domain: Domain  # the app's cluster domain, sent as Host to the other hosts' proxies
+    servers: list[RouteServer]
+
+
 class DesiredState(Model):
     index: int
     host: HostName
     instances: list[DesiredInstance]
+    services: list[ServiceRoute] = Field(default_factory=list)  # every app with a service port
 
 
 # ---- what an agent reports --------------------------------------------------------------
@@ -239,11 +299,21 @@ class RouteApp(Model):
     name: AppName
     domains: list[Domain]  # cluster domain first
     servers: list[RouteServer]  # machine hosts with a routed, healthy instance of the app
+    routing: RouteOptions = Field(default_factory=RouteOptions)
+
+
+class RouteCert(Model):
+    """A certificate the frontends serve by SNI for `sni` (crt-list); `pem` = chain + key."""
+
+    sha256: Sha256
+    sni: list[Domain]
+    pem: str = Field(max_length=200_000)
 
 
 class RoutingTable(Model):
     index: int
     apps: list[RouteApp]
+    certs: list[RouteCert] = Field(default_factory=list)
 
 
 # ---- errors -----------------------------------------------------------------------------

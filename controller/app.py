@@ -15,11 +15,20 @@ from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from common.names import InvalidName
-from controller import routes_apps, routes_artifacts, routes_config, routes_hosts
+from controller import (
+    routes_apps,
+    routes_artifacts,
+    routes_certs,
+    routes_config,
+    routes_domains,
+    routes_hosts,
+    routes_routing,
+)
 from controller.artifacts import ArtifactStore
 from controller.context import Context
 from controller.db import Database
 from controller.errors import RegistryError
+from controller.heartbeats import heartbeat_tick
 from controller.queries import expire_if_due
 from controller.settings import RegistrySettings
 from controller.watch import LocalNotifier
@@ -43,13 +52,15 @@ def create_app(settings: RegistrySettings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(_deadline_tick(ctx))
+        tasks = [asyncio.create_task(_deadline_tick(ctx)), asyncio.create_task(heartbeat_tick(ctx))]
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             db.dispose()
 
     app = FastAPI(
@@ -69,6 +80,9 @@ def create_app(settings: RegistrySettings) -> FastAPI:
         return {"ok": True}
 
     app.include_router(routes_apps.router)
+    app.include_router(routes_domains.router)
+    app.include_router(routes_certs.router)
+    app.include_router(routes_routing.router)
     app.include_router(routes_config.router)
     app.include_router(routes_artifacts.router)
     app.include_router(routes_hosts.router)

@@ -55,6 +55,8 @@ def init(state_dir: Path | None, config_file: Path | None, as_json: bool, rotate
 @click.option("--port", "bind_port", type=int, default=None, help="Port to listen on.")
 @click.option("--domain", default=None, help="Cluster domain: apps answer on <app>.<domain>.")
 @click.option("--public-https-port", type=int, default=None)
+@click.option("--service-port-min", type=int, default=None, help="First per-app service port.")
+@click.option("--service-port-max", type=int, default=None, help="Last per-app service port.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path, exists=True))
 def serve(
     state_dir: Path | None,
@@ -62,6 +64,8 @@ def serve(
     bind_port: int | None,
     domain: str | None,
     public_https_port: int | None,
+    service_port_min: int | None,
+    service_port_max: int | None,
     config_file: Path | None,
 ) -> None:
     """Run the registry API."""
@@ -77,6 +81,8 @@ def serve(
         bind_port=bind_port,
         domain=domain,
         public_https_port=public_https_port,
+        service_port_min=service_port_min,
+        service_port_max=service_port_max,
     )
     try:
         app = create_app(settings)

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.schema import CreateColumn
 
+from controller import cert_models, route_options  # noqa: F401  (register their tables)
 from controller.models import Base, Instance, Revision
 
 log = logging.getLogger("paas.registry")

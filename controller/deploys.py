@@ -57,6 +57,8 @@ def create_release(
     """
     if manifest.instances is not None:
         app.instances = manifest.instances
+    if manifest.constraints is not None:
+        app.constraints = manifest.constraints
     if manifest.domains:
         add_domains(session, app, manifest.domains)
     version = max((r.version for r in app.releases), default=0) + 1
@@ -83,9 +85,11 @@ def create_release(
     if app.instances == 0:
         activate_release(session, release)
         return release
-    placed = _place(session, app, app.instances)
+    placed = place_hosts(session, app, app.instances)
     if not placed:
-        fail_release(session, release, NO_HOST_ERROR)
+        wanted = ", ".join(f"{k}={v}" for k, v in sorted((app.constraints or {}).items()))
+        reason = f"no up machine host has the labels {wanted}" if wanted else NO_HOST_ERROR
+        fail_release(session, release, reason)
         return release
     for host in placed:
         release.instances.append(
@@ -100,7 +104,9 @@ def create_release(
     return release
 
 
-def _place(session: Session, app: App, count: int, *, staying: Sequence[str] = ()) -> list[Host]:
+def place_hosts(
+    session: Session, app: App, count: int, *, staying: Sequence[str] = ()
+) -> list[Host]:
     hosts = session.execute(select(Host)).scalars().all()
     current = session.execute(
         select(App.name, Host.name)
@@ -111,9 +117,12 @@ def _place(session: Session, app: App, count: int, *, staying: Sequence[str] = (
     ).all()
     placed = place(
         apps_wanting={app.name: count},
-        hosts=[HostSlot(name=h.name, role=h.role, state=h.state) for h in hosts],
+        hosts=[
+            HostSlot(name=h.name, role=h.role, state=h.state, labels=h.labels or {}) for h in hosts
+        ],
         current=[(a, h) for a, h in current],
         staying={app.name: staying},
+        constraints={app.name: app.constraints or {}},
     )[app.name]
     by_name = {h.name: h for h in hosts}
     return [by_name[name] for name in placed]
@@ -308,7 +317,14 @@ def scale_active(session: Session, app: App, *, now: datetime) -> None:
             instance.desired = "stop"
         log.info("app %s scaled down to %d instances", app.name, app.instances)
     elif extra < 0:
-        placed = _place(session, app, -extra, staying=[i.host.name for i in running])
+        placed = place_hosts(session, app, -extra, staying=[i.host.name for i in running])
+        if not placed:
+            log.info(
+                "app %s wants %d instances; no machine host is up to run more",
+                app.name,
+                app.instances,
+            )
+            return
         for host in placed:
             active.instances.append(
                 Instance(

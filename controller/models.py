@@ -54,6 +54,14 @@ class App(Base):
     # The desired_seq at which the set of hosts serving this app last changed: a deploy is
     # routed only once every frontend has applied at least this index.
     routing_seq: Mapped[int | None] = mapped_column(Integer, default=None)
+    # Issue 5: every machine proxy listens on 127.0.0.1:<service_port> for this app, and the
+    # apps named in paas.toml depends_on get <NAME>_URL pointing there.
+    service_port: Mapped[int | None] = mapped_column(Integer, default=None)
+    depends_on: Mapped[list[str]] = mapped_column(JSON, default=list, server_default=text("'[]'"))
+    # Labels a host must carry to run this app (paas.toml constraints = {zone = "a"}).
+    constraints: Mapped[dict[str, str]] = mapped_column(
+        JSON, default=dict, server_default=text("'{}'")
+    )
 
     domains: Mapped[list[Domain]] = relationship(
         back_populates="app", cascade="all, delete-orphan", order_by="Domain.id"

@@ -16,10 +16,12 @@ from controller.auth import require_admin
 from controller.context import Context, get_ctx
 from controller.db import bump
 from controller.deploys import add_domains, create_release, scale_active
+from controller.domains import check_claimable
 from controller.errors import Conflict, Invalid, NotFound
 from controller.models import App, Instance, Release
 from controller.queries import expire_if_due, get_app, now, watch
 from controller.rollback import rollback
+from controller.services import assign_service_port, refuse_delete_if_needed, set_dependencies
 from controller.views import app_view, instance_view, release_view, up_frontends
 
 router = APIRouter(prefix="/v1/apps", tags=["apps"], dependencies=[Depends(require_admin)])
@@ -27,6 +29,7 @@ router = APIRouter(prefix="/v1/apps", tags=["apps"], dependencies=[Depends(requi
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=wire.App)
 def create_app_route(body: wire.AppCreate, ctx: Context = Depends(get_ctx)) -> wire.App:
+    check_claimable(body.domains, cluster_domain=ctx.settings.domain)
     with ctx.db.write() as session:
         if session.execute(select(App).where(App.name == body.name)).first() is not None:
             raise Conflict(f"app {body.name} already exists")
@@ -34,6 +37,7 @@ def create_app_route(body: wire.AppCreate, ctx: Context = Depends(get_ctx)) -> w
         session.add(app)
         session.flush()
         add_domains(session, app, body.domains)
+        assign_service_port(session, app, ctx.settings)
         bump(session, desired=True)
         view = app_view(app, ctx.settings)
     return view
@@ -54,6 +58,7 @@ def read_app(app: AppName, ctx: Context = Depends(get_ctx)) -> wire.App:
 
 @router.patch("/{app}", response_model=wire.App)
 def update_app(app: AppName, body: wire.AppUpdate, ctx: Context = Depends(get_ctx)) -> wire.App:
+    check_claimable(body.domains or [], cluster_domain=ctx.settings.domain)
     with ctx.db.write() as session:
         row = get_app(session, app)
         if body.domains is not None:
@@ -73,9 +78,14 @@ def update_app(app: AppName, body: wire.AppUpdate, ctx: Context = Depends(get_ct
 
 
 @router.delete("/{app}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_app(app: AppName, ctx: Context = Depends(get_ctx)) -> Response:
+def delete_app(
+    app: AppName, force: bool = Query(False), ctx: Context = Depends(get_ctx)
+) -> Response:
+    """Refused (409) while other apps depend on it, unless `force=true`."""
     with ctx.db.write() as session:
-        session.delete(get_app(session, app))
+        row = get_app(session, app)
+        refuse_delete_if_needed(session, app, force=force)
+        session.delete(row)
         bump(session, desired=True)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -95,9 +105,13 @@ def create_release_route(
     except ManifestError as exc:
         raise Invalid(str(exc)) from exc
     with ctx.db.write() as session:
+        row = get_app(session, app)
+        assign_service_port(session, row, ctx.settings)
+        if manifest.depends_on is not None:
+            set_dependencies(session, row, manifest.depends_on, ctx.settings)
         release = create_release(
             session,
-            get_app(session, app),
+            row,
             artifact_sha256=body.artifact_sha256,
             processes=processes,
             manifest=manifest,

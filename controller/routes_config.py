@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 
 from common import wire
 from common.manifest import Manifest
@@ -19,9 +19,17 @@ from controller.views import REDACTED
 router = APIRouter(prefix="/v1/apps", tags=["config"], dependencies=[Depends(require_admin)])
 
 
-def _view(app: App, release: int | None = None) -> wire.ConfigVars:
+SECRET_SUFFIXES = ("_SECRET", "_PASSWORD", "_TOKEN", "_KEY")
+
+
+def is_secret_key(key: str) -> bool:
+    """Keys named like credentials are secret without `--secret`."""
+    return key.endswith(SECRET_SUFFIXES) or key in {s.lstrip("_") for s in SECRET_SUFFIXES}
+
+
+def _view(app: App, release: int | None = None, *, reveal: bool = False) -> wire.ConfigVars:
     return wire.ConfigVars(
-        vars={v.key: REDACTED if v.secret else v.value for v in app.config_vars},
+        vars={v.key: REDACTED if v.secret and not reveal else v.value for v in app.config_vars},
         secret=[v.key for v in app.config_vars if v.secret],
         release=release,
     )
@@ -40,9 +48,12 @@ def _describe(body: wire.ConfigUpdate) -> str:
 
 
 @router.get("/{app}/config", response_model=wire.ConfigVars)
-def read_config(app: AppName, ctx: Context = Depends(get_ctx)) -> wire.ConfigVars:
+def read_config(
+    app: AppName, reveal: bool = Query(False), ctx: Context = Depends(get_ctx)
+) -> wire.ConfigVars:
+    """Secret values are redacted unless the admin asks `?reveal=true`."""
     with ctx.db.read() as session:
-        return _view(get_app(session, app))
+        return _view(get_app(session, app), reveal=reveal)
 
 
 @router.patch("/{app}/config", response_model=wire.ConfigVars)
@@ -67,6 +78,9 @@ def update_config(
         for key in body.secret:
             if key in current:
                 current[key].secret = True
+        for key, var in current.items():
+            if is_secret_key(key):
+                var.secret = True
         session.flush()
         session.refresh(row, ["config_vars"])
         bump(session, desired=False)

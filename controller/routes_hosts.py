@@ -22,11 +22,12 @@ from controller.auth import (
     revoke_tokens,
 )
 from controller.context import Context, get_ctx
-from controller.db import bump
+from controller.db import bump, revision
 from controller.deploys import apply_report
 from controller.errors import Forbidden
+from controller.hostloss import refill
 from controller.models import Host
-from controller.queries import get_host, now, watch
+from controller.queries import INDEX_HEADER, get_host, now, watch
 from controller.views import desired_state, host_view, routing_table
 
 log = logging.getLogger("paas.registry")
@@ -55,8 +56,11 @@ def join_host(body: wire.HostJoin, ctx: Context = Depends(get_ctx)) -> wire.Host
             )
         host.role, host.address, host.proxy_port = body.role, body.address, body.proxy_port
         host.labels = dict(body.labels)
+        was_down = host.state == "down"
         host.state, host.last_heartbeat = "up", now()
         token = issue_token(session, "host", host_name=body.name)
+        if was_down:
+            refill(session, now=now())
         bump(session, desired=True)
     return wire.HostJoined(name=body.name, token=token)
 
@@ -100,14 +104,18 @@ def report(
 ) -> Response:
     check_own_host(who, host, admin_may=False)
     with ctx.db.write() as session:
-        apply_report(
-            session,
-            get_host(session, host),
-            body,
-            now=now(),
-            timeout_s=ctx.settings.deploy_timeout_s,
-        )
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+        row = get_host(session, host)
+        was_down = row.state == "down"
+        moment = now()
+        apply_report(session, row, body, now=moment, timeout_s=ctx.settings.deploy_timeout_s)
+        if was_down:
+            log.info("host %s reports again: marked up", host)
+            refill(session, now=moment)
+        desired_index = revision(session).desired_seq
+    # The index of the desired state now: an agent whose watch is behind it (its long poll
+    # was lost while it was cut off) watches again at once instead of waiting the poll out.
+    headers = {INDEX_HEADER: str(desired_index)}
+    return Response(status_code=status.HTTP_204_NO_CONTENT, headers=headers)
 
 
 @router.get("/routing", response_model=wire.RoutingTable)

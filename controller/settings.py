@@ -24,6 +24,9 @@ class RegistrySettings(BaseSettings):
     max_artifact_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
     deploy_timeout_s: float = Field(default=300, gt=0)
     heartbeat_ttl_s: float = Field(default=30, gt=0)
+    # Issue 5: the range the fixed per-app service ports (127.0.0.1:<port> on every host) come from.
+    service_port_min: int = Field(default=20000, ge=1024, le=65535)
+    service_port_max: int = Field(default=29999, ge=1024, le=65535)
 
     @field_validator("domain")
     @classmethod

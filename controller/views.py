@@ -6,8 +6,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from common import wire
+from controller.certs import route_certs
 from controller.deploys import release_stage, serving_hosts
 from controller.models import App, Host, Instance, Release
+from controller.route_options import options_for
+from controller.services import dependency_env, service_ports, service_routes
 from controller.settings import RegistrySettings
 
 REDACTED = "********"
@@ -24,6 +27,8 @@ def app_view(app: App, settings: RegistrySettings) -> wire.App:
         urls=[settings.app_url(app.name)] + [settings.url_for(d) for d in domains],
         active_release=active,
         created_at=app.created_at,
+        service_port=app.service_port,
+        depends_on=list(app.depends_on or []),
     )
 
 
@@ -98,9 +103,11 @@ def desired_state(
         .order_by(Instance.id)
     ).scalars()
     instances = []
+    ports = service_ports(session)
     for instance in rows:
         release, app = instance.release, instance.app
-        env = dict(release.config)
+        env = dependency_env(app, ports)  # <NAME>_URL (controller/services.py); config wins
+        env.update(release.config)
         env.update(
             PAAS_APP=app.name,
             PAAS_RELEASE=str(release.version),
@@ -120,9 +127,15 @@ def desired_state(
                 health_timeout_s=release.health_timeout_s,
                 domains=app_domains(app, settings),
                 serve=instance.serve,
+                routing=options_for(session, app),
             )
         )
-    return wire.DesiredState(index=index, host=host.name, instances=instances)
+    return wire.DesiredState(
+        index=index,
+        host=host.name,
+        instances=instances,
+        services=service_routes(session, settings) if host.role == "machine" else [],
+    )
 
 
 def routing_table(session: Session, *, index: int, settings: RegistrySettings) -> wire.RoutingTable:
@@ -143,7 +156,9 @@ def routing_table(session: Session, *, index: int, settings: RegistrySettings) -
                 name=app.name,
                 domains=app_domains(app, settings),
                 servers=[servers.get(app.id, {})[h] for h in sorted(servers.get(app.id, {}))],
+                routing=options_for(session, app),
             )
             for app in apps.unique()
         ],
+        certs=route_certs(session, settings),
     )

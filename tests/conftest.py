@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import tempfile
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.local import LocalCluster, Ports, kill_tree
+from cli.local import LocalCluster, Ports, kill_tree, port_free
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -68,11 +69,24 @@ def short_dir(prefix: str = "paas-") -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def free_port_range(size: int = 64, *, low: int = 20000, high: int = 32000) -> tuple[int, int]:
+    """A block of `size` ports that are free now, at a random place in [low, high): the
+    registry's per-app service ports (issue 5), distinct for clusters that run side by side."""
+    rng = random.Random()
+    for _ in range(200):
+        start = rng.randrange(low, high - size)
+        if all(port_free(port) for port in range(start, start + size)):
+            return start, start + size - 1
+    raise RuntimeError(f"no {size} free consecutive ports in {low}-{high}")
+
+
 @contextlib.contextmanager
 def running_cluster(state_dir: Path) -> Iterator[LocalCluster]:
     registry, http, https, proxy = free_ports(4)
     cluster = LocalCluster(
-        state_dir, ports=Ports(registry=registry, http=http, https=https, proxy=proxy)
+        state_dir,
+        ports=Ports(registry=registry, http=http, https=https, proxy=proxy),
+        service_ports=free_port_range(),
     )
     try:
         cluster.up()

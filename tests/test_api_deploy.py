@@ -139,7 +139,12 @@ def test_deploying_to_active_to_routed(reg: TestRegistry) -> None:
     assert desired["index"] > desired_before and desired["instances"][0]["serve"] is True
     assert reg.client.get("/v1/apps/hello", headers=reg.admin).json()["active_release"] == 1
     routing = reg.client.get("/v1/routing", headers=reg.headers(front)).json()
-    assert routing["apps"] == [{"name": "hello", "domains": ["hello.paas.test"], "servers": []}]
+    [route] = routing["apps"]
+    assert (route["name"], route["domains"], route["servers"]) == (
+        "hello",
+        ["hello.paas.test"],
+        [],
+    )
     # A frontend that applied the table from before the host routed it is not enough.
     reg.report("f1", front, applied_index=routing["index"])
     assert reg.release("hello", 1)["stage"] == "healthy"

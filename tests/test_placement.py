@@ -52,3 +52,30 @@ def test_staying_instances_count_for_spread() -> None:
 def test_several_apps_share_load() -> None:
     placed = place(apps_wanting={"p": 1, "q": 1}, hosts=[A, B], current=[])
     assert placed == {"p": ["a"], "q": ["b"]}
+
+
+def test_constraints_pick_hosts_by_label() -> None:
+    hosts = [HostSlot("a", labels={"zone": "a"}), HostSlot("b", labels={"zone": "b"}), C]
+    placed = place(
+        apps_wanting={"web": 2, "other": 1},
+        hosts=hosts,
+        current=[],
+        constraints={"web": {"zone": "b"}},
+    )
+    assert placed["web"] == ["b", "b"]  # the only matching host, even twice
+    assert placed["other"] == ["a"]
+
+
+def test_no_host_matching_the_constraints_gives_empty() -> None:
+    placed = place(
+        apps_wanting={"web": 1}, hosts=[A, B], current=[], constraints={"web": {"gpu": "1"}}
+    )
+    assert placed == {"web": []}
+
+
+def test_full_hosts_are_skipped_and_overloaded_ones_come_last() -> None:
+    full = HostSlot("a", free_memory_mb=10)
+    busy = HostSlot("b", load_per_cpu=3.0)
+    calm = HostSlot("c", load_per_cpu=0.2, free_memory_mb=4000)
+    assert place(apps_wanting={"web": 1}, hosts=[full, busy, calm], current=[]) == {"web": ["c"]}
+    assert place(apps_wanting={"web": 2}, hosts=[full, busy], current=[]) == {"web": ["b", "b"]}

@@ -72,7 +72,7 @@ def test_full_config_text() -> None:
         "timeout server 60s",
         "timeout tunnel 1h",
         "bind 127.0.0.1:8080\n",
-        f"bind 127.0.0.1:8443 ssl crt {CERT} alpn h2,http/1.1",
+        f"bind 127.0.0.1:8443 ssl crt {CERT} crt-list certs.list alpn h2,http/1.1",
         "http-request redirect code 301 location https://%[req.hdr(host),lower,word(1,:)]:8443",
         "/.well-known/acme-challenge/",
         "http-request set-header X-Forwarded-Proto https",
@@ -83,9 +83,15 @@ def test_full_config_text() -> None:
         "use_backend %[var(txn.backend)]",
         "default_backend no_app",
         'string "no app is deployed at this domain"',
-        "backend app_hello\n    balance roundrobin\n    http-reuse safe\n"
-        "    server m1 10.0.0.5:8081 check inter 2s\n",
-        "    server m2 10.0.0.6:8081 check inter 2s\n",
+        "backend app_hello\n    balance roundrobin\n",
+        "    option http-server-close\n",
+        "    option httpchk\n",
+        "    http-check send meth GET uri / ver HTTP/1.1 hdr Host hello.paas.test\n"
+        "    http-check expect ! rstatus ^5\n"
+        "    server m1 10.0.0.5:8081 check inter 1s fall 2 rise 2\n",
+        "    option idle-close-on-response\n",
+        "    mworker-max-reloads 50\n",
+        "    server m2 10.0.0.6:8081 check inter 1s fall 2 rise 2\n",
         "backend app_idle\n    http-request return status 503 content-type text/plain string"
         ' "app has no healthy instance"',
     ]:

@@ -1,0 +1,89 @@
+"""Host loss: a host silent past the heartbeat TTL is down, and its instances move elsewhere.
+
+Every function runs inside one write transaction and takes `now`, so tests own the clock.
+A lost host's instances stay in the table with desired "stop": when the host comes back, its
+desired state no longer lists them, so its agent stops them, and its reports delete them.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controller.db import bump, next_instance_id
+from controller.deploys import place_hosts, routing_servers, scale_active
+from controller.models import App, Host, Instance, Release
+
+log = logging.getLogger("paas.registry")
+
+
+def lost_hosts(session: Session, *, now: datetime, ttl_s: float) -> list[Host]:
+    """Up hosts whose last heartbeat is older than the TTL."""
+    cutoff = now - timedelta(seconds=ttl_s)
+    query = select(Host).where(Host.state == "up", Host.last_heartbeat < cutoff)
+    return list(session.execute(query).scalars())
+
+
+def mark_lost(session: Session, *, now: datetime, ttl_s: float) -> list[str]:
+    """Mark silent hosts down and re-place their instances; the names of the hosts marked."""
+    lost = lost_hosts(session, now=now, ttl_s=ttl_s)
+    if not lost:
+        return []
+    before = routing_servers(session)
+    releases: dict[int, Release] = {}
+    for host in lost:
+        host.state = "down"
+        seconds = (now - host.last_heartbeat).total_seconds() if host.last_heartbeat else 0.0
+        log.info("host %s missed its heartbeats for %.1f s: marked down", host.name, seconds)
+        for instance in host.instances:
+            if instance.desired != "run":
+                continue
+            instance.desired = "stop"
+            instance.routed = False
+            # Being taken out of service: stopped for real when (if) the host returns.
+            instance.state = "stopping"
+            instance.updated_at = now
+            releases[instance.release_id] = instance.release
+    session.flush()
+    for release in releases.values():
+        _replace(session, release, now=now)
+    moved = {app_id for app_id, _host in routing_servers(session) ^ before}
+    seq = bump(session, desired=True)
+    for app_id in moved:
+        app = session.get(App, app_id)
+        if app is not None:
+            app.routing_seq = seq
+    return [h.name for h in lost]
+
+
+def _replace(session: Session, release: Release, *, now: datetime) -> None:
+    """Give `release` back the instances it lost, on up hosts (none: it runs fewer for now)."""
+    app = release.app
+    if release.status == "active":
+        scale_active(session, app, now=now)
+        return
+    if release.status != "deploying":
+        return
+    staying = [i.host.name for i in release.instances if i.desired == "run"]
+    missing = app.instances - len(staying)
+    for host in place_hosts(session, app, max(0, missing), staying=staying):
+        release.instances.append(
+            Instance(
+                id=next_instance_id(session), app=app, process="web", host=host, updated_at=now
+            )
+        )
+        log.info("release %s v%d: instance re-placed on %s", app.name, release.version, host.name)
+    session.flush()
+
+
+def refill(session: Session, *, now: datetime) -> None:
+    """A host came (back) up: every active app short of its count gets the missing instances."""
+    apps = session.execute(select(App).join(Release).where(Release.status == "active")).scalars()
+    for app in apps.unique():
+        active = next(r for r in app.releases if r.status == "active")
+        running = [i for i in active.instances if i.desired == "run" and i.process == "web"]
+        if len(running) < app.instances:
+            scale_active(session, app, now=now)

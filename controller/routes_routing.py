@@ -1,0 +1,35 @@
+"""An app's routing options: `paas routing APP`, `paas routing:set APP key=value ...`."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Depends
+
+from common import wire
+from common.names import AppName
+from controller.auth import require_admin
+from controller.context import Context, get_ctx
+from controller.db import bump
+from controller.queries import get_app
+from controller.route_options import options_for, update_options
+
+log = logging.getLogger("paas.registry")
+router = APIRouter(prefix="/v1/apps", tags=["routing"], dependencies=[Depends(require_admin)])
+
+
+@router.get("/{app}/routing", response_model=wire.RouteOptions)
+def read_routing_options(app: AppName, ctx: Context = Depends(get_ctx)) -> wire.RouteOptions:
+    with ctx.db.read() as session:
+        return options_for(session, get_app(session, app))
+
+
+@router.patch("/{app}/routing", response_model=wire.RouteOptions)
+def update_routing_options(
+    app: AppName, body: wire.RouteOptionsUpdate, ctx: Context = Depends(get_ctx)
+) -> wire.RouteOptions:
+    with ctx.db.write() as session:
+        options = update_options(session, get_app(session, app), body)
+        bump(session, desired=True)
+    log.info("routing options of %s: %s", app, options.model_dump())
+    return options
