@@ -38,11 +38,11 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.report import write_section  # noqa: E402
 from cli.local import FRONTEND, MACHINE, LocalCluster, Ports  # noqa: E402
 
 PAAS = str(Path(sys.executable).parent / "paas")
 APP, FLIP = "bench", "flip"
-BEGIN, END = "<!-- reload-under-load -->", "<!-- /reload-under-load -->"
 WRK_RUN_S = 15
 
 
@@ -350,22 +350,9 @@ def main() -> int:
     print()
     print(text)
     if args.write:
-        write_section(args.write, text)
+        write_section(args.write, "reload-under-load", "## Reload under load\n\n" + text)
         print(f"wrote the reload-under-load section of {args.write}")
     return 0 if result.failed == 0 else 1
-
-
-def write_section(path: Path, body: str) -> None:
-    """Replace (or append) only this benchmark's section; the rest of the file is kept."""
-    section = f"{BEGIN}\n## Reload under load\n\n{body}{END}\n"
-    current = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        new = head + section + (f"\n{tail}" if tail else "")
-    else:
-        new = current.rstrip("\n") + "\n\n" + section
-    path.write_text(new)
 
 
 if __name__ == "__main__":
