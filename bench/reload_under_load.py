@@ -22,7 +22,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,25 +37,13 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.ports import free_ports  # noqa: E402
 from bench.report import write_section  # noqa: E402
 from cli.local import FRONTEND, MACHINE, LocalCluster, Ports  # noqa: E402
 
 PAAS = str(Path(sys.executable).parent / "paas")
 APP, FLIP = "bench", "flip"
 WRK_RUN_S = 15
-
-
-def free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def write_app(base: Path, name: str, revision: int) -> Path:
