@@ -30,7 +30,9 @@ log = logging.getLogger("agent")
     default=None,
     help="TOML file with settings (CLI options and PAAS_* variables override it).",
 )
-@click.option("--registry-url", default=None)
+@click.option(
+    "--registry-url", default=None, help="Registry URL, or several replicas comma-separated."
+)
 @click.option("--join-token", default=None, help="Used once; the host token is then kept.")
 @click.option("--name", default=None, help="This host's name.")
 @click.option("--address", default=None, help="Where others reach this host's proxy.")
@@ -44,12 +46,14 @@ log = logging.getLogger("agent")
 @click.option("--domain", default=None, help="frontend: cluster domain for the default cert.")
 @click.option("--nginx-bin", default=None)
 @click.option("--haproxy-bin", default=None)
+@click.option("--api-port", type=int, default=None, help="machine: agent API port; 0 = any")
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
 @click.option(
     "--dry-run",
     is_flag=True,
-    help="frontend: render the saved routing with this host's templates, validate it with"
-    " HAProxy and print the diff against the live config; changes nothing.",
+    help="Render the saved state with this host's templates (frontend: routing table ->"
+    " HAProxy; machine: desired state -> nginx), validate it with the real binary and print"
+    " the diff against the live config; changes nothing.",
 )
 def main(config_file: Path | None, verbose: bool, dry_run: bool, **options: object) -> None:
     """Run a machine or frontend agent until SIGTERM/SIGINT."""
@@ -73,12 +77,13 @@ def main(config_file: Path | None, verbose: bool, dry_run: bool, **options: obje
 
 
 def _dry_run(settings: AgentSettings) -> None:
-    if settings.role != "frontend":
-        raise click.ClickException("--dry-run is implemented for the frontend role only")
-    from agent.dryrun import frontend_dry_run
+    from agent.dryrun import frontend_dry_run, machine_dry_run
 
     try:
-        result = frontend_dry_run(settings)
+        if settings.role == "frontend":
+            result = frontend_dry_run(settings)
+        else:
+            result = machine_dry_run(settings)
     except AgentError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(result.report, nl=False)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from agent.errors import ReloadFailed, ValidationFailed
+from agent.metrics import PROXY_RELOADS
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,12 @@ class ConfigApplier:
     def main_path(self) -> Path:
         return self.live_dir / self.main_file
 
-    def apply(self, files: Mapping[str, str]) -> ApplyResult:
+    def apply(self, files: Mapping[str, str], *, reload: bool = True) -> ApplyResult:
         """Make `files` (name relative to live_dir -> text) live, or keep the last good config.
 
-        Live files not named in `files` are left alone (never deleted).
+        Live files not named in `files` are left alone (never deleted). `reload=False`: the
+        running proxy already has this config (HAProxy's runtime API applied it); the files
+        are validated and swapped so a later reload keeps it, without reloading now.
         """
         for name in files:
             _check_relative(name)
@@ -76,11 +79,16 @@ class ConfigApplier:
             log.error(
                 "validation of %s failed, kept the last good config: %s", self.main_path, message
             )
+            PROXY_RELOADS.labels("failed").inc()
             return ApplyResult(changed=True, applied=False, error=message)
 
         self._save_last_good(changed)
         for name, text in changed.items():
             _atomic_write(self.live_dir / name, text)
+        if not reload:
+            PROXY_RELOADS.labels("runtime").inc()
+            log.info("wrote %s (%s), already live: no reload", self.main_path, ", ".join(changed))
+            return ApplyResult(changed=True, applied=True, error=None)
         try:
             self._reload()
         except ReloadFailed as exc:
@@ -92,7 +100,9 @@ class ConfigApplier:
             except ReloadFailed as again:
                 message += f"; reload of the restored config failed too: {again}"
                 log.error("reload of the restored config failed too: %s", again)
+            PROXY_RELOADS.labels("failed").inc()
             return ApplyResult(changed=True, applied=False, error=message)
+        PROXY_RELOADS.labels("reloaded").inc()
         log.info("applied new %s (%s)", self.main_path, ", ".join(sorted(changed)))
         return ApplyResult(changed=True, applied=True, error=None)
 

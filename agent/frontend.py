@@ -20,16 +20,19 @@ import os
 import pwd
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import httpx
 
-from agent import statefile
+from agent import statefile, tls_runtime
+from agent.api_server import ApiServer, metrics_only_app
 from agent.config_apply import ApplyResult, ConfigApplier
 from agent.errors import AgentError, ProxyError, RegistryError, RenderError, ValidationFailed
-from agent.haproxy import MAIN_FILE, build_view, render_files, summarize
+from agent.haproxy import CERT_DIR, MAIN_FILE, HaproxyView, build_view, render_files, summarize
 from agent.haproxy_process import HaproxyProcess
+from agent.haproxy_runtime import RuntimeApi, runtime_commands
+from agent.metrics import RENDER_SECONDS
 from agent.registry_client import RegistryClient, backoff_delays, join_or_load_token, rejoin
 from agent.render import make_environment, template_dirs
 from agent.settings import AgentSettings
@@ -69,6 +72,8 @@ class FrontendAgent:
             self.conf_dir, MAIN_FILE, validate=self.process.validate, reload=self.process.reload
         )
         self.env = make_environment(template_dirs(settings.operator_template_dir))
+        self.runtime = RuntimeApi(self.admin_socket)
+        self._live_view: HaproxyView | None = None  # what the running HAProxy has (slots too)
         self.routing_file = settings.state_dir / "routing.json"
         self.cert_path: Path | None = settings.tls_cert
         self.applied_index: int | None = None
@@ -78,6 +83,8 @@ class FrontendAgent:
         self._retry_at = 0.0
         self._lock = asyncio.Lock()  # one HAProxy operation at a time
         self._report_now = asyncio.Event()
+        self._watch_index = 0  # the index the routing watch in flight waits past
+        self._rewatch = asyncio.Event()  # a report showed the registry past that index
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -100,9 +107,11 @@ class FrontendAgent:
             await self._start_proxy()
             if not await self._join(stop):
                 return
+            api = ApiServer(metrics_only_app(), self.settings.address, self.settings.api_port)
             loops = [
                 asyncio.create_task(self._watch_loop(stop), name="routing-watch"),
                 asyncio.create_task(self._report_loop(), name="report"),
+                asyncio.create_task(api.serve(), name="metrics"),  # issue 8
             ]
             stopper = asyncio.create_task(stop.wait(), name="stop")
             done, _ = await asyncio.wait([stopper, *loops], return_when=asyncio.FIRST_COMPLETED)
@@ -113,7 +122,7 @@ class FrontendAgent:
                 if task is not stopper and not task.cancelled() and task.exception():
                     raise task.exception()  # type: ignore[misc]
         finally:
-            await asyncio.to_thread(self.process.stop, grace_s=STOP_GRACE_S)
+            await asyncio.to_thread(self.process.close, grace_s=STOP_GRACE_S)
             await self.client.aclose()
 
     async def _start_proxy(self) -> None:
@@ -167,11 +176,14 @@ class FrontendAgent:
         while not stop.is_set():
             started = time.monotonic()
             try:
-                table = await self.client.routing(index=index, wait_s=self.settings.watch_wait_s)
+                table = await self._fetch_routing(index)
             except RegistryError as exc:
                 if exc.status == 401:
                     await rejoin(self.client, self.settings, exc)
                 await _sleep_or_stop(stop, outage.failed(exc))
+                continue
+            if table is None:
+                log.info("the registry is past routing index %d: watching again at once", index)
                 continue
             outage.recovered()
             same_index = table.index == index
@@ -179,6 +191,31 @@ class FrontendAgent:
             await self.apply_table(table)
             if same_index and time.monotonic() - started < 1.0:
                 await _sleep_or_stop(stop, 0.5)  # the registry did not block; do not spin
+
+    async def _fetch_routing(self, index: int) -> RoutingTable | None:
+        """One watch; None when a report showed the registry past `index` first: a watch
+        sent while this frontend was cut off can hang long after the link is back, and the
+        changes made during the cut must not wait for it."""
+        self._watch_index = index
+        self._rewatch.clear()
+        fetch = asyncio.ensure_future(
+            self.client.routing(index=index, wait_s=self.settings.watch_wait_s)
+        )
+        rewatch = asyncio.ensure_future(self._rewatch.wait())
+        try:
+            await asyncio.wait({fetch, rewatch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            rewatch.cancel()
+            if not fetch.done():
+                fetch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await fetch
+        return fetch.result() if not fetch.cancelled() else None
+
+    def _index_seen(self, index: int | None) -> None:
+        """A report's answer carries the registry's index: past our watch, watch again."""
+        if index is not None and 0 < self._watch_index < index:
+            self._rewatch.set()
 
     async def _report_loop(self) -> None:
         outage = _Outage("status report")
@@ -193,7 +230,7 @@ class FrontendAgent:
             await self._retry_refused()
             report = HostReport(applied_index=self.applied_index, proxy_error=self.proxy_error)
             try:
-                await self.client.report(self.settings.name, report)
+                self._index_seen(await self.client.report(self.settings.name, report))
                 outage.recovered()
             except RegistryError as exc:
                 outage.failed(exc)
@@ -229,6 +266,7 @@ class FrontendAgent:
 
     async def _apply_locked(self, table: RoutingTable) -> ApplyResult | None:
         assert self.cert_path is not None
+        started = time.perf_counter()
         try:
             built = build_view(
                 table,
@@ -238,6 +276,7 @@ class FrontendAgent:
                 cert_path=self.cert_path,
                 admin_socket=self.admin_socket,
                 run_as=worker_identity(),
+                previous=self._live_view,
             )
             files = render_files(self.env, built.view)
         except RenderError as exc:
@@ -249,7 +288,8 @@ class FrontendAgent:
         for error in built.errors:
             log.error("routing index %d: %s", table.index, error)
         try:
-            result = await asyncio.to_thread(self.applier.apply, files)
+            result = await self._apply_files(built.view, files)
+            RENDER_SECONDS.observe(time.perf_counter() - started)
         except OSError as exc:  # disk full, permissions: report it, keep the live config
             log.error("could not write the HAProxy config for index %d: %s", table.index, exc)
             self.proxy_error = f"could not write the HAProxy config: {exc}"[:MAX_ERROR_CHARS]
@@ -257,6 +297,8 @@ class FrontendAgent:
         errors = [result.error, *built.errors] if result.error else list(built.errors)
         self.proxy_error = (summarize(errors) or "")[:MAX_ERROR_CHARS] or None
         if result.applied:
+            self._live_view = built.view
+            await asyncio.to_thread(self._remove_stale_certs, files)
             if table.index:  # index 0 is our own empty start-up config, not the registry's
                 self.applied_index = table.index
                 if table != self._last_table:
@@ -264,6 +306,74 @@ class FrontendAgent:
             self._last_table = table
             log.info("HAProxy routes index %d (%d apps)", table.index, len(built.view.backends))
         return result
+
+    async def _apply_files(self, view: HaproxyView, files: dict[str, str]) -> ApplyResult:
+        """Server-set changes go through the runtime API (no reload), then the files are
+        validated and swapped so a later reload keeps them; everything else, or a runtime
+        update HAProxy refused, is a full seamless reload."""
+        live = self._live_view
+        commands = None
+        swapped = False
+        if live is not None and self.process.running():
+            # Certificates and ACME answers first (issue 6): a renewal costs no reload.
+            live, swapped = await asyncio.to_thread(self._swap_tls_at_runtime, live, view)
+            commands = runtime_commands(live, view)
+        if swapped and commands == []:
+            result = await asyncio.to_thread(self.applier.apply, files, reload=False)
+            if not result.applied:  # the worker runs what the files no longer say
+                await asyncio.to_thread(self._reload_live_config)
+            return result
+        if commands:
+            try:
+                await asyncio.to_thread(self.runtime.apply, commands, view)
+            except ProxyError as exc:
+                log.warning("runtime update refused, reloading instead: %s", exc)
+            else:
+                log.info("HAProxy servers updated at runtime (%d commands)", len(commands))
+                result = await asyncio.to_thread(self.applier.apply, files, reload=False)
+                if not result.applied:  # the worker runs what the files no longer say
+                    await asyncio.to_thread(self._reload_live_config)
+                return result
+        return await asyncio.to_thread(self.applier.apply, files)
+
+    def _swap_tls_at_runtime(
+        self, live: HaproxyView, view: HaproxyView
+    ) -> tuple[HaproxyView, bool]:
+        """(the live view after the swap, whether anything was swapped); a refusal leaves
+        the live view as it was, so the caller's full reload sets things right."""
+        change = tls_runtime.plan(live, view)
+        if change is None:
+            return live, False
+        try:
+            tls_runtime.apply(self.admin_socket, change, view)
+        except ProxyError as exc:
+            log.warning("certificate update at runtime refused, reloading instead: %s", exc)
+            return live, False
+        log.info(
+            "HAProxy certificates and ACME answers updated at runtime (+%d -%d certs,"
+            " +%d -%d answers)",
+            len(change.add_certs),
+            len(change.remove_certs),
+            len(change.add_challenges),
+            len(change.remove_challenges),
+        )
+        return tls_runtime.with_tls_of(live, view), True
+
+    def _reload_live_config(self) -> None:
+        try:
+            self.process.reload()
+        except AgentError as exc:
+            log.error("could not reload HAProxy on its live config: %s", exc)
+
+    def _remove_stale_certs(self, files: Mapping[str, str]) -> None:
+        for folder in (self.conf_dir, self.applier.staging_dir):
+            try:
+                removed = remove_stale_certs(folder, files)
+            except OSError as exc:  # serving is not affected; the next apply tries again
+                log.error("could not remove old certificate files in %s: %s", folder, exc)
+                continue
+            if removed and folder == self.conf_dir:
+                log.info("removed %d replaced or deleted certificate file(s)", len(removed))
 
     def _save_table(self, table: RoutingTable) -> None:
         try:
@@ -280,6 +390,20 @@ class FrontendAgent:
         except AgentError as exc:
             log.error("could not start HAProxy: %s", exc)
             self.proxy_error = str(exc)[:MAX_ERROR_CHARS]
+
+
+def remove_stale_certs(conf_dir: Path, files: Mapping[str, str]) -> list[str]:
+    """Delete the certificate files (private keys) the applied config no longer names: a
+    replaced, renewed or deleted certificate. Called only after HAProxy runs without them."""
+    folder = conf_dir / CERT_DIR
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in sorted(folder.glob("*.pem")):
+        if f"{CERT_DIR}/{path.name}" not in files:
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
 
 
 def worker_identity() -> tuple[str, str] | None:

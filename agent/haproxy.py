@@ -17,13 +17,17 @@ from pathlib import Path
 import jinja2
 
 from agent.errors import RenderError
+from agent.haproxy_slots import ServerView, assign_slots
 from agent.options import checked_options
 from agent.render import render
 from common.names import (
     InvalidName,
+    check_acme_key_authorization,
+    check_acme_token,
     check_address,
     check_app_name,
     check_domain,
+    check_health_path,
     check_host_name,
     check_sha256,
 )
@@ -38,6 +42,8 @@ MAIN_TEMPLATE = "haproxy.cfg.j2"
 MAP_TEMPLATE = "haproxy-hosts.map.j2"
 CERT_LIST_TEMPLATE = "haproxy-certs.list.j2"
 CERT_LIST_FILE = "certs.list"
+CHALLENGE_TEMPLATE = "haproxy-acme.map.j2"
+CHALLENGE_MAP_FILE = "acme.map"
 CERT_DIR = "certs"
 MAIN_FILE = "haproxy.cfg"
 EXACT_MAP_FILE = "hosts.map"
@@ -46,12 +52,6 @@ WILDCARD_MAP_FILE = "wildcards.map"
 # Paths and user names go into the config unquoted: allow only plain characters.
 _PATH_RE = re.compile(r"^/[A-Za-z0-9._/+-]{1,1000}$")
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-
-
-@dataclass(frozen=True)
-class ServerView:
-    name: str
-    endpoint: str  # "address:port" as HAProxy parses it
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ class BackendView:
     # The Host HAProxy's HTTP health check sends to each machine's nginx (the app's cluster
     # domain): nginx answers 503 there when the host runs no healthy instance of the app.
     check_host: str = ""
+    check_path: str = "/"  # the app's health path (validated), so a check proves the app answers
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ class HaproxyView:
     plain_http_backends: tuple[str, ...] = ()  # backends served over HTTP (no redirect)
     cert_list: str = CERT_LIST_FILE  # crt-list file, relative to the config folder
     certs: tuple[CertView, ...] = ()  # user and ACME certificates, served by SNI
+    challenge_map: str = CHALLENGE_MAP_FILE  # ACME http-01 token -> key authorization
+    challenges: tuple[tuple[str, str], ...] = ()  # (token, key authorization), sorted
 
 
 @dataclass(frozen=True)
@@ -121,31 +124,37 @@ def check_path(value: str) -> str:
     return value
 
 
-def build_backend(app: RouteApp) -> BackendView:
-    """One app -> its backend; raises InvalidName for any value outside the strict patterns."""
+def build_backend(app: RouteApp, previous: BackendView | None = None) -> BackendView:
+    """One app -> its backend; raises InvalidName for any value outside the strict patterns.
+
+    Servers go into slots (agent/haproxy_slots.py); `previous` is the backend as it is live,
+    so servers that stay keep their slots and a change is a runtime update, not a reload."""
     name = check_app_name(app.name)
     servers: list[ServerView] = []
-    seen: set[str] = set()
     for server in app.servers:
         host = check_host_name(server.host)
-        server_name = host
-        suffix = 2
-        while server_name in seen:  # one host listed twice (two addresses): keep both
-            server_name = f"{host}-{suffix}"
-            suffix += 1
-        seen.add(server_name)
-        servers.append(ServerView(name=server_name, endpoint=endpoint(server.address, server.port)))
+        address = server.address
+        servers.append(
+            ServerView(
+                name=host,
+                endpoint=endpoint(address, server.port),
+                host=host,
+                address=address,
+                port=server.port,
+            )
+        )
     options = route_options(app)
     domains = [check_domain(d.lower()) for d in app.domains]
     return BackendView(
         name=f"app_{name}",
         app=name,
-        servers=tuple(servers),
+        servers=assign_slots(servers, previous.servers if previous is not None else None),
         server_timeout_s=options.read_timeout_s + 5,
         hsts_max_age_s=options.hsts_max_age_s,
         maintenance=options.maintenance,
         https_redirect=options.https_redirect,
         check_host=next((d for d in domains if not d.startswith("*.")), ""),
+        check_path=check_health_path(getattr(app, "health_path", None) or "/"),
     )
 
 
@@ -174,9 +183,11 @@ def build_view(
     cert_path: Path,
     admin_socket: Path,
     run_as: tuple[str, str] | None = None,
+    previous: HaproxyView | None = None,
 ) -> BuiltView:
     """The view for `table`. Settings errors raise RenderError; a bad app is skipped and
-    named in `errors`, so one app's problem never takes the others offline."""
+    named in `errors`, so one app's problem never takes the others offline. `previous` is the
+    live view: backends keep its server slots."""
     try:
         http_bind = endpoint(bind_address, http_port)
         https_bind = endpoint(bind_address, https_port)
@@ -190,11 +201,12 @@ def build_view(
         raise RenderError(f"cannot render the HAProxy config: {exc}") from exc
 
     errors: list[str] = []
+    live = {b.name: b for b in previous.backends} if previous is not None else {}
     backends: list[BackendView] = []
     owner: dict[str, str] = {}
     for app in sorted(table.apps, key=lambda item: item.name):
         try:
-            backend = build_backend(app)
+            backend = build_backend(app, live.get(f"app_{app.name}"))
             domains = [check_domain(domain.lower()) for domain in app.domains]
         except InvalidName as exc:
             errors.append(f"app {app.name!r} skipped: {exc}")
@@ -222,6 +234,17 @@ def build_view(
             certs.append(build_cert(route_cert))
         except InvalidName as exc:
             errors.append(f"certificate skipped: {exc}")
+    challenges: list[tuple[str, str]] = []
+    for challenge in getattr(table, "challenges", None) or []:
+        try:
+            challenges.append(
+                (
+                    check_acme_token(challenge.token),
+                    check_acme_key_authorization(challenge.key_authorization),
+                )
+            )
+        except InvalidName as exc:
+            errors.append(f"ACME challenge skipped: {exc}")
     view = HaproxyView(
         http_bind=http_bind,
         https_bind=https_bind,
@@ -235,18 +258,20 @@ def build_view(
         index=table.index,
         plain_http_backends=tuple(b.name for b in backends if not b.https_redirect),
         certs=tuple(certs),
+        challenges=tuple(sorted(set(challenges))),
     )
     return BuiltView(view=view, errors=tuple(errors))
 
 
 def render_files(env: jinja2.Environment, view: HaproxyView) -> dict[str, str]:
     """{file name: text} for the live config folder: the main file, the two host maps, the
-    crt-list and one PEM file per certificate."""
+    crt-list, the ACME challenge map and one PEM file per certificate."""
     files = {
         MAIN_FILE: render(env, MAIN_TEMPLATE, {"v": view}),
         EXACT_MAP_FILE: render(env, MAP_TEMPLATE, {"entries": view.exact_map}),
         WILDCARD_MAP_FILE: render(env, MAP_TEMPLATE, {"entries": view.wildcard_map}),
         view.cert_list: render(env, CERT_LIST_TEMPLATE, {"certs": view.certs}),
+        view.challenge_map: render(env, CHALLENGE_TEMPLATE, {"entries": view.challenges}),
     }
     for cert in view.certs:
         files[cert.file] = cert.pem

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,10 @@ class HaproxyProcess:
         self.log_file = log_file
         self._popen: subprocess.Popen[bytes] | None = None
         self._adopted: psutil.Process | None = None
+        # Set by close(): an apply still running in a thread when the agent stops must not
+        # start HAProxy again behind its back (it would outlive the agent).
+        self._closed = threading.Event()
+        self._starting = threading.Lock()  # close() waits for a start in progress
 
     # ---- validation ---------------------------------------------------------------------
 
@@ -117,6 +122,12 @@ class HaproxyProcess:
 
     def start(self) -> None:
         """Start the master on the live config and wait until a worker serves."""
+        with self._starting:
+            if self._closed.is_set():
+                raise ProxyError("the agent is stopping; HAProxy is not started again")
+            self._start()
+
+    def _start(self) -> None:
         if self.running():
             return
         self._popen = None
@@ -193,6 +204,12 @@ class HaproxyProcess:
         raise ReloadFailed(
             f"HAProxy did not confirm the reload within {RELOAD_TIMEOUT_S:.0f}s: {self.log_tail()}"
         )
+
+    def close(self, *, grace_s: float = 10.0) -> None:
+        """Stop for good: the agent is exiting, nothing may start HAProxy afterwards."""
+        with self._starting:
+            self._closed.set()
+        self.stop(grace_s=grace_s)
 
     def stop(self, *, grace_s: float = 10.0) -> None:
         """Soft stop (SIGUSR1: finish requests), SIGTERM after `grace_s`, then SIGKILL."""

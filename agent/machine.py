@@ -26,6 +26,8 @@ from pathlib import Path
 import httpx
 
 from agent.adoption import adopt_instances
+from agent.api_server import AgentApi, ApiServer, RunTarget, UnknownApp
+from agent.capacity import measure
 from agent.errors import AgentError, RegistryError
 from agent.health import HealthChecker
 from agent.installer import InstalledRelease, Installer
@@ -38,7 +40,9 @@ from agent.instances import (
     snapshot,
 )
 from agent.launcher import AppLauncher, instance_env, system_path
+from agent.logs import LogFollowers, LogStore, collect_forever
 from agent.machine_proxy import MachineProxy
+from agent.metrics import INSTANCE_STATES, RENDER_SECONDS
 from agent.ports import PortAllocator
 from agent.registry_client import (
     RegistryClient,
@@ -59,6 +63,7 @@ TICK_S = 0.1
 # While an instance starts, tick faster: it is routed as soon as its first check passes.
 STARTING_TICK_S = 0.03
 NGINX_CHECK_S = 1.0
+LOG_COLLECT_S = 0.25  # instance logs are stamped at most this late (agent/logs.py)
 ADOPT_CHECK_S = 5.0  # an adopted instance gets this long to answer before nginx is rendered
 
 
@@ -100,6 +105,16 @@ class MachineAgent:
             tasks = [
                 asyncio.create_task(self._tick_loop(), name="tick"),
                 asyncio.create_task(self._registry_loop(stop), name="registry"),
+                asyncio.create_task(self.api_server.serve(), name="api"),
+                asyncio.create_task(
+                    collect_forever(
+                        self.log_store,
+                        self.log_followers,
+                        LOG_COLLECT_S,
+                        current=lambda: {(i.desired.app, n) for n, i in self.instances.items()},
+                    ),
+                    name="logs",
+                ),
             ]
             waiter = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -132,6 +147,20 @@ class MachineAgent:
         templates = make_environment(template_dirs(self.settings.operator_template_dir))
         self.proxy = MachineProxy(self.settings, templates)
         self.nginx = self.proxy.process
+        self.log_store = LogStore(
+            state_dir / "logs", max_bytes=self.settings.log_max_bytes, keep=self.settings.log_keep
+        )
+        self.log_followers = LogFollowers()
+        api = AgentApi(
+            host_name=self.settings.name,
+            token_file=self.settings.host_token_file,
+            store=self.log_store,
+            followers=self.log_followers,
+            run_target=self.run_target,
+            run_timeout_s=self.settings.run_timeout_s,
+        )
+        self.api_server = ApiServer(api, self.settings.address, self.settings.api_port)
+        INSTANCE_STATES.states = lambda: [i.state for i in self.instances.values()]
 
     async def _start_from_disk(self) -> None:
         """Serve what the last run served before the registry answers: adopt the nginx and
@@ -432,7 +461,10 @@ class MachineAgent:
     # ---- nginx -------------------------------------------------------------------------------
 
     async def apply_nginx(self) -> None:
-        if await self.proxy.apply(self.instances, index=self._desired_index):
+        started = time.perf_counter()
+        changed = await self.proxy.apply(self.instances, index=self._desired_index)
+        RENDER_SECONDS.observe(time.perf_counter() - started)
+        if changed:
             for iid in self.proxy.routed:
                 self.instances[iid].routed_once = True
             self._changed()
@@ -451,12 +483,39 @@ class MachineAgent:
         return (snapshot(self.instances, proxy.routed), proxy.applied_index, proxy.error)
 
     def build_report(self) -> HostReport:
-        return host_report(
+        report = host_report(
             self.instances,
             routed=self.proxy.routed,
             applied_index=self.proxy.applied_index,
             proxy_error=self.proxy.error,
         )
+        return report.model_copy(update={"api_port": self.api_server.port, "capacity": measure()})
+
+    # ---- one-off runs ------------------------------------------------------------------------
+
+    async def run_target(self, app: str) -> RunTarget:
+        """The environment of `app`'s current release here: the serving instances' release
+        if any, else the newest placed one (its artifact, venv and config vars)."""
+        candidates = [i.desired for i in self.instances.values() if i.desired.app == app]
+        candidates = [d for d in candidates if not self._gone_for_good(d.id)] or candidates
+        if not candidates:
+            raise UnknownApp(f"app {app} has no instance on host {self.settings.name}")
+        d = max(candidates, key=lambda c: (c.serve, c.release))
+        try:
+            release = await self.installer.install(
+                app=d.app, version=d.release, sha256=d.artifact_sha256
+            )
+        except AgentError as exc:
+            raise UnknownApp(f"release {d.release} of {app} is not installed here: {exc}") from exc
+        env = instance_env(
+            d.env,
+            port=1,
+            venv=release.venv,
+            home=self.settings.state_dir / "apps" / d.app / "home",
+            system_path=system_path(),
+        )
+        env.pop("PORT")  # not routed: nothing listens for it
+        return RunTarget(cwd=release.path, env=env, user=self.settings.run_as_user)
 
     def _report_sent(self, report: HostReport) -> None:
         """Departed instances reported stopped may now leave the table."""

@@ -27,6 +27,7 @@ from common.wire import ServiceRoute
 log = logging.getLogger(__name__)
 
 APPLY_RETRY_S = 5.0
+UNROUTE_GRACE_S = 1.0  # the frontends drop a host in ~0.1-0.3 s (runtime API, no reload)
 
 
 class MachineProxy:
@@ -53,16 +54,30 @@ class MachineProxy:
         self._last_view: nginx.NginxView | None = None
         self._retry_at = 0.0
         self._lock = asyncio.Lock()
+        self._leaving_since: dict[int, float] = {}  # departing instance id -> when it left
 
     async def apply(self, instances: Mapping[int, Instance], *, index: int) -> bool:
         """Render and apply when the view changed (or a refused one is due for a retry);
         True when `routed`, `applied_index` or `error` changed."""
         async with self._lock:
-            desired = [i.desired for i in instances.values() if not i.removing]
+            healthy = healthy_ports(instances)
+            # An app enters this nginx with its first healthy instance: a block for one still
+            # starting (it would answer 503) costs a reload that routes nothing, since the
+            # frontends send an app to this host only once an instance of it is routed here.
+            serving = {
+                i.desired.app
+                for iid, i in instances.items()
+                if not i.removing and (iid in healthy or i.routed_once)
+            }
+            desired = [
+                i.desired for i in instances.values() if not i.removing and i.desired.app in serving
+            ]
+            lingering = self._lingering(instances, serving)
+            desired += [instances[iid].desired for iid in lingering]
             try:
                 view = nginx.build_view(
                     desired,
-                    healthy_ports(instances),
+                    {**healthy, **lingering},
                     address=self.settings.address,
                     port=self.settings.proxy_port,
                     paths=self.process.paths(),
@@ -90,6 +105,28 @@ class MachineProxy:
             self.applied_index = index
             self.error = None
             return True
+
+    def _lingering(self, instances: Mapping[int, Instance], serving: set[str]) -> dict[int, int]:
+        """{id: port} of departing instances still routed for UNROUTE_GRACE_S: the last ones
+        of their app here (scaled down, moved). The registry drops this host from the routing
+        table at the same index, so the grace covers the frontends applying it; without it
+        their requests would meet this nginx's "no app here" 404 meanwhile."""
+        now = time.monotonic()
+        for iid, inst in instances.items():
+            if inst.removing:
+                self._leaving_since.setdefault(iid, now)
+        for iid in [i for i in self._leaving_since if i not in instances]:
+            del self._leaving_since[iid]
+        return {
+            iid: inst.port
+            for iid, inst in instances.items()
+            if inst.removing
+            and inst.routed_once
+            and inst.port is not None
+            and inst.state == "running"
+            and inst.desired.app not in serving
+            and now - self._leaving_since.get(iid, now) < UNROUTE_GRACE_S
+        }
 
     def _refused(self, message: str) -> bool:
         message = message[-ERROR_MAX:]

@@ -2,6 +2,9 @@
 
 Every httpx error is translated into RegistryError here, so the agents' loops handle one
 family: `retryable` tells an outage (back off and keep serving) from a refusal (log it).
+
+`base_url` may list several registry replicas (comma-separated): a request that cannot reach
+one goes to the next at once (common/failover.py), and a watch resumes there with its index.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from agent.errors import ArtifactMismatch, RegistryError
 from agent.settings import AgentSettings
+from common.failover import UrlRing, retry_status, retry_transport_error
 from common.names import check_host_name, check_sha256
 from common.wire import (
     DesiredState,
@@ -50,14 +54,18 @@ class RegistryClient:
         token: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.registries = UrlRing(base_url)
         self.token = token
         self._http = httpx.AsyncClient(
-            base_url=self.base_url,
             transport=transport,
             timeout=httpx.Timeout(REQUEST_TIMEOUT_S),
             follow_redirects=False,
         )
+
+    @property
+    def base_url(self) -> str:
+        """The replica in use (the last one that answered)."""
+        return self.registries.current
 
     # ---- API --------------------------------------------------------------------------
 
@@ -80,7 +88,10 @@ class RegistryClient:
         """Send a status report; returns the registry's desired index (None: not given)."""
         check_host_name(host)
         response = await self._request(
-            "POST", f"/v1/hosts/{host}/report", json=report.model_dump(mode="json")
+            "POST",
+            f"/v1/hosts/{host}/report",
+            json=report.model_dump(mode="json"),
+            idempotent=True,  # a report states the host's state: sending it twice is harmless
         )
         value = response.headers.get("X-Paas-Index", "")
         return int(value) if value.isdigit() else None
@@ -92,24 +103,36 @@ class RegistryClient:
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{random.randrange(1 << 30)}.part")
         digest = hashlib.sha256()
         try:
-            try:
-                async with self._http.stream(
-                    "GET",
-                    f"/v1/artifacts/{sha256}",
-                    headers=self._auth(self.token),
-                    timeout=httpx.Timeout(REQUEST_TIMEOUT_S, read=60.0),
-                ) as response:
-                    if response.status_code >= 400:
-                        await response.aread()
-                        raise _status_error(response)
-                    with tmp.open("wb") as out:
-                        async for chunk in response.aiter_bytes(1 << 16):
-                            digest.update(chunk)
-                            out.write(chunk)
-                        out.flush()
-                        os.fsync(out.fileno())
-            except httpx.HTTPError as exc:
-                raise RegistryError(f"artifact {sha256[:12]} download failed: {exc}") from exc
+            for position, index in enumerate(attempts := self.registries.attempts()):
+                url = self.registries.urls[index]
+                digest = hashlib.sha256()
+                try:
+                    async with self._http.stream(
+                        "GET",
+                        f"{url}/v1/artifacts/{sha256}",
+                        headers=self._auth(self.token),
+                        timeout=httpx.Timeout(REQUEST_TIMEOUT_S, read=60.0),
+                    ) as response:
+                        if response.status_code >= 400:
+                            await response.aread()
+                            if position + 1 < len(attempts) and retry_status(
+                                response.status_code, "GET", idempotent=True
+                            ):
+                                continue
+                            raise _status_error(response)
+                        with tmp.open("wb") as out:
+                            async for chunk in response.aiter_bytes(1 << 16):
+                                digest.update(chunk)
+                                out.write(chunk)
+                            out.flush()
+                            os.fsync(out.fileno())
+                    self.registries.settle(index)
+                    break
+                except httpx.HTTPError as exc:
+                    if position + 1 < len(attempts):
+                        log.warning("artifact download from %s failed (%s); next replica", url, exc)
+                        continue
+                    raise RegistryError(f"artifact {sha256[:12]} download failed: {exc}") from exc
             if digest.hexdigest() != sha256:
                 raise ArtifactMismatch(
                     f"artifact {sha256[:12]} arrived with sha256 {digest.hexdigest()[:12]};"
@@ -142,24 +165,47 @@ class RegistryClient:
         json: object | None = None,
         params: dict[str, str] | None = None,
         timeout: httpx.Timeout | None = None,
+        idempotent: bool = False,
     ) -> httpx.Response:
+        """Send to the replica in use; on failure move on to the next (see the module doc)."""
         headers = self._auth(token if token is not None else self.token)
-        try:
-            response = await self._http.request(
-                method,
-                path,
-                json=json,
-                params=params,
-                headers=headers,
-                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
-            )
-        except httpx.HTTPError as exc:
-            raise RegistryError(
-                f"registry {self.base_url} unreachable ({method} {path}): {exc!r}"
-            ) from exc
-        if response.status_code >= 400:
-            raise _status_error(response)
-        return response
+        attempts = self.registries.attempts()
+        for position, index in enumerate(attempts):
+            url = self.registries.urls[index]
+            last = position + 1 == len(attempts)
+            try:
+                response = await self._http.request(
+                    method,
+                    f"{url}{path}",
+                    json=json,
+                    params=params,
+                    headers=headers,
+                    timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                )
+            except httpx.TransportError as exc:
+                if not last and retry_transport_error(exc, method, idempotent=idempotent):
+                    log.warning("registry %s unreachable (%s); trying the next replica", url, exc)
+                    continue
+                raise RegistryError(
+                    f"registry {url} unreachable ({method} {path}): {exc!r}"
+                ) from exc
+            except httpx.HTTPError as exc:
+                raise RegistryError(
+                    f"registry {url} unreachable ({method} {path}): {exc!r}"
+                ) from exc
+            if response.status_code >= 400:
+                if not last and retry_status(response.status_code, method, idempotent=idempotent):
+                    log.warning(
+                        "registry %s answered %d; trying the next replica",
+                        url,
+                        response.status_code,
+                    )
+                    continue
+                self.registries.settle(index)  # it answered: the refusal is its real answer
+                raise _status_error(response)
+            self.registries.settle(index)
+            return response
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     @staticmethod
     def _auth(token: str | None) -> dict[str, str]:

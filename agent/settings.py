@@ -10,7 +10,7 @@ import pwd
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -18,6 +18,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from common.failover import split_urls
 from common.names import check_address, check_domain, check_host_name, check_label
 
 Role = Literal["machine", "frontend"]
@@ -50,6 +51,12 @@ class AgentSettings(BaseSettings):
     # machine: run app processes as this unprivileged user (the agent itself stays root to
     # own nginx and bind ports); None runs them as the agent's own user.
     run_as_user: str | None = None
+    # Issue 8: the agent's own API (logs, one-off runs, /metrics) on `address`; 0 = any free
+    # port (reported to the registry). Instance logs rotate at log_max_bytes, keeping log_keep.
+    api_port: int = Field(default=0, ge=0, le=65535)
+    log_max_bytes: int = Field(default=10 * 1024 * 1024, ge=4096)
+    log_keep: int = Field(default=3, ge=0, le=100)
+    run_timeout_s: float = Field(default=3600.0, gt=0)
 
     @field_validator("name")
     @classmethod
@@ -69,9 +76,10 @@ class AgentSettings(BaseSettings):
     @field_validator("registry_url")
     @classmethod
     def _registry_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
+        """One URL, or several registry replicas comma-separated (failover, issue 8)."""
+        if not all(u.strip().startswith(("http://", "https://")) for u in value.split(",")):
             raise ValueError(f"registry_url {value!r} must start with http:// or https://")
-        return value.rstrip("/")
+        return ",".join(split_urls(value))
 
     @field_validator("run_as_user")
     @classmethod

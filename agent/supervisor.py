@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from agent.errors import AgentError
+from agent.metrics import RESTARTS
 from common.wire import InstanceState
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,7 @@ class Supervisor:
             self._failed_start(now, f"exited with status {self._exit_status} while running")
         elif self.state == "backoff":
             if now >= self._next_start_at:
+                RESTARTS.inc()
                 self._spawn(now)
         elif self.state == "stopping":
             if self._handle is None:

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -123,16 +125,29 @@ def bench_scale(cluster: MultiHostCluster, prober: Prober, tries: int) -> list[f
             started = time.monotonic()
             scale(cluster, 2)
             times.append(prober.until_only(before - {newest.host}) - started)
+        kind = "up" if n % 2 == 0 else "down"
+        print(f"scale try {n} ({kind}) at {stamp(started)}: {times[-1]:.3f} s")
     return times
 
 
-def bench_kill(cluster: MultiHostCluster, prober: Prober, kills: int) -> list[float]:
-    times = []
+def stamp(monotonic: float) -> str:
+    """A monotonic time as the wall-clock time the logs print, to find a try in them."""
+    wall = datetime.now(UTC).timestamp() - (time.monotonic() - monotonic)
+    return datetime.fromtimestamp(wall).strftime("%H:%M:%S.%f")[:-3]
+
+
+def bench_kill(
+    cluster: MultiHostCluster, prober: Prober, kills: int
+) -> tuple[list[float], list[float]]:
+    """(time until traffic is off the dead host, time until back to 2 and served only by the
+    others) per kill. The first is HAProxy's checks and retries (before the heartbeat TTL)."""
+    times, off_times = [], []
     for n in range(kills):
         hosts = wait_settled(cluster, 2, prober)
         victim = sorted(hosts)[n % 2]
         started = time.monotonic()
         cluster.kill_host(victim)
+        off_times.append(prober.until_only(set(MACHINES) - {victim}) - started)
         deadline = started + 120
         while True:
             alive = running_hosts(cluster) - {victim}
@@ -142,6 +157,10 @@ def bench_kill(cluster: MultiHostCluster, prober: Prober, kills: int) -> list[fl
                 raise RuntimeError(f"no convergence after killing {victim}\n{cluster.logs()}")
             time.sleep(0.02)
         times.append(prober.until_only(alive) - started)
+        print(
+            f"kill try {n} ({victim}) at {stamp(started)}: traffic off it {off_times[-1]:.3f} s,"
+            f" converged {times[-1]:.3f} s"
+        )
         cluster.start_agent(victim)  # the host reboots: it joins again and runs nothing stale
         end = time.monotonic() + 60
         while time.monotonic() < end:
@@ -149,29 +168,48 @@ def bench_kill(cluster: MultiHostCluster, prober: Prober, kills: int) -> list[fl
                 if next(h.state for h in api.list_hosts() if h.name == victim) == "up":
                     break
             time.sleep(0.1)
-    return times
+    return off_times, times
+
+
+async def raw_watch(host: str, port: int, path: str, token: str) -> int:
+    """One blocking query on its own connection, HTTP/1.1 by hand: a lightweight watcher
+    (httpx's pool costs more CPU than the registry with hundreds of connections in one
+    process, and would measure the client instead). Returns the answer's index."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\r\n"
+        writer.write(request.encode())
+        await writer.drain()
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        if " 200 " not in head[0] + " ":
+            raise RuntimeError(f"watch answered {head[0]}")
+        fields = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:])}
+        await reader.readexactly(int(fields.get("content-length", "0")))
+        return int(fields["x-paas-index"])
+    finally:
+        writer.close()
 
 
 async def fanout_once(cluster: MultiHostCluster, watchers: int, count: int) -> float:
-    headers = {"Authorization": f"Bearer {cluster.tokens['admin_token']}"}
-    limits = httpx.Limits(max_connections=watchers + 10)
+    token = cluster.tokens["admin_token"]
+    host, port = cluster.registry_url.removeprefix("http://").rsplit(":", 1)
     async with httpx.AsyncClient(
-        base_url=cluster.registry_url, headers=headers, limits=limits, timeout=90
+        base_url=cluster.registry_url, headers={"Authorization": f"Bearer {token}"}, timeout=90
     ) as http:
         first = await http.get("/v1/routing")
         index = int(first.headers["X-Paas-Index"])
         done_at: list[float] = []
-
         errors: list[str] = []
+        path = f"/v1/routing?index={index}&wait=60s"
 
         async def watch() -> None:
             for _ in range(3):  # a dropped connection is retried (and counted)
                 try:
-                    r = await http.get("/v1/routing", params={"index": index, "wait": "60s"})
-                except httpx.HTTPError as exc:
+                    seen = await raw_watch(host, int(port), path, token)
+                except (OSError, asyncio.IncompleteReadError) as exc:
                     errors.append(type(exc).__name__)
                     continue
-                assert int(r.headers["X-Paas-Index"]) > index
+                assert seen > index, (seen, index)
                 done_at.append(time.monotonic())
                 return
 
@@ -206,7 +244,15 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--watchers", type=int, default=200)
     parser.add_argument("--write", type=Path)
+    parser.add_argument(
+        "--only",
+        choices=["scale", "kill", "fanout"],
+        action="append",
+        help="run only these parts (repeatable); default: all three",
+    )
+    parser.add_argument("--logs", type=Path, help="copy the cluster's logs here at the end")
     args = parser.parse_args()
+    parts = set(args.only or ["scale", "kill", "fanout"])
     with test_network([REGISTRY, FRONTEND, *MACHINES]) as network, short_dir("paas-cv-") as state:
         cluster = MultiHostCluster(network=network, state=state, machines=list(MACHINES))
         try:
@@ -226,14 +272,26 @@ def main() -> None:
             if done.returncode != 0:
                 raise SystemExit(done.stdout + done.stderr)
             prober = Prober(cluster)
-            scale_times = bench_scale(cluster, prober, args.tries)
-            fan_times, rss = bench_fanout(cluster, prober, args.tries, args.watchers)
+            scale_times = bench_scale(cluster, prober, args.tries) if "scale" in parts else []
+            fan_times, rss = [], 0.0
+            if "fanout" in parts:
+                fan_times, rss = bench_fanout(cluster, prober, args.tries, args.watchers)
             scale(cluster, 2)
-            kill_times = bench_kill(cluster, prober, args.kills)
+            off_times, kill_times = [], []
+            if "kill" in parts:
+                off_times, kill_times = bench_kill(cluster, prober, args.kills)
         finally:
             cluster.close()
+            if args.logs:
+                args.logs.mkdir(parents=True, exist_ok=True)
+                for log in state.glob("*.log"):
+                    shutil.copy2(log, args.logs / log.name)
+    ups, downs = scale_times[0::2], scale_times[1::2]
     rows = [
         (f"scale change -> frontend serves the new set ({args.tries} tries)", scale_times),
+        (f"of these, 2 -> 3: a new instance on the third host ({len(ups)} tries)", ups),
+        (f"of these, 3 -> 2: the frontend drops a host ({len(downs)} tries)", downs),
+        (f"host kill -> no more answers from it ({args.kills} tries)", off_times),
         (f"host kill -> served only by the others, back to 2 ({args.kills} tries)", kill_times),
         (f"fan-out to {args.watchers} blocking watchers ({args.tries} tries)", fan_times),
     ]
@@ -243,21 +301,35 @@ def main() -> None:
             "",
             "Produced by `.venv/bin/python bench/convergence.py"
             f" --tries {args.tries} --kills {args.kills} --watchers {args.watchers}"
-            f" --write docs/BENCHMARKS.md` on {platform.node()} ({platform.platform()},"
+            + "".join(f" --only {part}" for part in args.only or [])
+            + f" --write docs/BENCHMARKS.md` on {platform.node()} ({platform.platform()},"
             f" {psutil.cpu_count()} CPUs), {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
             f"3 machine hosts + registry + frontend, each in its own {network.kind} host;"
-            f" heartbeat TTL {TTL_S:g} s, agents report every 0.5 s.",
+            f" heartbeat TTL {TTL_S:g} s, agents report every 0.5 s. Load average (1, 5, 15 min)"
+            f" at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}.",
             "",
             "| what | p50 | p99 | max |",
             "| --- | ---: | ---: | ---: |",
             *[
                 f"| {name} | {statistics.median(v):.3f} s | {pct(v, 0.99):.3f} s | {max(v):.3f} s |"
                 for name, v in rows
+                if v
             ],
             "",
-            f"Registry RSS during the fan-out ({args.watchers} watchers parked): {rss:.0f} MiB.",
-            "A scale-up includes starting the instance and its first health check; a host kill",
-            "includes the heartbeat TTL (the time to notice the host is gone).",
+            *(
+                [
+                    f"Registry RSS during the fan-out ({args.watchers} watchers parked):"
+                    f" {rss:.0f} MiB."
+                ]
+                if fan_times
+                else []
+            ),
+            "A scale-up includes starting the instance (cached venv) and its first health check;",
+            "server-set changes reach HAProxy through its runtime API (no reload).",
+            '"No more answers from it" is HAProxy\'s second line (failed connections retried on',
+            'another server, checks 250 ms apart after an error); "back to 2" includes the',
+            "heartbeat TTL and starting the replacement. Fan-out: from the change's commit",
+            "(PATCH answered) until every watcher (raw HTTP/1.1 long polls) has the new index.",
         ]
     )
     print(body)

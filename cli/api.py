@@ -2,6 +2,9 @@
 
 Transport failures and error statuses become `cli.errors` exceptions here, at the boundary,
 so the commands never see an httpx exception.
+
+The registry URL may list several replicas (`http://a:8070,http://b:8070`): a request that
+cannot reach one goes to the next (common/failover.py says which requests may be repeated).
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from cli.errors import ApiError, RegistryUnreachable
+from common.failover import UrlRing, retry_status, retry_transport_error
 from common.wire import (
+    AcmeStatus,
     App,
     AppCreate,
     Artifact,
@@ -64,7 +69,7 @@ def _detail(response: httpx.Response) -> str:
 
 
 class RegistryClient:
-    """One registry, one admin token. Pass `transport` in tests instead of patching."""
+    """One registry (or its replicas), one token. Pass `transport` in tests instead of patching."""
 
     def __init__(
         self,
@@ -74,13 +79,17 @@ class RegistryClient:
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.registries = UrlRing(base_url)
         self._http = httpx.Client(
-            base_url=self.base_url,
             headers={"Authorization": f"Bearer {token}"} if token else {},
             timeout=timeout,
             transport=transport,
         )
+
+    @property
+    def base_url(self) -> str:
+        """The replica in use (the last one that answered)."""
+        return self.registries.current
 
     def close(self) -> None:
         self._http.close()
@@ -94,12 +103,7 @@ class RegistryClient:
     # ---- plumbing ----------------------------------------------------------------------
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise RegistryUnreachable(
-                f"cannot reach the registry at {self.base_url}: {_reason(exc)}"
-            ) from exc
+        response = self._send(method, path, **kwargs)
         if response.status_code == 401:
             raise ApiError("the registry refused the token (401); run paas login", status=401)
         if response.status_code >= 400 and not (method == "HEAD" and response.status_code == 404):
@@ -107,6 +111,39 @@ class RegistryClient:
                 f"{_detail(response)} ({response.status_code})", status=response.status_code
             )
         return response
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """To the replica in use, else the next ones; a streamed body is never sent twice."""
+        attempts = self.registries.attempts()
+        streamed = "content" in kwargs and not isinstance(kwargs["content"], bytes | str)
+        failures = []
+        for position, index in enumerate(attempts):
+            url = self.registries.urls[index]
+            more = position + 1 < len(attempts)
+            try:
+                response = self._http.request(method, f"{url}{path}", **kwargs)
+            except httpx.TransportError as exc:
+                failures.append(f"{url}: {_reason(exc)}")
+                if (
+                    more
+                    and retry_transport_error(exc, method, idempotent=False)
+                    and not (
+                        streamed and not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+                    )
+                ):
+                    continue
+                where = "; ".join(failures)
+                raise RegistryUnreachable(f"cannot reach the registry at {where}") from exc
+            if (
+                more
+                and retry_status(response.status_code, method, idempotent=False)
+                and not streamed
+            ):
+                failures.append(f"{url}: answered {response.status_code}")
+                continue
+            self.registries.settle(index)
+            return response
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _parse(self, response: httpx.Response, model: type[T] | Any) -> T:
         try:
@@ -217,6 +254,16 @@ class RegistryClient:
 
     def remove_cert(self, app: str, sha256: str) -> None:
         self._request("DELETE", f"/v1/apps/{app}/certs/{sha256}")
+
+    def add_acme(self, app: str, domain: str) -> AcmeStatus:
+        response = self._request("POST", f"/v1/apps/{app}/certs/acme", json={"domain": domain})
+        return self._parse(response, AcmeStatus)
+
+    def list_acme(self, app: str) -> list[AcmeStatus]:
+        return self._parse(self._request("GET", f"/v1/apps/{app}/certs/acme"), list[AcmeStatus])
+
+    def remove_acme(self, app: str, domain: str) -> None:
+        self._request("DELETE", f"/v1/apps/{app}/certs/acme/{domain}")
 
     def get_routing(self, app: str) -> RouteOptions:
         return self._parse(self._request("GET", f"/v1/apps/{app}/routing"), RouteOptions)

@@ -1,4 +1,5 @@
-"""`paas certs`, `paas certs:add`, `paas certs:remove`: an app's TLS certificates."""
+"""`paas certs`, `paas certs:add`, `paas certs:remove`: an app's TLS certificates; and
+`paas certs:auto`, `paas certs:auto:remove`: certificates the registry gets and renews by ACME."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import click
 from cli import output
 from cli.api import RegistryClient
 from cli.errors import CliError
-from common.names import check_app_name, check_sha256
+from common.names import check_app_name, check_domain, check_sha256
 from common.pem import MAX_PEM_BYTES, BadCertificate, check_bundle
+from common.wire import AcmeStatus
 
 
 def _read(path: Path, what: str) -> str:
@@ -41,6 +43,7 @@ def register(
         check_app_name(app)
         with client() as api:
             found = api.list_certs(app)
+            automatic = api.list_acme(app)
         if as_json:
             output.print_json(found)
             return
@@ -52,6 +55,43 @@ def register(
                 for c in found
             ],
         )
+        if automatic:
+            _acme_table(automatic)
+
+    @group.command("certs:auto")
+    @click.argument("app")
+    @click.argument("domain", required=False)
+    @json_option
+    def certs_auto(app: str, domain: str | None, as_json: bool) -> None:
+        """Get a certificate for DOMAIN of APP by ACME and renew it automatically; without
+        DOMAIN, show how each ACME domain of APP is doing."""
+        check_app_name(app)
+        with client() as api:
+            if domain is None:
+                found = api.list_acme(app)
+            else:
+                check_domain(domain)
+                found = [api.add_acme(app, domain)]
+        if as_json:
+            output.print_json(found)
+        elif domain is None:
+            _acme_table(found)
+        else:
+            click.echo(
+                f"{domain} of {app} gets its certificate by ACME ({found[0].state});"
+                f" `paas certs {app}` shows progress"
+            )
+
+    @group.command("certs:auto:remove")
+    @click.argument("app")
+    @click.argument("domain")
+    def certs_auto_remove(app: str, domain: str) -> None:
+        """Stop renewing DOMAIN by ACME (its current certificate stays until certs:remove)."""
+        check_app_name(app)
+        check_domain(domain)
+        with client() as api:
+            api.remove_acme(app, domain)
+        click.echo(f"{domain} of {app} is no longer renewed by ACME")
 
     @group.command("certs:add")
     @click.argument("app")
@@ -84,3 +124,23 @@ def register(
         with client() as api:
             api.remove_cert(app, sha256)
         click.echo(f"removed certificate {sha256[:12]} from {app}")
+
+
+def _acme_table(found: list[AcmeStatus]) -> None:
+    output.table(
+        "ACME",
+        ["DOMAIN", "STATE", "SHA256", "EXPIRES", "RENEWS AFTER", "FAILURES", "NEXT TRY", "ERROR"],
+        [
+            [
+                a.domain,
+                a.state,
+                a.cert_sha256[:12] if a.cert_sha256 else None,
+                a.not_after,
+                a.renew_after,
+                a.attempts,
+                a.next_attempt_at,
+                a.last_error,
+            ]
+            for a in found
+        ],
+    )

@@ -1,4 +1,7 @@
-"""Where the CLI finds the registry and its token: env first, then the saved login file."""
+"""Where the CLI finds the registry and its token: env first, then the saved login file.
+
+The URL may list several registry replicas, comma-separated; the client fails over.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from cli.errors import ConfigError
+from common.failover import split_urls
 
 
 class Login(BaseModel):
@@ -56,4 +60,8 @@ def load(environ: dict[str, str] | None = None) -> Login:
             "not logged in: run `paas login --registry URL --token TOKEN`"
             " (or set PAAS_REGISTRY_URL and PAAS_TOKEN)"
         )
-    return Login(registry_url=url.rstrip("/"), token=token)
+    try:  # one URL, or several registry replicas comma-separated (failover, issue 8)
+        urls = split_urls(url)
+    except ValueError as exc:
+        raise ConfigError(f"PAAS_REGISTRY_URL / the saved login: {exc}") from exc
+    return Login(registry_url=",".join(urls), token=token)

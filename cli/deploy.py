@@ -132,9 +132,16 @@ class Deployer:
         for dep in manifest.depends_on or []:
             said = False
             while True:
-                if self.client.find_app(dep) is None:
+                try:
+                    if self.client.find_app(dep) is None:
+                        break
+                    instances = self.client.list_instances(dep)
+                except ApiError as exc:
+                    if exc.status != 403:
+                        raise
+                    # A deploy token sees its own app only: the registry still checks it.
+                    self.report(f"cannot watch dependency {dep} with this token; not waiting")
                     break
-                instances = self.client.list_instances(dep)
                 if any(i.state == "running" and i.routed for i in instances):
                     if said:
                         self.report(f"dependency {dep} is healthy")

@@ -39,6 +39,7 @@ class Ports:
     http: int = 8080
     https: int = 8443
     proxy: int = 8081
+    agent_api: int = 8071  # the machine agent's API: logs, one-off runs, /metrics (issue 8)
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -268,7 +269,8 @@ class LocalCluster:
             "--state-dir", str(self.state_dir / name),
         ]  # fmt: skip
         if role == "machine":
-            return [*argv, "--proxy-port", str(self.ports.proxy)]
+            ports = ["--proxy-port", str(self.ports.proxy), "--api-port", str(self.ports.agent_api)]
+            return [*argv, *ports]
         return [*argv, "--http-port", str(self.ports.http), "--https-port", str(self.ports.https)]
 
     def _start(self, name: str, argv: list[str]) -> None:

@@ -10,10 +10,10 @@ from typing import Any
 
 import click
 
-from cli import certs, config, config_verbs, domains, output, ps, routing
+from cli import audit, certs, config, config_verbs, domains, logs, output, ps, routing, run, tokens
 from cli.api import RegistryClient
 from cli.deploy import Deployer
-from cli.errors import CliError, DeployFailed
+from cli.errors import ApiError, CliError, DeployFailed
 from common.names import InvalidName, check_app_name, check_domain
 from common.wire import AppCreate
 
@@ -62,12 +62,21 @@ def main(ctx: click.Context, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--registry", "registry_url", required=True, help="Registry URL.")
+@click.option(
+    "--registry",
+    "registry_url",
+    required=True,
+    help="Registry URL, or several replicas comma-separated (the CLI fails over).",
+)
 @click.option("--token", required=True, help="Admin token from `paas-registry init`.")
 def login(registry_url: str, token: str) -> None:
     """Check a token against the registry, then save it."""
     with RegistryClient(registry_url, token) as api:
-        api.list_apps()  # 401 -> "refused the token"; unreachable -> one clear line
+        try:
+            api.list_apps()  # 401 -> "refused the token"; unreachable -> one clear line
+        except ApiError as exc:
+            if exc.status != 403:  # 403: a deploy-scoped token, valid for its one app
+                raise
     path = config.config_path()
     config.save(config.Login(registry_url=registry_url.rstrip("/"), token=token), path)
     click.echo(f"logged in to {registry_url}; saved in {path}")
@@ -311,6 +320,10 @@ certs.register(main, client=client, json_option=json_option)
 routing.register(main, client=client, json_option=json_option)
 ps.register(main, client=client, json_option=json_option)
 config_verbs.register(main, client=client, json_option=json_option)
+tokens.register(main, json_option=json_option)
+audit.register(main, json_option=json_option)
+logs.register(main)
+run.register(main)
 
 if __name__ == "__main__":
     sys.exit(main())

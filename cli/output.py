@@ -92,7 +92,19 @@ def hosts_table(hosts: Sequence[Host]) -> None:
         return
     table(
         None,
-        ["HOST", "ROLE", "STATE", "ADDRESS", "LABELS", "INSTANCES", "HEARTBEAT", "PROXY ERROR"],
+        [
+            "HOST",
+            "ROLE",
+            "STATE",
+            "ADDRESS",
+            "LABELS",
+            "INSTANCES",
+            "CPUS",
+            "MEMORY FREE/TOTAL",
+            "LOAD",
+            "HEARTBEAT",
+            "PROXY ERROR",
+        ],
         [
             [
                 h.name,
@@ -101,12 +113,22 @@ def hosts_table(hosts: Sequence[Host]) -> None:
                 f"{h.address}:{h.proxy_port}",
                 ",".join(f"{k}={v}" for k, v in sorted(h.labels.items())) or None,
                 h.instances,
+                *_capacity_cells(h),
                 _when(h.last_heartbeat),
                 h.proxy_error,
             ]
             for h in hosts
         ],
     )
+
+
+def _capacity_cells(host: Host) -> list[object]:
+    """CPUs, free/total memory and load from the host's last report; blanks before it sends any."""
+    capacity = host.capacity
+    if capacity is None:
+        return [None, None, None]
+    memory = f"{capacity.memory_available_mb}/{capacity.memory_total_mb} MiB"
+    return [capacity.cpu_count, memory, f"{capacity.load_1m:.2f}"]
 
 
 def instances_table(instances: Sequence[InstanceView]) -> None:

@@ -6,6 +6,7 @@ them before packing), so both reject the same mistakes with the same message.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 
@@ -39,6 +40,7 @@ class Manifest:
     domains: list[str] = field(default_factory=list)
     depends_on: list[str] | None = None  # apps this one calls; None: keep the app's list
     constraints: dict[str, str] | None = None  # host labels required; None: keep the app's
+    memory_mb: int | None = None  # memory = "256M" per instance; placement keeps hosts within it
 
 
 def parse_procfile(text: str) -> dict[str, str]:
@@ -80,6 +82,7 @@ _KEYS = {
     "domains",
     "depends_on",
     "constraints",
+    "memory",
 }
 
 
@@ -106,6 +109,7 @@ def parse_manifest(text: str) -> Manifest:
         domains=_domains(values.get("domains")),
         depends_on=_depends_on(values.get("depends_on"), values.get("name")),
         constraints=_constraints(values.get("constraints")),
+        memory_mb=_memory(values.get("memory")),
     )
 
 
@@ -201,3 +205,22 @@ def _constraints(value: object) -> dict[str, str] | None:
         return {check_label(str(k)): check_label(v) for k, v in value.items()}
     except InvalidName as exc:
         raise ManifestError(f"paas.toml: constraints: {exc}") from None
+
+
+MAX_MEMORY_MB = 1024 * 1024  # 1 TiB per instance
+_MEMORY_RE = re.compile(r"^([1-9][0-9]{0,7})\s?(M|Mi|MB|MiB|G|Gi|GB|GiB)?$")
+
+
+def _memory(value: object) -> int | None:
+    """`"256M"`, `"1G"` or a plain integer of MiB -> MiB."""
+    if value is None:
+        return None
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    match = _MEMORY_RE.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise ManifestError('paas.toml: memory must be a size such as "256M" or "1G"')
+    number, unit = int(match.group(1)), (match.group(2) or "M")[0]
+    megabytes = number * 1024 if unit == "G" else number
+    if megabytes > MAX_MEMORY_MB:
+        raise ManifestError(f"paas.toml: memory must be at most {MAX_MEMORY_MB // 1024}G")
+    return megabytes

@@ -23,6 +23,10 @@ LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_.-]{0,61}[a-z0-9])?$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 HEALTH_PATH_RE = re.compile(r"^/[A-Za-z0-9._~/%-]{0,200}$")
 PROCESS_TYPE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
+# ACME http-01 (RFC 8555 8.3): a token and its key authorization (token "." thumbprint) are
+# base64url; they go into the frontends' challenge map, so nothing else may pass.
+ACME_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+ACME_KEY_AUTH_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}\.[A-Za-z0-9_-]{43}$")
 
 
 class InvalidName(ValueError):
@@ -102,6 +106,16 @@ def check_process_type(value: str) -> str:
     )
 
 
+def check_acme_token(value: str) -> str:
+    return _check(ACME_TOKEN_RE, value, "ACME token", "expected 16-128 base64url characters")
+
+
+def check_acme_key_authorization(value: str) -> str:
+    return _check(
+        ACME_KEY_AUTH_RE, value, "ACME key authorization", "expected <token>.<thumbprint>"
+    )
+
+
 def check_address(value: str) -> str:
     """An IP literal or a DNS name: the only shapes a server line may carry."""
     try:
@@ -138,4 +152,26 @@ Sha256 = Annotated[str, AfterValidator(check_sha256)]
 HealthPath = Annotated[str, AfterValidator(check_health_path)]
 ProcessType = Annotated[str, AfterValidator(check_process_type)]
 Address = Annotated[str, AfterValidator(check_address)]
+AcmeToken = Annotated[str, AfterValidator(check_acme_token)]
+AcmeKeyAuthorization = Annotated[str, AfterValidator(check_acme_key_authorization)]
 Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+# Issue 8: token labels (shown in `paas tokens` and the audit log) and `--since 10m` values.
+TOKEN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,62}$")
+DURATION_RE = re.compile(r"^(\d{1,7})(s|m|h|d)$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def check_token_name(value: str) -> str:
+    return _check(
+        TOKEN_NAME_RE, value, "token name", "letters, digits, _ . @ -; at most 63 characters"
+    )
+
+
+def parse_duration(value: str) -> int:
+    """'10m' -> 600 seconds; units s, m, h, d. Anything else is refused."""
+    match = DURATION_RE.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise InvalidName(f"invalid duration {value!r}: a number and s, m, h or d (e.g. 10m)")
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]

@@ -18,6 +18,8 @@ from common.manifest import (
     MIN_HEALTH_TIMEOUT_S,
 )
 from common.names import (
+    AcmeKeyAuthorization,
+    AcmeToken,
     Address,
     AppName,
     Domain,
@@ -38,7 +40,8 @@ HostState = Literal["up", "down"]
 # building its environment; starting: process started, health check not passed yet;
 # running: healthy; unhealthy: was running, its health check now fails; backoff: exited,
 # waiting to restart; failed: gave up (install error, crash loop, health check never passed);
-# stopping / stopped: being or already taken out of service.
+# stopping / stopped: being or already taken out of service; lost: on a host that missed its
+# heartbeats (not counted, replaced elsewhere; stopped if that host ever returns).
 InstanceState = Literal[
     "pending",
     "installing",
@@ -49,6 +52,7 @@ InstanceState = Literal[
     "failed",
     "stopping",
     "stopped",
+    "lost",
 ]
 
 # deploying: its instances are being installed and health-checked beside the current ones;
@@ -135,6 +139,30 @@ class Cert(Model):
     covers: list[Domain]  # the app's domains it is served for (SNI)
     not_after: datetime
     source: Literal["user", "acme"]
+    created_at: datetime
+
+
+class AcmeAdd(Model):
+    """`paas certs:auto APP DOMAIN`: get (and keep renewing) a certificate for DOMAIN by ACME."""
+
+    domain: Domain
+
+
+# pending: waiting for its first certificate; valid: a certificate is served (and renewed);
+# error: the last attempt failed (`last_error`), retried at `next_attempt_at`.
+AcmeState = Literal["pending", "valid", "error"]
+
+
+class AcmeStatus(Model):
+    app: AppName
+    domain: Domain
+    state: AcmeState
+    cert_sha256: Sha256 | None  # the certificate currently served for it
+    not_after: datetime | None
+    renew_after: datetime | None  # when the registry renews it
+    attempts: int  # failed attempts since the last success
+    last_error: str | None
+    next_attempt_at: datetime | None
     created_at: datetime
 
 
@@ -229,6 +257,7 @@ class Host(Model):
     last_heartbeat: datetime | None
     instances: int
     proxy_error: str | None  # the validator's message while the last render is refused
+    capacity: HostCapacity | None = None  # from the agent's last report that carried it
 
 
 # ---- what a machine agent is told to run ------------------------------------------------
@@ -280,10 +309,21 @@ class InstanceReport(Model):
     error: str | None = Field(default=None, max_length=8192)
 
 
+class HostCapacity(Model):
+    """What a host has, measured by its agent with psutil and sent with its heartbeats."""
+
+    cpu_count: int = Field(ge=1, le=65536)
+    memory_total_mb: int = Field(ge=0, le=2**31 - 1)
+    memory_available_mb: int = Field(ge=0, le=2**31 - 1)
+    load_1m: float = Field(ge=0, le=1e6)  # 1-minute load average
+
+
 class HostReport(Model):
     instances: list[InstanceReport] = Field(default_factory=list)
     applied_index: int | None = None  # the desired/routing index the live proxy reflects
     proxy_error: str | None = Field(default=None, max_length=8192)
+    api_port: Port | None = None  # the machine agent's API (logs, runs, metrics), if it has one
+    capacity: HostCapacity | None = None  # machine agents send it; None keeps the last one
 
 
 # ---- what a frontend agent routes -------------------------------------------------------
@@ -300,6 +340,7 @@ class RouteApp(Model):
     domains: list[Domain]  # cluster domain first
     servers: list[RouteServer]  # machine hosts with a routed, healthy instance of the app
     routing: RouteOptions = Field(default_factory=RouteOptions)
+    health_path: HealthPath = "/"  # the active release's; HAProxy checks each machine with it
 
 
 class RouteCert(Model):
@@ -310,10 +351,18 @@ class RouteCert(Model):
     pem: str = Field(max_length=200_000)
 
 
+class RouteChallenge(Model):
+    """An ACME http-01 answer every frontend serves at /.well-known/acme-challenge/<token>."""
+
+    token: AcmeToken
+    key_authorization: AcmeKeyAuthorization
+
+
 class RoutingTable(Model):
     index: int
     apps: list[RouteApp]
     certs: list[RouteCert] = Field(default_factory=list)
+    challenges: list[RouteChallenge] = Field(default_factory=list, max_length=1000)
 
 
 # ---- errors -----------------------------------------------------------------------------

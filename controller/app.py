@@ -16,22 +16,26 @@ from starlette.concurrency import run_in_threadpool
 
 from common.names import InvalidName
 from controller import (
+    audit,
+    metrics,
     routes_apps,
     routes_artifacts,
     routes_certs,
     routes_config,
     routes_domains,
     routes_hosts,
+    routes_logs,
     routes_routing,
+    routes_run,
+    routes_tokens,
+    status,
 )
-from controller.artifacts import ArtifactStore
-from controller.context import Context
-from controller.db import Database
+from controller.acme import AcmeRunner, acme_loop
+from controller.context import Context, build_context
 from controller.errors import RegistryError
 from controller.heartbeats import heartbeat_tick
 from controller.queries import expire_if_due
 from controller.settings import RegistrySettings
-from controller.watch import LocalNotifier
 
 log = logging.getLogger("paas.registry")
 
@@ -39,20 +43,14 @@ DEADLINE_TICK_S = 2.0
 
 
 def create_app(settings: RegistrySettings) -> FastAPI:
-    notifier = LocalNotifier()
-    db = Database(settings.db_url, on_commit=notifier.notify)
-    db.create_all()
-    ctx = Context(
-        settings=settings,
-        db=db,
-        notifier=notifier,
-        artifacts=ArtifactStore(settings.artifacts_dir, max_bytes=settings.max_artifact_bytes),
-    )
-    ctx.artifacts.remove_partial_uploads()  # left by a crash mid-upload; never visible
+    ctx = build_context(settings)  # database, notifier, artifact store, leader (issue 8)
+    acme_runner = AcmeRunner(ctx)  # issues and renews ACME certificates (issue 6)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        ctx.start()
         tasks = [asyncio.create_task(_deadline_tick(ctx)), asyncio.create_task(heartbeat_tick(ctx))]
+        tasks.append(asyncio.create_task(acme_loop(ctx, acme_runner), name="acme"))
         try:
             yield
         finally:
@@ -61,7 +59,7 @@ def create_app(settings: RegistrySettings) -> FastAPI:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            db.dispose()
+            ctx.stop()
 
     app = FastAPI(
         title="paas registry",
@@ -70,6 +68,7 @@ def create_app(settings: RegistrySettings) -> FastAPI:
         description="The one source of truth: apps, releases, artifacts, hosts, instances.",
     )
     app.state.ctx = ctx
+    app.state.acme = acme_runner
     app.add_exception_handler(RegistryError, _registry_error)  # type: ignore[arg-type]
     app.add_exception_handler(InvalidName, _invalid_name)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
@@ -86,6 +85,16 @@ def create_app(settings: RegistrySettings) -> FastAPI:
     app.include_router(routes_config.router)
     app.include_router(routes_artifacts.router)
     app.include_router(routes_hosts.router)
+    # Issue 8 (operations): tokens, audit log, logs, one-off runs, status page, /metrics.
+    app.include_router(routes_tokens.router)
+    app.include_router(audit.router)
+    app.include_router(routes_logs.router)
+    app.include_router(routes_run.router)
+    app.include_router(status.router)
+    status.redact_access_log()
+    app.add_route("/metrics", metrics.metrics_endpoint, methods=["GET"], include_in_schema=False)
+    app.add_middleware(audit.AuditMiddleware, ctx=ctx)
+    app.add_middleware(metrics.MetricsMiddleware)
     return app
 
 
@@ -93,6 +102,8 @@ async def _deadline_tick(ctx: Context) -> None:
     """Fail overdue deploys even when nobody reads or reports (watchers then wake)."""
     while True:
         await asyncio.sleep(DEADLINE_TICK_S)
+        if not ctx.leader.is_leader():  # one replica decides (issue 8)
+            continue
         try:
             await run_in_threadpool(expire_if_due, ctx)
         except Exception:

@@ -13,10 +13,12 @@ import hashlib
 import io
 import logging
 import os
+import shutil
 import tarfile
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from starlette.concurrency import run_in_threadpool
 
@@ -126,13 +128,52 @@ class ArtifactStore:
             raise NotFound(f"artifact {sha256} is not stored; upload it first")
         try:
             with tarfile.open(path, "r:gz") as tar:
-                procfile = _read_member(tar, "Procfile")
-                manifest = _read_member(tar, "paas.toml")
+                return read_app_files_from(tar, sha256)
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise Invalid(f"artifact {sha256} is not a valid .tar.gz: {exc}") from exc
-        if procfile is None:
-            raise Invalid("artifact has no Procfile at its top level")
-        return procfile, manifest
+
+    def chunks(self, sha256: str) -> Iterator[bytes]:
+        """The artifact's bytes in 1 MiB pieces; NotFound before the first."""
+        path = self.path_for(sha256)
+        try:
+            f = open(path, "rb")  # noqa: SIM115  (closed by the generator)
+        except FileNotFoundError:
+            raise NotFound(f"artifact {sha256} is not stored") from None
+        return _read_file(f)
+
+    def save_file(self, sha256: str, path: Path) -> None:
+        """Store a file already known to hash to `sha256` (restore)."""
+        final = self.path_for(sha256)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=UPLOAD_PREFIX, dir=final.parent)
+        with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+            shutil.copyfileobj(src, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, final)
+
+    def all_sha256(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.glob("*/*") if not p.name.startswith("."))
+
+    def delete_all(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _read_file(f: BinaryIO) -> Iterator[bytes]:
+    with f:
+        while data := f.read(1024 * 1024):
+            yield data
+
+
+def read_app_files_from(tar: tarfile.TarFile, sha256: str) -> tuple[str, str | None]:
+    """(Procfile text, paas.toml text or None) from an open artifact."""
+    procfile = _read_member(tar, "Procfile")
+    manifest = _read_member(tar, "paas.toml")
+    if procfile is None:
+        raise Invalid("artifact has no Procfile at its top level")
+    return procfile, manifest
 
 
 def _read_member(tar: tarfile.TarFile, name: str) -> str | None:

@@ -1,4 +1,9 @@
-"""Bearer tokens: made with `secrets`, stored only as sha256 hex, checked per route kind."""
+"""Bearer tokens: made with `secrets`, stored only as sha256 hex, checked per route kind.
+
+Scopes (the `kind` column): `admin` may do everything; `deploy` is bound to one app and may
+deploy, configure, scale, roll back and read that app only; `host` is a machine's or a
+frontend's own token (made at join); `join` only joins hosts.
+"""
 
 from __future__ import annotations
 
@@ -15,24 +20,54 @@ from controller.context import Context, get_ctx
 from controller.errors import Forbidden, Unauthorized
 from controller.models import Token
 
-TokenKind = Literal["admin", "join", "host"]
+TokenKind = Literal["admin", "deploy", "join", "host"]
+PRINCIPAL_KEY = "paas.principal"  # where the request's principal is kept (audit reads it)
 
 
 @dataclass(frozen=True)
 class Principal:
     kind: TokenKind
     host_name: str | None = None
+    token_id: int | None = None
+    name: str | None = None
+    app: str | None = None  # deploy tokens: the one app they may touch
+
+    @property
+    def label(self) -> str:
+        """How the audit log and error messages name this token."""
+        shown = self.name or (self.host_name if self.kind == "host" else None)
+        return f"{self.kind} token #{self.token_id}" + (f" ({shown})" if shown else "")
 
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def issue_token(session: Session, kind: TokenKind, *, host_name: str | None = None) -> str:
+def issue_token(
+    session: Session,
+    kind: TokenKind,
+    *,
+    host_name: str | None = None,
+    name: str | None = None,
+    app: str | None = None,
+) -> str:
     """Create a token, store its hash, return the token (the only time it is visible)."""
     token = secrets.token_urlsafe(32)
-    session.add(Token(sha256=hash_token(token), kind=kind, host_name=host_name))
+    session.add(
+        Token(sha256=hash_token(token), kind=kind, host_name=host_name, name=name, app_name=app)
+    )
     return token
+
+
+def issue_token_row(
+    session: Session, kind: TokenKind, *, name: str | None = None, app: str | None = None
+) -> tuple[Token, str]:
+    """Like issue_token, but also hands back the stored row (its id is what `revoke` takes)."""
+    token = secrets.token_urlsafe(32)
+    row = Token(sha256=hash_token(token), kind=kind, name=name, app_name=app)
+    session.add(row)
+    session.flush()
+    return row, token
 
 
 def revoke_tokens(session: Session, kind: TokenKind, *, host_name: str | None = None) -> None:
@@ -46,23 +81,86 @@ def has_admin_token(session: Session) -> bool:
     return session.execute(select(Token.id).where(Token.kind == "admin")).first() is not None
 
 
-def principal(request: Request, ctx: Context = Depends(get_ctx)) -> Principal:
+def host_api_secret(session: Session, host: str) -> str | None:
+    """The secret the registry shows a machine agent's API: sha256(host token), which the
+    registry stores and the agent computes from the token it holds. Nothing new to hand out,
+    and it changes (the old one stops working) whenever the host re-joins."""
+    return session.execute(
+        select(Token.sha256).where(Token.kind == "host", Token.host_name == host)
+    ).scalar_one_or_none()
+
+
+def bearer(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
+        return None
+    return token.strip()
+
+
+def lookup(ctx: Context, token: str) -> Principal | None:
     with ctx.db.read() as session:
         row = session.execute(
-            select(Token).where(Token.sha256 == hash_token(token.strip()))
+            select(Token).where(Token.sha256 == hash_token(token))
         ).scalar_one_or_none()
     if row is None:
+        return None
+    return Principal(
+        kind=row.kind,  # type: ignore[arg-type]
+        host_name=row.host_name,
+        token_id=row.id,
+        name=row.name,
+        app=row.app_name,
+    )
+
+
+def principal(request: Request, ctx: Context = Depends(get_ctx)) -> Principal:
+    token = bearer(request)
+    if token is None:
+        raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
+    who = lookup(ctx, token)
+    if who is None:
         raise Unauthorized("unknown or revoked token")
-    return Principal(kind=row.kind, host_name=row.host_name)  # type: ignore[arg-type]
+    request.scope[PRINCIPAL_KEY] = who
+    return who
 
 
 def require_admin(who: Principal = Depends(principal)) -> Principal:
     if who.kind != "admin":
+        if who.kind == "deploy":
+            raise Forbidden(
+                f"a deploy token for app {who.app!r} may only touch that app; this needs the"
+                " admin token"
+            )
         raise Forbidden(f"a {who.kind} token may not do this; it needs the admin token")
+    return who
+
+
+def require_app_scope(request: Request, who: Principal = Depends(principal)) -> Principal:
+    """Admin, or a deploy token of the app named in the path (`{app}`). A deploy token may
+    not create, list or delete apps: those are not "its app"."""
+    if who.kind == "admin":
+        return who
+    if who.kind != "deploy":
+        raise Forbidden(f"a {who.kind} token may not do this; it needs the admin token")
+    target = request.path_params.get("app")
+    if target is None:
+        raise Forbidden(
+            f"a deploy token for app {who.app!r} may only touch that app, not list or create apps"
+        )
+    if target != who.app:
+        raise Forbidden(f"a deploy token for app {who.app!r} may not touch app {target!r}")
+    route = request.scope.get("route")
+    if request.method == "DELETE" and getattr(route, "path", "") == "/v1/apps/{app}":
+        raise Forbidden("a deploy token may not delete its app; that needs the admin token")
+    return who
+
+
+def require_uploader(who: Principal = Depends(principal)) -> Principal:
+    """Artifacts are content-addressed and inert until a release names them: admin and
+    deploy tokens may upload (a deploy token's release still needs its own app)."""
+    if who.kind not in ("admin", "deploy"):
+        raise Forbidden(f"a {who.kind} token may not upload artifacts")
     return who
 
 
@@ -74,6 +172,13 @@ def require_join(who: Principal = Depends(principal)) -> Principal:
 
 def require_admin_or_host(who: Principal = Depends(principal)) -> Principal:
     if who.kind not in ("admin", "host"):
+        raise Forbidden(f"a {who.kind} token may not do this")
+    return who
+
+
+def require_artifact_reader(who: Principal = Depends(principal)) -> Principal:
+    """Hosts fetch artifacts; admin and deploy tokens check whether one is stored."""
+    if who.kind not in ("admin", "host", "deploy"):
         raise Forbidden(f"a {who.kind} token may not do this")
     return who
 

@@ -1,4 +1,5 @@
-"""`paas-registry`: initialise the state (tokens printed once) and serve the API."""
+"""`paas-registry`: migrate the schema, initialise the state (tokens printed once), serve the
+API, and back up / restore the registry."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 import click
 
 from controller.auth import has_admin_token, issue_token, revoke_tokens
-from controller.db import Database, DatabaseCorrupt
+from controller.db import Database, DatabaseCorrupt, PendingMigrations
+from controller.schema import SchemaTooNew
 from controller.settings import RegistrySettings
 
 
@@ -18,18 +20,69 @@ def main() -> None:
     """The paas service registry."""
 
 
-@main.command()
-@click.option("--state-dir", type=click.Path(path_type=Path), default=None)
-@click.option("--config", "config_file", type=click.Path(path_type=Path, exists=True))
-@click.option("--json", "as_json", is_flag=True, help="Print the tokens as JSON.")
-@click.option("--rotate", is_flag=True, help="Replace the admin and join tokens.")
-def init(state_dir: Path | None, config_file: Path | None, as_json: bool, rotate: bool) -> None:
-    """Create the database and print the admin and join tokens (shown only once)."""
-    settings = RegistrySettings.load(config_file, state_dir=state_dir)
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+STATE_DIR = click.option("--state-dir", type=click.Path(path_type=Path), default=None)
+CONFIG = click.option("--config", "config_file", type=click.Path(path_type=Path, exists=True))
+DATABASE_URL = click.option(
+    "--database-url",
+    default=None,
+    help="postgresql+psycopg://USER@HOST:PORT/DB or sqlite:///PATH (default: the state dir).",
+)
+
+
+def _open_database(settings: RegistrySettings, *, migrate: bool | None = None) -> Database:
+    """The database, checked (and migrated when asked or on the embedded default)."""
     db = Database(settings.db_url)
     try:
-        db.create_all()
+        db.prepare(migrate=settings.migrates_on_start if migrate is None else migrate)
+    except (PendingMigrations, SchemaTooNew, DatabaseCorrupt) as exc:
+        db.dispose()
+        raise click.ClickException(str(exc)) from exc
+    return db
+
+
+@main.command()
+@STATE_DIR
+@DATABASE_URL
+@CONFIG
+def migrate(state_dir: Path | None, database_url: str | None, config_file: Path | None) -> None:
+    """Apply the pending schema revisions (once, before starting registries on a new version)."""
+    from controller import schema
+
+    settings = RegistrySettings.load(config_file, state_dir=state_dir, database_url=database_url)
+    if settings.database_url is None:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.db_url)
+    try:
+        missing = schema.pending(db.engine)
+        schema.upgrade(db.engine)
+    except SchemaTooNew as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        db.dispose()
+    if missing:
+        click.echo(f"applied {len(missing)} revision(s): {', '.join(missing)}")
+    else:
+        click.echo("the database is up to date")
+
+
+@main.command()
+@STATE_DIR
+@DATABASE_URL
+@CONFIG
+@click.option("--json", "as_json", is_flag=True, help="Print the tokens as JSON.")
+@click.option("--rotate", is_flag=True, help="Replace the admin and join tokens.")
+def init(
+    state_dir: Path | None,
+    database_url: str | None,
+    config_file: Path | None,
+    as_json: bool,
+    rotate: bool,
+) -> None:
+    """Create the database and print the admin and join tokens (shown only once)."""
+    settings = RegistrySettings.load(config_file, state_dir=state_dir, database_url=database_url)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    db = _open_database(settings)
+    try:
         with db.write() as session:
             if has_admin_token(session) and not rotate:
                 raise click.ClickException(
@@ -50,16 +103,18 @@ def init(state_dir: Path | None, config_file: Path | None, as_json: bool, rotate
 
 
 @main.command()
-@click.option("--state-dir", type=click.Path(path_type=Path), default=None)
+@STATE_DIR
+@DATABASE_URL
 @click.option("--host", "bind_host", default=None, help="Address to listen on.")
 @click.option("--port", "bind_port", type=int, default=None, help="Port to listen on.")
 @click.option("--domain", default=None, help="Cluster domain: apps answer on <app>.<domain>.")
 @click.option("--public-https-port", type=int, default=None)
 @click.option("--service-port-min", type=int, default=None, help="First per-app service port.")
 @click.option("--service-port-max", type=int, default=None, help="Last per-app service port.")
-@click.option("--config", "config_file", type=click.Path(path_type=Path, exists=True))
+@CONFIG
 def serve(
     state_dir: Path | None,
+    database_url: str | None,
     bind_host: str | None,
     bind_port: int | None,
     domain: str | None,
@@ -77,6 +132,7 @@ def serve(
     settings = RegistrySettings.load(
         config_file,
         state_dir=state_dir,
+        database_url=database_url,
         bind_host=bind_host,
         bind_port=bind_port,
         domain=domain,
@@ -88,6 +144,8 @@ def serve(
         app = create_app(settings)
     except DatabaseCorrupt as exc:
         raise click.ClickException(f"{exc}; restore it from a backup") from exc
+    except (PendingMigrations, SchemaTooNew) as exc:
+        raise click.ClickException(str(exc)) from exc
     with app.state.ctx.db.read() as session:
         if not has_admin_token(session):
             logging.getLogger("paas.registry").warning(
@@ -101,3 +159,60 @@ def serve(
         log_level="info",
         timeout_graceful_shutdown=3,
     )
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@STATE_DIR
+@DATABASE_URL
+@CONFIG
+def backup(
+    file: Path, state_dir: Path | None, database_url: str | None, config_file: Path | None
+) -> None:
+    """Write the whole registry (rows and artifacts) to FILE, a portable .tar.gz.
+
+    Safe while the registry runs: rows come from one consistent snapshot.
+    """
+    from controller import backup as backups
+    from controller.context import artifact_store_for
+
+    settings = RegistrySettings.load(config_file, state_dir=state_dir, database_url=database_url)
+    db = _open_database(settings)
+    try:
+        meta = backups.backup(db, artifact_store_for(settings, db), file)
+    finally:
+        db.dispose()
+    rows = sum(meta["rows"].values())
+    click.echo(f"backed up {rows} rows and {meta['artifacts']} artifact(s) to {file}")
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@STATE_DIR
+@DATABASE_URL
+@CONFIG
+@click.option("--force", is_flag=True, help="Replace the contents of a database in use.")
+def restore(
+    file: Path,
+    state_dir: Path | None,
+    database_url: str | None,
+    config_file: Path | None,
+    force: bool,
+) -> None:
+    """Load a backup FILE into the registry's database (either backend); stop the registries
+    first. Refuses a database that holds anything unless --force."""
+    from controller import backup as backups
+    from controller.context import artifact_store_for
+
+    settings = RegistrySettings.load(config_file, state_dir=state_dir, database_url=database_url)
+    if settings.database_url is None:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+    db = _open_database(settings, migrate=True)
+    try:
+        meta = backups.restore(db, artifact_store_for(settings, db), file, force=force)
+    except backups.BackupError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        db.dispose()
+    rows = sum(meta["rows"].values())
+    click.echo(f"restored {rows} rows and {meta['artifacts']} artifact(s) from {file}")

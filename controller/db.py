@@ -1,11 +1,16 @@
 """Engine, sessions and the revision counter.
 
-Every mutation goes through `Database.write()`: one transaction, serialised by an in-process
-lock (SQLite has a single writer anyway, and it keeps read-modify-write steps such as
-"next release version" race-free), and the watchers are woken only after the commit.
+Every mutation goes through `Database.write()`: one transaction, and the watchers are woken
+only after the commit. Writes are serialised so read-modify-write steps such as "next release
+version" stay race-free: by an in-process lock (SQLite has a single writer anyway) and, on
+PostgreSQL where several registry replicas write, by locking the one revision row
+(`SELECT ... FOR UPDATE`) first in every write transaction. The same transaction sends
+`NOTIFY paas_revision` when it bumped the revision, so watchers on every replica wake.
 
 SQLite runs in WAL mode: a commit is one append to the write-ahead log, so a registry killed
 at any moment (even SIGKILL) reopens at its last committed transaction, never half of one.
+
+The schema comes from the alembic revisions (controller/schema.py), never from `create_all`.
 """
 
 from __future__ import annotations
@@ -17,17 +22,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, func, inspect, select, text
+from sqlalchemy import create_engine, event, func, select, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.schema import CreateColumn
 
-from controller import cert_models, route_options  # noqa: F401  (register their tables)
-from controller.models import Base, Instance, Revision
+from controller import (  # noqa: F401  (register their tables)
+    artifact_models,
+    cert_models,
+    route_options,
+)
+from controller.models import Instance, Revision
 
 log = logging.getLogger("paas.registry")
 
 _BUMPED = "paas_bumped"
+NOTIFY_CHANNEL = "paas_revision"
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -57,14 +66,26 @@ class Database:
         self._write_lock = threading.Lock()
         self.on_commit = on_commit
 
-    def create_all(self) -> None:
-        """Create missing tables and columns, check the database, seed the revision row."""
-        Base.metadata.create_all(self.engine)
-        add_missing_columns(self.engine)
+    @property
+    def is_postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    def prepare(self, *, migrate: bool) -> None:
+        """Check the database, then migrate it to head (`migrate`) or refuse pending revisions."""
+        from controller import schema
+
         check_integrity(self.engine)
-        with self.write() as session:
-            if session.get(Revision, 1) is None:
-                session.add(Revision(id=1, seq=0, desired_seq=0))
+        missing = schema.pending(self.engine)  # raises SchemaTooNew for a newer database
+        if migrate:
+            if missing:
+                schema.upgrade(self.engine)
+            return
+        if missing:
+            raise PendingMigrations(
+                f"the registry database {self.engine.url.render_as_string()} lacks"
+                f" {len(missing)} schema revision(s) ({', '.join(missing)}):"
+                " run 'paas-registry migrate' first"
+            )
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -77,10 +98,17 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Session]:
         """One write transaction; watchers are woken after it commits if it bumped the revision."""
-        with self._write_lock, self._sessions() as session:
-            with session.begin():
-                yield session
+        with self._write_lock, self._sessions() as session, session.begin():
+            if self.is_postgres:  # serialise writers of every replica, see the docstring
+                session.execute(text("SELECT seq FROM revision WHERE id = 1 FOR UPDATE"))
+            yield session
             bumped = session.info.get(_BUMPED, False)
+            if bumped and self.is_postgres:
+                seq = revision(session).seq
+                session.execute(
+                    text("SELECT pg_notify(:channel, :seq)"),
+                    {"channel": NOTIFY_CHANNEL, "seq": str(seq)},
+                )
         if bumped and self.on_commit is not None:
             self.on_commit()
 
@@ -89,18 +117,8 @@ class DatabaseCorrupt(RuntimeError):
     """SQLite's own check found damage; the registry refuses to start on it."""
 
 
-def add_missing_columns(engine: Engine) -> None:
-    """Columns added to the models since a database was created (each has a server default)."""
-    existing = inspect(engine)
-    with engine.begin() as conn:
-        for table in Base.metadata.sorted_tables:
-            have = {c["name"] for c in existing.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in have:
-                    continue
-                ddl = CreateColumn(column).compile(dialect=engine.dialect)
-                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
-                log.info("database: added column %s.%s", table.name, column.name)
+class PendingMigrations(RuntimeError):
+    """The database is behind the code's schema; `paas-registry migrate` brings it up."""
 
 
 def check_integrity(engine: Engine) -> None:

@@ -17,6 +17,7 @@ from common.manifest import DEFAULT_HEALTH_TIMEOUT_S, Manifest
 from common.wire import HostReport
 from controller.db import bump, next_instance_id
 from controller.errors import Conflict
+from controller.metrics import DEPLOYS, SCHEDULING_SECONDS
 from controller.models import App, Domain, Host, Instance, Release
 from controller.placement import HostSlot, place
 
@@ -59,6 +60,8 @@ def create_release(
         app.instances = manifest.instances
     if manifest.constraints is not None:
         app.constraints = manifest.constraints
+    if manifest.memory_mb is not None:
+        app.memory_mb = manifest.memory_mb
     if manifest.domains:
         add_domains(session, app, manifest.domains)
     version = max((r.version for r in app.releases), default=0) + 1
@@ -107,25 +110,48 @@ def create_release(
 def place_hosts(
     session: Session, app: App, count: int, *, staying: Sequence[str] = ()
 ) -> list[Host]:
+    with SCHEDULING_SECONDS.time():
+        return _place_hosts(session, app, count, staying=staying)
+
+
+def _place_hosts(session: Session, app: App, count: int, *, staying: Sequence[str]) -> list[Host]:
     hosts = session.execute(select(Host)).scalars().all()
     current = session.execute(
-        select(App.name, Host.name)
+        select(App.name, Host.name, App.memory_mb)
         .select_from(Instance)
         .join(App, Instance.app_id == App.id)
         .join(Host, Instance.host_id == Host.id)
         .where(Instance.desired == "run")
     ).all()
+    memory = {a: m for a, _h, m in current if m}
+    if app.memory_mb:
+        memory[app.name] = app.memory_mb
     placed = place(
         apps_wanting={app.name: count},
-        hosts=[
-            HostSlot(name=h.name, role=h.role, state=h.state, labels=h.labels or {}) for h in hosts
-        ],
-        current=[(a, h) for a, h in current],
+        hosts=[host_slot(h) for h in hosts],
+        current=[(a, h) for a, h, _m in current],
         staying={app.name: staying},
         constraints={app.name: app.constraints or {}},
+        memory_mb=memory,
     )[app.name]
     by_name = {h.name: h for h in hosts}
     return [by_name[name] for name in placed]
+
+
+def host_slot(host: Host) -> HostSlot:
+    """A host row as placement sees it, with the capacity its agent last reported."""
+    load = None
+    if host.load_1m is not None and host.cpu_count:
+        load = host.load_1m / host.cpu_count
+    return HostSlot(
+        name=host.name,
+        role=host.role,
+        state=host.state,
+        labels=host.labels or {},
+        free_memory_mb=host.memory_available_mb,
+        load_per_cpu=load,
+        memory_total_mb=host.memory_total_mb,
+    )
 
 
 def fail_release(session: Session, release: Release, error: str) -> None:
@@ -136,6 +162,7 @@ def fail_release(session: Session, release: Release, error: str) -> None:
         instance.desired = "stop"
         instance.serve = False
     bump(session, desired=True)
+    DEPLOYS.labels("failed").inc()
     log.info("release %s v%d failed: %s", release.app.name, release.version, error)
 
 
@@ -151,6 +178,7 @@ def activate_release(session: Session, release: Release) -> None:
     for instance in release.instances:
         instance.serve = True
     release.activated_seq = bump(session, desired=True)
+    DEPLOYS.labels("succeeded").inc()
     log.info("release %s v%d active", release.app.name, release.version)
 
 

@@ -15,8 +15,9 @@ log = logging.getLogger("paas.registry")
 
 
 def tick_interval(ttl_s: float) -> float:
-    """Check often enough that a host is marked down within about a quarter TTL of expiry."""
-    return min(1.0, max(0.05, ttl_s / 4))
+    """Check often enough that a host is marked down within a tenth of the TTL of expiry
+    (the check is one cheap read; a lost host's instances move only once it is marked)."""
+    return min(1.0, max(0.05, ttl_s / 10))
 
 
 def check_heartbeats(ctx: Context) -> list[str]:
@@ -38,6 +39,8 @@ async def heartbeat_tick(ctx: Context) -> None:
     interval = tick_interval(ttl_s)
     while True:
         await asyncio.sleep(interval)
+        if not ctx.leader.is_leader():  # one replica sweeps (issue 8)
+            continue
         try:
             await run_in_threadpool(check_heartbeats, ctx)
         except Exception:

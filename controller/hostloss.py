@@ -43,8 +43,9 @@ def mark_lost(session: Session, *, now: datetime, ttl_s: float) -> list[str]:
                 continue
             instance.desired = "stop"
             instance.routed = False
-            # Being taken out of service: stopped for real when (if) the host returns.
-            instance.state = "stopping"
+            # Lost: not counted and replaced elsewhere; stopped for real when (if) the host
+            # returns, and until then `paas ps` shows it as lost, never as running.
+            instance.state = "lost"
             instance.updated_at = now
             releases[instance.release_id] = instance.release
     session.flush()

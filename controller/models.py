@@ -62,6 +62,8 @@ class App(Base):
     constraints: Mapped[dict[str, str]] = mapped_column(
         JSON, default=dict, server_default=text("'{}'")
     )
+    # Issue 4: memory each instance needs (paas.toml memory = "256M"); None: not declared.
+    memory_mb: Mapped[int | None] = mapped_column(Integer, default=None)
 
     domains: Mapped[list[Domain]] = relationship(
         back_populates="app", cascade="all, delete-orphan", order_by="Domain.id"
@@ -103,8 +105,8 @@ class Release(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     activated_seq: Mapped[int | None] = mapped_column(Integer, default=None)
-    # Columns added after the first schema carry a server default, so `Database.create_all`
-    # can add them to an existing database with ALTER TABLE ... ADD COLUMN.
+    # Columns added after the first schema carry a server default, so their alembic revision
+    # can add them to a database that already has rows (controller/migrations).
     health_timeout_s: Mapped[float] = mapped_column(Float, server_default=text("30"))
     description: Mapped[str] = mapped_column(Text, server_default=text("''"))
     # A deploy not active by then is failed; stored, so a restarted registry keeps it.
@@ -143,6 +145,13 @@ class Host(Base):
     proxy_error: Mapped[str | None] = mapped_column(Text, default=None)
     state: Mapped[str] = mapped_column(String(8), default="up")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Issue 8: the port of the machine agent's API (logs, one-off runs), from its reports.
+    api_port: Mapped[int | None] = mapped_column(Integer, default=None)
+    # Issue 4: capacity from the agent's reports (psutil); None until it reports any.
+    cpu_count: Mapped[int | None] = mapped_column(Integer, default=None)
+    memory_total_mb: Mapped[int | None] = mapped_column(Integer, default=None)
+    memory_available_mb: Mapped[int | None] = mapped_column(Integer, default=None)
+    load_1m: Mapped[float | None] = mapped_column(Float, default=None)
 
     instances: Mapped[list[Instance]] = relationship(back_populates="host", order_by="Instance.id")
 
@@ -175,9 +184,29 @@ class Token(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
-    kind: Mapped[str] = mapped_column(String(8))  # admin | join | host
+    kind: Mapped[str] = mapped_column(String(8))  # admin | deploy | join | host
     host_name: Mapped[str | None] = mapped_column(String(63), default=None, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Issue 8: a label shown by `paas tokens`, and the one app a deploy-scoped token may touch.
+    name: Mapped[str | None] = mapped_column(String(63), default=None)
+    app_name: Mapped[str | None] = mapped_column(String(63), default=None)
+
+
+class AuditEvent(Base):
+    """Who (token) did what (method, route, app, summary, result) and when; never a body."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    token_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    token_name: Mapped[str | None] = mapped_column(String(63), default=None)
+    scope: Mapped[str | None] = mapped_column(String(8), default=None)
+    method: Mapped[str] = mapped_column(String(8))
+    route: Mapped[str] = mapped_column(String(200))
+    app: Mapped[str | None] = mapped_column(String(63), default=None, index=True)
+    summary: Mapped[str] = mapped_column(String(300))
+    status: Mapped[int] = mapped_column(Integer)
 
 
 class Revision(Base):

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from common import wire
 from common.manifest import ManifestError, parse_manifest, parse_procfile, require_web
 from common.names import AppName
-from controller.auth import require_admin
+from controller.auth import require_app_scope
 from controller.context import Context, get_ctx
 from controller.db import bump
 from controller.deploys import add_domains, create_release, scale_active
@@ -24,7 +24,7 @@ from controller.rollback import rollback
 from controller.services import assign_service_port, refuse_delete_if_needed, set_dependencies
 from controller.views import app_view, instance_view, release_view, up_frontends
 
-router = APIRouter(prefix="/v1/apps", tags=["apps"], dependencies=[Depends(require_admin)])
+router = APIRouter(prefix="/v1/apps", tags=["apps"], dependencies=[Depends(require_app_scope)])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=wire.App)

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
+from starlette.concurrency import iterate_in_threadpool
 
 from common import wire
 from common.names import Sha256
-from controller.auth import require_admin, require_admin_or_host
+from controller.artifacts import ArtifactStore
+from controller.auth import require_artifact_reader, require_uploader
 from controller.context import Context, get_ctx
 from controller.errors import NotFound, TooLarge
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
 
 
-@router.head("/{sha256}", dependencies=[Depends(require_admin_or_host)])
+@router.head("/{sha256}", dependencies=[Depends(require_artifact_reader)])
 def artifact_exists(sha256: Sha256, ctx: Context = Depends(get_ctx)) -> Response:
     size = ctx.artifacts.size(sha256)
     return Response(status_code=200, headers={"Content-Length": str(size)})
@@ -22,18 +24,25 @@ def artifact_exists(sha256: Sha256, ctx: Context = Depends(get_ctx)) -> Response
 
 @router.get(
     "/{sha256}",
-    dependencies=[Depends(require_admin_or_host)],
+    dependencies=[Depends(require_artifact_reader)],
     response_class=FileResponse,
     responses={200: {"content": {"application/gzip": {}}}},
 )
-def download_artifact(sha256: Sha256, ctx: Context = Depends(get_ctx)) -> FileResponse:
-    path = ctx.artifacts.path_for(sha256)
-    if not path.is_file():
-        raise NotFound(f"artifact {sha256} is not stored")
-    return FileResponse(path, media_type="application/gzip")
+def download_artifact(sha256: Sha256, ctx: Context = Depends(get_ctx)) -> Response:
+    if isinstance(ctx.artifacts, ArtifactStore):
+        path = ctx.artifacts.path_for(sha256)
+        if not path.is_file():
+            raise NotFound(f"artifact {sha256} is not stored")
+        return FileResponse(path, media_type="application/gzip")
+    size = ctx.artifacts.size(sha256)  # in the database (PostgreSQL): streamed chunk by chunk
+    return StreamingResponse(
+        iterate_in_threadpool(ctx.artifacts.chunks(sha256)),
+        media_type="application/gzip",
+        headers={"Content-Length": str(size)},
+    )
 
 
-@router.put("/{sha256}", response_model=wire.Artifact, dependencies=[Depends(require_admin)])
+@router.put("/{sha256}", response_model=wire.Artifact, dependencies=[Depends(require_uploader)])
 async def upload_artifact(
     sha256: Sha256, request: Request, ctx: Context = Depends(get_ctx)
 ) -> wire.Artifact:

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Query
 from common import wire
 from common.manifest import Manifest
 from common.names import AppName
-from controller.auth import require_admin
+from controller.auth import require_app_scope
 from controller.context import Context, get_ctx
 from controller.db import bump
 from controller.deploys import create_release
@@ -16,7 +16,7 @@ from controller.models import App, ConfigVar
 from controller.queries import get_app, now
 from controller.views import REDACTED
 
-router = APIRouter(prefix="/v1/apps", tags=["config"], dependencies=[Depends(require_admin)])
+router = APIRouter(prefix="/v1/apps", tags=["config"], dependencies=[Depends(require_app_scope)])
 
 
 SECRET_SUFFIXES = ("_SECRET", "_PASSWORD", "_TOKEN", "_KEY")

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, status
 
 from common import wire
 from common.names import AppName, Domain
-from controller.auth import require_admin
+from controller.auth import require_app_scope
 from controller.context import Context, get_ctx
 from controller.db import bump
 from controller.deploys import add_domains
@@ -15,7 +15,7 @@ from controller.errors import NotFound
 from controller.queries import get_app
 from controller.views import app_view
 
-router = APIRouter(prefix="/v1/apps", tags=["domains"], dependencies=[Depends(require_admin)])
+router = APIRouter(prefix="/v1/apps", tags=["domains"], dependencies=[Depends(require_app_scope)])
 
 
 @router.post("/{app}/domains", status_code=status.HTTP_201_CREATED, response_model=wire.App)

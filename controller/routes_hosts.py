@@ -27,7 +27,8 @@ from controller.deploys import apply_report
 from controller.errors import Forbidden
 from controller.hostloss import refill
 from controller.models import Host
-from controller.queries import INDEX_HEADER, get_host, now, watch
+from controller.queries import INDEX_HEADER, get_host, now
+from controller.shared_watch import shared_watch
 from controller.views import desired_state, host_view, routing_table
 
 log = logging.getLogger("paas.registry")
@@ -75,19 +76,19 @@ def list_hosts(ctx: Context = Depends(get_ctx)) -> list[wire.Host]:
 @router.get("/hosts/{host}/desired", response_model=wire.DesiredState)
 async def read_desired(
     host: HostName,
-    response: Response,
     index: int = Query(0, ge=0),
     wait: str | None = Query(None, description="30s, 500ms; at most 300s"),
     who: Principal = Depends(require_admin_or_host),
     ctx: Context = Depends(get_ctx),
-) -> wire.DesiredState:
+) -> Response:
     check_own_host(who, host, admin_may=True)
     await run_in_threadpool(_check_joined, ctx, host)
 
     def build(session: Session, seen: int) -> wire.DesiredState:
         return desired_state(session, get_host(session, host), index=seen, settings=ctx.settings)
 
-    return await watch(ctx, response, index=index, wait=wait, which="desired_seq", build=build)
+    key = ("desired", host)
+    return await shared_watch(ctx, index=index, wait=wait, key=key, build=build)
 
 
 def _check_joined(ctx: Context, host: str) -> None:
@@ -107,7 +108,11 @@ def report(
         row = get_host(session, host)
         was_down = row.state == "down"
         moment = now()
+        if body.capacity is not None:
+            record_capacity(row, body.capacity)
         apply_report(session, row, body, now=moment, timeout_s=ctx.settings.deploy_timeout_s)
+        if body.api_port is not None:
+            row.api_port = body.api_port  # where the registry reaches this agent's API
         if was_down:
             log.info("host %s reports again: marked up", host)
             refill(session, now=moment)
@@ -120,19 +125,27 @@ def report(
 
 @router.get("/routing", response_model=wire.RoutingTable)
 async def read_routing(
-    response: Response,
     index: int = Query(0, ge=0),
     wait: str | None = Query(None, description="30s, 500ms; at most 300s"),
     who: Principal = Depends(require_admin_or_host),
     ctx: Context = Depends(get_ctx),
-) -> wire.RoutingTable:
+) -> Response:
     if who.kind == "host":
         await run_in_threadpool(_check_frontend, ctx, who.host_name or "")
 
     def build(session: Session, seen: int) -> wire.RoutingTable:
         return routing_table(session, index=seen, settings=ctx.settings)
 
-    return await watch(ctx, response, index=index, wait=wait, which="desired_seq", build=build)
+    # Built once per index for every frontend and watcher (controller/answer_cache.py).
+    return await shared_watch(ctx, index=index, wait=wait, key="routing", build=build)
+
+
+def record_capacity(host: Host, capacity: wire.HostCapacity) -> None:
+    """Keep the figures placement reads; no revision bump (only new placements use them)."""
+    host.cpu_count = capacity.cpu_count
+    host.memory_total_mb = capacity.memory_total_mb
+    host.memory_available_mb = capacity.memory_available_mb
+    host.load_1m = capacity.load_1m
 
 
 def _check_frontend(ctx: Context, host: str) -> None:

@@ -8,14 +8,14 @@ from fastapi import APIRouter, Depends
 
 from common import wire
 from common.names import AppName
-from controller.auth import require_admin
+from controller.auth import require_app_scope
 from controller.context import Context, get_ctx
 from controller.db import bump
 from controller.queries import get_app
 from controller.route_options import options_for, update_options
 
 log = logging.getLogger("paas.registry")
-router = APIRouter(prefix="/v1/apps", tags=["routing"], dependencies=[Depends(require_admin)])
+router = APIRouter(prefix="/v1/apps", tags=["routing"], dependencies=[Depends(require_app_scope)])
 
 
 @router.get("/{app}/routing", response_model=wire.RouteOptions)

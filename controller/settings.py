@@ -17,6 +17,11 @@ class RegistrySettings(BaseSettings):
 
     state_dir: Path = Path("./paas-state")
     database_url: str | None = None  # default: sqlite:///<state_dir>/registry.db
+    # Apply pending schema revisions at start. Default (None): only for the embedded SQLite
+    # default, so `make demo` and the tests need no step; a shared database (PostgreSQL, several
+    # replicas) is migrated once by `paas-registry migrate` and a registry refuses to start on
+    # a database with pending revisions.
+    migrate_on_start: bool | None = None
     bind_host: str = "127.0.0.1"
     bind_port: int = Field(default=8070, ge=0, le=65535)
     domain: str = "localhost"  # the cluster domain: every app answers on <app>.<domain>
@@ -27,15 +32,39 @@ class RegistrySettings(BaseSettings):
     # Issue 5: the range the fixed per-app service ports (127.0.0.1:<port> on every host) come from.
     service_port_min: int = Field(default=20000, ge=1024, le=65535)
     service_port_max: int = Field(default=29999, ge=1024, le=65535)
+    # Issue 6: ACME (http-01). No directory URL: `paas certs:auto` is refused.
+    acme_directory_url: str | None = None  # e.g. https://acme-v02.api.letsencrypt.org/directory
+    acme_ca_bundle: Path | None = None  # CA file trusted for the directory (a test CA)
+    acme_email: str | None = None  # contact of the registry's ACME account
+    acme_renew_before_days: float = Field(default=30, ge=0)  # renew this long before expiry
+    acme_check_interval_s: float = Field(default=3600, gt=0)  # how often to look for due work
+    acme_retry_min_s: float = Field(default=60, gt=0)  # first retry after a failure...
+    acme_retry_max_s: float = Field(default=6 * 3600, gt=0)  # ...doubling up to this
+    acme_publish_timeout_s: float = Field(default=30, gt=0)  # frontends must serve answers
+    # Issue 8: audit events older than this are deleted (checked every few hundred writes).
+    audit_keep_days: float = Field(default=365, gt=0)
 
     @field_validator("domain")
     @classmethod
     def _domain(cls, value: str) -> str:
         return check_domain(value)
 
+    @field_validator("acme_directory_url")
+    @classmethod
+    def _acme_directory(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("https://"):
+            raise ValueError("acme_directory_url must be an https:// URL (RFC 8555 6.1)")
+        return value
+
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.state_dir / 'registry.db'}"
+
+    @property
+    def migrates_on_start(self) -> bool:
+        if self.migrate_on_start is not None:
+            return self.migrate_on_start
+        return self.database_url is None
 
     @property
     def artifacts_dir(self) -> Path:

@@ -6,6 +6,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from common import wire
+from controller.acme_challenges import route_challenges
 from controller.certs import route_certs
 from controller.deploys import release_stage, serving_hosts
 from controller.models import App, Host, Instance, Release
@@ -87,6 +88,18 @@ def host_view(session: Session, host: Host) -> wire.Host:
         last_heartbeat=host.last_heartbeat,
         instances=count,
         proxy_error=host.proxy_error,
+        capacity=_capacity(host),
+    )
+
+
+def _capacity(host: Host) -> wire.HostCapacity | None:
+    if host.cpu_count is None or host.memory_total_mb is None:
+        return None
+    return wire.HostCapacity(
+        cpu_count=host.cpu_count,
+        memory_total_mb=host.memory_total_mb,
+        memory_available_mb=host.memory_available_mb or 0,
+        load_1m=host.load_1m or 0.0,
     )
 
 
@@ -144,8 +157,7 @@ def routing_table(session: Session, *, index: int, settings: RegistrySettings) -
         select(App).join(Release).where(Release.status == "active").order_by(App.name)
     ).scalars()
     servers: dict[int, dict[str, wire.RouteServer]] = {}
-    rows = serving_hosts(session)
-    for app_id, host in rows:
+    for app_id, host in routed_hosts(session):
         servers.setdefault(app_id, {})[host.name] = wire.RouteServer(
             host=host.name, address=host.address, port=host.proxy_port
         )
@@ -157,8 +169,53 @@ def routing_table(session: Session, *, index: int, settings: RegistrySettings) -
                 domains=app_domains(app, settings),
                 servers=[servers.get(app.id, {})[h] for h in sorted(servers.get(app.id, {}))],
                 routing=options_for(session, app),
+                health_path=_active_health_path(app),
             )
             for app in apps.unique()
         ],
         certs=route_certs(session, settings),
+        challenges=route_challenges(session),
     )
+
+
+def routed_hosts(session: Session) -> list[tuple[int, Host]]:
+    """(app id, host) pairs the frontends route to: the serving hosts (controller/deploys.py),
+    less those whose instances of the app are all leaving (scaled down, superseded) while the
+    app keeps another serving host. Frontends drop such a host at the same index its agent is
+    told to stop the instance, and the agent keeps routing it for a grace period
+    (agent/machine_proxy.py), so no request reaches a host that no longer serves the app."""
+    leaving = {
+        (app_id, host_id)
+        for app_id, host_id, desired in session.execute(
+            select(Instance.app_id, Instance.host_id, Instance.desired).where(
+                Instance.routed.is_(True)
+            )
+        ).all()
+        if desired == "stop"
+    }
+    staying = {
+        (app_id, host_id)
+        for app_id, host_id in session.execute(
+            select(Instance.app_id, Instance.host_id).where(
+                Instance.routed.is_(True), Instance.desired == "run"
+            )
+        ).all()
+    }
+    rows = serving_hosts(session)
+    kept: dict[int, list[Host]] = {}
+    for app_id, host in rows:
+        key = (app_id, host.id)
+        if key not in leaving or key in staying:
+            kept.setdefault(app_id, []).append(host)
+    result = []
+    for app_id, host in rows:
+        if not kept.get(app_id):
+            result.append((app_id, host))  # nothing else serves it: keep routing the leavers
+        elif host in kept[app_id]:
+            result.append((app_id, host))
+    return result
+
+
+def _active_health_path(app: App) -> str:
+    active = next((r for r in app.releases if r.status == "active"), None)
+    return active.health_path if active is not None else app.health_path

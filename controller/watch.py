@@ -1,7 +1,7 @@
 """Blocking queries: answer at once if the revision is past the client's index, else wait.
 
-The notifier is an interface so the in-process one (one registry process) can later be swapped
-for PostgreSQL LISTEN/NOTIFY without touching the handlers.
+The notifier is an interface: `LocalNotifier` wakes the watches of one registry process (SQLite),
+`PgNotifier` also wakes them when another replica commits (PostgreSQL LISTEN/NOTIFY).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from starlette.concurrency import run_in_threadpool
 
@@ -66,6 +66,37 @@ class LocalNotifier:
             loop = waiter.get_loop()
             if not loop.is_closed():
                 loop.call_soon_threadsafe(_wake, waiter)
+
+
+class PgNotifier(LocalNotifier):
+    """Wakes this process's watches on `NOTIFY paas_revision` from any replica.
+
+    `Database.write` sends the NOTIFY in the same transaction as the revision bump, so it is
+    delivered exactly when the change is visible. One LISTEN connection per process, kept open
+    and reconnected; every (re)connection wakes all watches, which re-read the revision, so a
+    notification lost while disconnected costs nothing but a re-read.
+    """
+
+    def __init__(self, db_url: str) -> None:
+        super().__init__()
+        from controller.pgconn import KeptConnection
+
+        self._keeper = KeptConnection(db_url, "listen", self._listen, on_lost=self.notify)
+
+    def start(self) -> None:
+        self._keeper.start()
+
+    def stop(self) -> None:
+        self._keeper.stop()
+
+    def _listen(self, conn: Any) -> None:
+        from controller.db import NOTIFY_CHANNEL
+
+        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        self.notify()  # anything committed while we were not listening
+        while not self._keeper.stopping.is_set():
+            for _ in conn.notifies(timeout=1.0):
+                self.notify()
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

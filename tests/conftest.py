@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from cli.local import LocalCluster, Ports, kill_tree, port_free
+from tests.pg import SKIP_REASON as PG_SKIP_REASON
+from tests.pg import PgServer, pg_bin, running_postgres
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -52,6 +54,28 @@ def _isolated_cli_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.delenv("PAAS_TOKEN", raising=False)
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PgServer]:
+    """A throwaway PostgreSQL for the session (tests/pg.py); skips only without its binaries."""
+    if pg_bin() is None:
+        pytest.skip(PG_SKIP_REASON)
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _test_database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`PAAS_TEST_DATABASE=postgres`: every registry a test builds from the environment uses a
+    fresh PostgreSQL database of its own (issue 8), migrated at start."""
+    if os.environ.get("PAAS_TEST_DATABASE", "sqlite") != "postgres":
+        return
+    if request.node.get_closest_marker("sqlite_only"):
+        pytest.skip("checks the embedded SQLite registry (its files), not a database setting")
+    server = request.getfixturevalue("postgres")
+    monkeypatch.setenv("PAAS_DATABASE_URL", server.new_database())
+    monkeypatch.setenv("PAAS_MIGRATE_ON_START", "true")
+
+
 def _kill_recorded(cluster: LocalCluster) -> None:
     """Last resort when down() failed: SIGKILL the recorded pids, and only those."""
     for pid in cluster.running().values():
@@ -82,10 +106,10 @@ def free_port_range(size: int = 64, *, low: int = 20000, high: int = 32000) -> t
 
 @contextlib.contextmanager
 def running_cluster(state_dir: Path) -> Iterator[LocalCluster]:
-    registry, http, https, proxy = free_ports(4)
+    registry, http, https, proxy, agent_api = free_ports(5)
     cluster = LocalCluster(
         state_dir,
-        ports=Ports(registry=registry, http=http, https=https, proxy=proxy),
+        ports=Ports(registry=registry, http=http, https=https, proxy=proxy, agent_api=agent_api),
         service_ports=free_port_range(),
     )
     try:

@@ -26,6 +26,7 @@ def stored_files(reg: TestRegistry) -> list[str]:
     return sorted(str(Path(d, f).relative_to(root)) for d, _, files in os.walk(root) for f in files)
 
 
+@pytest.mark.sqlite_only  # looks at the files under state_dir
 def test_upload_head_get(reg: TestRegistry) -> None:
     data = make_artifact({"Procfile": "web: x\n"})
     sha = sha256_of(data)
@@ -38,6 +39,7 @@ def test_upload_head_get(reg: TestRegistry) -> None:
     assert reg.client.get(f"/v1/artifacts/{sha}", headers=reg.admin).content == data
 
 
+@pytest.mark.sqlite_only  # looks at the files under state_dir
 def test_reupload_is_idempotent(reg: TestRegistry) -> None:
     data = make_artifact({"Procfile": "web: x\n"})
     sha = reg.upload(data)
@@ -46,6 +48,7 @@ def test_reupload_is_idempotent(reg: TestRegistry) -> None:
     assert stored_files(reg) == [f"{sha[:2]}/{sha}"]
 
 
+@pytest.mark.sqlite_only  # looks at the files under state_dir
 def test_hash_mismatch_stores_nothing(reg: TestRegistry) -> None:
     sha = sha256_of(b"something else")
     response = reg.client.put(f"/v1/artifacts/{sha}", content=b"payload", headers=reg.admin)
@@ -55,6 +58,7 @@ def test_hash_mismatch_stores_nothing(reg: TestRegistry) -> None:
     assert reg.client.head(f"/v1/artifacts/{sha}", headers=reg.admin).status_code == 404
 
 
+@pytest.mark.sqlite_only  # looks at the files under state_dir
 def test_too_large_is_413_and_leaves_nothing(reg: TestRegistry) -> None:
     data = os.urandom(5000)
     sha = sha256_of(data)
@@ -79,6 +83,7 @@ def test_bad_sha_is_422(reg: TestRegistry) -> None:
     assert response.status_code == 422 and "sha256" in response.json()["detail"]
 
 
+@pytest.mark.sqlite_only  # looks at the files under state_dir
 def test_full_artifact_store_is_507_and_leaves_nothing(tmp_path: Path) -> None:
     """A real full filesystem (2 MiB tmpfs) under the artifact store."""
     state = tmp_path / "state"
@@ -102,6 +107,7 @@ def test_full_artifact_store_is_507_and_leaves_nothing(tmp_path: Path) -> None:
         reg.upload(make_artifact({"Procfile": "web: x\n"}))
 
 
+@pytest.mark.sqlite_only  # looks at the files under state_dir
 def test_full_database_disk_is_507_and_changes_nothing(tmp_path: Path) -> None:
     """The registry's whole state folder on a small tmpfs that something else filled."""
     state = tmp_path / "state"

@@ -13,6 +13,7 @@ from controller.settings import RegistrySettings
 from controller.testing import test_registry
 
 
+@pytest.mark.sqlite_only  # the embedded SQLite default
 def test_init_prints_tokens_once_and_rotates(tmp_path: Path) -> None:
     runner = CliRunner()
     state = tmp_path / "state"
@@ -36,6 +37,7 @@ def test_init_prints_tokens_once_and_rotates(tmp_path: Path) -> None:
             assert response.status_code == status
 
 
+@pytest.mark.sqlite_only  # the embedded SQLite default
 def test_settings_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "registry.toml"
     config.write_text('domain = "from-file.test"\nbind_port = 9000\npublic_https_port = 8443\n')

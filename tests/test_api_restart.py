@@ -10,11 +10,16 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+from sqlalchemy import create_engine, text
+
+from controller import schema
 from controller.testing import test_registry
 
 SLOW = {"Procfile": "web: python app.py\n", "paas.toml": "[app]\nhealth_timeout = 1\n"}
 
 
+@pytest.mark.sqlite_only  # SQLite file / sub-second restart timing
 def test_deploy_keeps_its_deadline_across_a_restart(tmp_path: Path) -> None:
     with test_registry(tmp_path, deploy_timeout_s=0.2) as reg:
         token = reg.join("m1")
@@ -48,25 +53,29 @@ def test_reports_after_a_restart_finish_the_deploy(tmp_path: Path) -> None:
         assert reg.release("shop", 1)["status"] == "active"
 
 
-def test_an_older_database_gets_the_new_columns(tmp_path: Path) -> None:
+@pytest.mark.sqlite_only  # SQLite file / sub-second restart timing
+def test_an_older_database_is_migrated_at_start(tmp_path: Path) -> None:
+    """A registry.db made before alembic (baseline schema, no alembic_version) is stamped at
+    the baseline and upgraded when the embedded registry starts; its rows survive."""
     with test_registry(tmp_path) as reg:
         reg.join("m1")
         reg.create_app("shop")
         reg.deploy("shop")
-    with sqlite3.connect(tmp_path / "registry.db") as conn:  # as the first schema had it
-        for column in ("health_timeout_s", "description", "deadline_at"):
-            conn.execute(f"ALTER TABLE releases DROP COLUMN {column}")
+    engine = create_engine(f"sqlite:///{tmp_path / 'registry.db'}")
+    schema.downgrade(engine, schema.BASELINE)
+    with engine.begin() as conn:  # as the pre-alembic `create_all` left it
+        conn.execute(text("DROP TABLE alembic_version"))
     with test_registry(tmp_path) as reg:
         got = reg.release("shop", 1)
-        assert (got["status"], got["health_timeout_s"], got["description"]) == (
-            "deploying",
-            30,
-            "",
-        )
+        assert (got["status"], got["health_timeout_s"]) == ("deploying", 30)
+        with engine.connect() as conn:
+            assert schema.current(conn) == schema.heads()
         with sqlite3.connect(tmp_path / "registry.db") as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    engine.dispose()
 
 
+@pytest.mark.sqlite_only  # SQLite file / sub-second restart timing
 def test_partial_uploads_are_removed_at_start(tmp_path: Path) -> None:
     with test_registry(tmp_path) as reg:
         sha = reg.upload(b"whole")

@@ -1,6 +1,7 @@
 """User certificates served by a real HAProxy: by SNI (exact and wildcard) through crt-list,
 the default certificate for every other name, and a replaced certificate served after the
-seamless reload. Hostile certificate entries never reach the config folder."""
+seamless reload, or at runtime with no reload at all (renewal, ACME answers); replaced
+certificate files removed. Hostile certificate entries never reach the config folder."""
 
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ from pathlib import Path
 import httpx
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from common.wire import RouteCert, RoutingTable
+from agent import tls_runtime
+from agent.frontend import remove_stale_certs, worker_identity
+from agent.haproxy import HaproxyView, build_view, render_files
+from agent.render import make_environment, template_dirs
+from common.wire import RouteCert, RouteChallenge, RoutingTable
 from tests.certgen import Issued, chain
 from tests.test_haproxy_real import Front, echo_server, front, table  # noqa: F401
 
@@ -104,3 +109,76 @@ def test_hostile_certificate_entries_are_skipped(tmp_path: Path) -> None:
     )
     assert [c.file for c in built.view.certs] == [f"certs/{good.sha256}.pem"]
     assert len(built.errors) == len(hostile)
+
+
+def view_of(front: Front, routing: RoutingTable) -> HaproxyView:  # noqa: F811
+    """The view Front.apply renders for `routing`."""
+    built = build_view(
+        routing,
+        bind_address="127.0.0.1",
+        http_port=front.http_port,
+        https_port=front.https_port,
+        cert_path=front.cert,
+        admin_socket=front.state / "haproxy" / "admin.sock",
+        run_as=worker_identity(),
+    )
+    return built.view
+
+
+def test_renewal_and_acme_answers_at_runtime_without_a_reload(front: Front) -> None:  # noqa: F811
+    token = "tok_" + "Z" * 40
+    answer = RouteChallenge(token=token, key_authorization=f"{token}.{'k' * 43}")
+    _, mid, leaf = chain(NAMES)
+    cert = route_cert(leaf, mid, NAMES)
+    with echo_server("m1") as port:
+        base = with_certs(table(1, ("shop", ["shop.paas.test", *NAMES], [port])), cert)
+        assert front.apply(base).applied
+        workers = front.process._proc_info().workers  # type: ignore[union-attr]
+        challenge_url = f"http://127.0.0.1:{front.http_port}/.well-known/acme-challenge/{token}"
+        with httpx.Client(timeout=5, headers={"Host": "shop.example.com"}) as client:
+            assert client.get(challenge_url).status_code == 301  # no answer yet: redirect
+
+            _, mid2, leaf2 = chain(NAMES)
+            renewed = route_cert(leaf2, mid2, NAMES)
+            new = RoutingTable(index=2, apps=base.apps, certs=[renewed], challenges=[answer])
+            change = tls_runtime.plan(view_of(front, base), view_of(front, new))
+            assert change is not None and len(change.add_certs) == len(change.remove_certs) == 1
+            tls_runtime.apply(front.state / "haproxy" / "admin.sock", change, view_of(front, new))
+            assert served_sha(front.https_port, "shop.example.com") == renewed.sha256
+            assert served_sha(front.https_port, "api.shop.example.com") == renewed.sha256
+            got = client.get(challenge_url)
+            assert got.status_code == 200 and got.text == answer.key_authorization
+
+            # The answer goes, the certificate is deleted: the default one serves again.
+            gone = RoutingTable(index=3, apps=base.apps)
+            change = tls_runtime.plan(view_of(front, new), view_of(front, gone))
+            assert change is not None
+            tls_runtime.apply(front.state / "haproxy" / "admin.sock", change, view_of(front, gone))
+            assert client.get(challenge_url).status_code == 301
+        assert served_sha(front.https_port, "shop.example.com") not in (
+            cert.sha256,
+            renewed.sha256,
+        )
+        assert front.process._proc_info().workers == workers  # not one reload
+
+
+def test_old_certificate_files_are_removed_after_apply(front: Front) -> None:  # noqa: F811
+    _, mid, leaf = chain(NAMES)
+    cert = route_cert(leaf, mid, NAMES)
+    _, mid2, leaf2 = chain(NAMES)
+    renewed = route_cert(leaf2, mid2, NAMES)
+    conf = front.state / "haproxy" / "conf"
+    with echo_server("m1") as port:
+        base = table(1, ("shop", ["shop.paas.test", *NAMES], [port]))
+        assert front.apply(with_certs(base, cert)).applied
+        assert (conf / "certs" / f"{cert.sha256}.pem").is_file()
+        second = with_certs(RoutingTable(index=2, apps=base.apps), renewed)
+        assert front.apply(second).applied
+        files = render_files(make_environment(template_dirs(None)), view_of(front, second))
+        assert remove_stale_certs(conf, files) == [f"{cert.sha256}.pem"]
+        assert served_sha(front.https_port, "shop.example.com") == renewed.sha256
+        third = RoutingTable(index=3, apps=base.apps)
+        assert front.apply(third).applied
+        files = render_files(make_environment(template_dirs(None)), view_of(front, third))
+        assert remove_stale_certs(conf, files) == [f"{renewed.sha256}.pem"]
+        assert not list((conf / "certs").glob("*.pem"))

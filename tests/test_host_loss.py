@@ -72,6 +72,12 @@ def test_a_silent_host_is_marked_down_and_its_instance_moves(tmp_path: Path) -> 
         assert spare is None  # the third host got the replacement
         _run_all(reg, tokens, [h for h in tokens if h != lost])
         assert sorted(_servers(reg, "shop")) == sorted(set(tokens) - {lost})
+        # It never returns: its instance shows as lost (never running, never stopping for
+        # ever) and is not counted; the app runs its two instances elsewhere.
+        rows = _instances(reg, "shop")
+        assert [i["state"] for i in rows if i["host"] == lost] == ["lost"]
+        assert sorted(i["state"] for i in rows if i["host"] != lost) == ["running", "running"]
+        assert _hosts(reg)[lost]["instances"] == 0
 
 
 def test_a_returning_host_stops_its_stale_instance(tmp_path: Path) -> None:

@@ -39,7 +39,17 @@ CHECKS = [
     names.check_health_path,
     names.check_process_type,
     names.check_env_key,
+    names.check_acme_token,
+    names.check_acme_key_authorization,
 ]
+# Values that never reach a config file, or reach it as one plain word (ACME answers in the
+# frontends' challenge map): plain text may pass these, nothing else.
+PLAIN_OK = (
+    names.check_label,
+    names.check_health_path,
+    names.check_acme_token,
+    names.check_acme_key_authorization,
+)
 
 
 # ---- the corpus at the edge -------------------------------------------------------------
@@ -54,7 +64,7 @@ def _refused_or_plain(check: Any, value: str) -> None:
         check(value)
     except names.InvalidName:
         return
-    assert check in (names.check_label, names.check_health_path), (check, value)
+    assert check in PLAIN_OK, (check, value)
     assert set(value) <= PLAIN, (check, value)
 
 
@@ -87,6 +97,7 @@ FIELDS: list[tuple[type[wire.Model], dict[str, Any], str, bool]] = [
     (wire.AppCreate, {"name": "ok"}, "domains", True),
     (wire.AppUpdate, {}, "domains", True),
     (wire.DomainAdd, {"domain": "a.com"}, "domain", False),
+    (wire.AcmeAdd, {"domain": "a.com"}, "domain", False),
     (
         wire.HostJoin,
         {"name": "m1", "role": "machine", "address": "10.0.0.1", "proxy_port": 80},
@@ -146,6 +157,9 @@ def test_registry_api_refuses_the_corpus_in_every_route(reg: TestRegistry) -> No
             reg.client.post("/v1/apps", json={"name": "x", "domains": [value]}, headers=reg.admin),
             reg.client.patch("/v1/apps/target", json={"domains": [value]}, headers=reg.admin),
             reg.client.post("/v1/apps/target/domains", json={"domain": value}, headers=reg.admin),
+            reg.client.post(
+                "/v1/apps/target/certs/acme", json={"domain": value}, headers=reg.admin
+            ),
         ]
         for response in calls:
             assert response.status_code == 422, (value, response.text)

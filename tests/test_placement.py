@@ -79,3 +79,40 @@ def test_full_hosts_are_skipped_and_overloaded_ones_come_last() -> None:
     calm = HostSlot("c", load_per_cpu=0.2, free_memory_mb=4000)
     assert place(apps_wanting={"web": 1}, hosts=[full, busy, calm], current=[]) == {"web": ["c"]}
     assert place(apps_wanting={"web": 2}, hosts=[full, busy], current=[]) == {"web": ["b", "b"]}
+
+
+def test_a_host_is_never_given_more_than_its_memory_holds() -> None:
+    small = HostSlot("a", memory_total_mb=500, free_memory_mb=450)
+    big = HostSlot("b", memory_total_mb=4000, free_memory_mb=3500)
+    need = {"web": 256, "db": 300}
+    # a already runs db (300 of its 500 MiB declared): one 256 MiB instance does not fit.
+    placed = place(
+        apps_wanting={"web": 3}, hosts=[small, big], current=[("db", "a")], memory_mb=need
+    )
+    assert placed == {"web": ["b", "b", "b"]}
+    # Nothing has room for a 5 GiB instance: the app gets fewer (here none) for now.
+    assert place(
+        apps_wanting={"huge": 2}, hosts=[small, big], current=[], memory_mb={"huge": 5000}
+    ) == {"huge": []}
+
+
+def test_reported_available_memory_also_limits() -> None:
+    tight = HostSlot("a", memory_total_mb=8000, free_memory_mb=300)  # others use it
+    roomy = HostSlot("b", memory_total_mb=8000, free_memory_mb=6000)
+    placed = place(
+        apps_wanting={"web": 2}, hosts=[tight, roomy], current=[], memory_mb={"web": 256}
+    )
+    assert placed == {"web": ["b", "b"]}
+
+
+def test_ties_prefer_the_host_with_more_free_room() -> None:
+    a = HostSlot("a", memory_total_mb=2000, free_memory_mb=1500)
+    b = HostSlot("b", memory_total_mb=8000, free_memory_mb=7000)
+    assert place(apps_wanting={"web": 1}, hosts=[a, b], current=[]) == {"web": ["b"]}
+    # Spread still comes first: the second instance goes to the smaller host.
+    assert sorted(place(apps_wanting={"web": 2}, hosts=[a, b], current=[])["web"]) == ["a", "b"]
+
+
+def test_undeclared_memory_places_as_before() -> None:
+    a = HostSlot("a", memory_total_mb=100, free_memory_mb=90)
+    assert place(apps_wanting={"web": 2}, hosts=[a], current=[]) == {"web": ["a", "a"]}

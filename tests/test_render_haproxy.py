@@ -83,17 +83,23 @@ def test_full_config_text() -> None:
         "use_backend %[var(txn.backend)]",
         "default_backend no_app",
         'string "no app is deployed at this domain"',
-        "backend app_hello\n    balance roundrobin\n",
+        "backend app_hello\n    # Every slot empty or down: say so instead of HAProxy's bare 503.\n"
+        "    http-error status 503 content-type text/plain string"
+        ' "app has no healthy instance"\n    balance roundrobin\n',
         "    option http-server-close\n",
         "    option httpchk\n",
         "    http-check send meth GET uri / ver HTTP/1.1 hdr Host hello.paas.test\n"
-        "    http-check expect ! rstatus ^5\n"
-        "    server m1 10.0.0.5:8081 check inter 1s fall 2 rise 2\n",
+        "    http-check expect ! rstatus ^5\n",
+        "    option redispatch 1\n",
+        "    default-server check inter 1s fastinter 250ms downinter 1s fall 2 rise 2",
+        "    server s1 10.0.0.5:8081  # m1\n"
+        "    server s2 0.0.0.0:1 disabled\n    server s3 0.0.0.0:1 disabled\n"
+        "    server s4 0.0.0.0:1 disabled\n",
         "    option idle-close-on-response\n",
         "    mworker-max-reloads 50\n",
-        "    server m2 10.0.0.6:8081 check inter 1s fall 2 rise 2\n",
-        "backend app_idle\n    http-request return status 503 content-type text/plain string"
-        ' "app has no healthy instance"',
+        "    server s2 10.0.0.6:8081  # m2\n",
+        "backend app_idle\n    # Every slot empty or down: say so instead of HAProxy's bare 503.\n"
+        '    http-error status 503 content-type text/plain string "app has no healthy instance"',
     ]:
         assert needle in cfg, needle
     for forbidden in ["option forwardfor", "{{", "{%", "daemon", "index 12"]:

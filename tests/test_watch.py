@@ -182,3 +182,44 @@ def test_api_bad_wait_is_422(reg: TestRegistry) -> None:
     response = reg.client.get("/v1/routing?wait=forever", headers=reg.admin)
     assert response.status_code == 422 and "invalid wait" in response.json()["detail"]
     assert reg.client.get("/v1/routing?index=-1", headers=reg.admin).status_code == 422
+
+
+def test_answer_cache_builds_once_per_index_for_concurrent_watchers(reg: TestRegistry) -> None:
+    """Many watchers woken by one change share one build and the same bytes."""
+    from common.wire import RoutingTable
+    from controller.answer_cache import AnswerCache
+
+    db = reg.client.app.state.ctx.db  # type: ignore[attr-defined]
+    cache = AnswerCache()
+    builds: list[int] = []
+
+    def build(_session: object, index: int) -> RoutingTable:
+        builds.append(index)
+        time.sleep(0.05)  # a slow build: the others must wait for it, not build again
+        return RoutingTable(index=index, apps=[])
+
+    answers: list[bytes] = []
+    threads = [
+        threading.Thread(target=lambda: answers.append(cache.get(db, "routing", build).body))
+        for _ in range(20)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert len(builds) == 1 and len(set(answers)) == 1 and len(answers) == 20
+    first = cache.get(db, "routing", build, current=builds[0])
+    assert first.index == builds[0] and len(builds) == 1  # the index read: no database read
+    reg.create_app("hello")  # a change: the next answer is built for the new index
+    assert cache.get(db, "routing", build).index > first.index and len(builds) == 2
+
+
+def test_api_routing_answers_are_shared_bytes(reg: TestRegistry) -> None:
+    reg.create_app("hello")
+    first = reg.client.get("/v1/routing", headers=reg.admin)
+    second = reg.client.get("/v1/routing", headers=reg.admin)
+    assert first.status_code == second.status_code == 200
+    assert first.content == second.content
+    assert first.headers["X-Paas-Index"] == second.headers["X-Paas-Index"]
+    assert first.headers["content-type"] == "application/json"
+    assert first.json()["index"] == int(first.headers["X-Paas-Index"])

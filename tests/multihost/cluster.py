@@ -149,6 +149,9 @@ class MultiHostCluster:
             low = 21000 + number * 1000
             argv += ["--role", "machine", "--proxy-port", str(self.ports[name])]
             argv += ["--port-range", f"{low}-{low + 999}"]
+            # Issue 8: the agent's API (logs, runs, /metrics), the same port across restarts.
+            self.ports.setdefault(f"{name}-api", free_port_on(node.address))
+            argv += ["--api-port", str(self.ports[f"{name}-api"])]
         self._spawn(name, argv, PAAS_HEARTBEAT_INTERVAL_S=str(HEARTBEAT_S))
 
     def _child_env(self) -> dict[str, str]:

@@ -57,6 +57,25 @@ class Network:
             raise RuntimeError("the loopback fallback cannot cut a host off")
         ip("link", "set", link, "up")
 
+    def partition(self, one: str, other: str) -> None:
+        """Drop all traffic between two hosts, both ways (blackhole routes in each namespace);
+        each keeps reaching every other host."""
+        for here, there in ((one, other), (other, one)):
+            ip("-n", self._netns(here), "route", "add", "blackhole", self._host_route(there))
+
+    def heal(self, one: str, other: str) -> None:
+        for here, there in ((one, other), (other, one)):
+            ip("-n", self._netns(here), "route", "del", "blackhole", self._host_route(there))
+
+    def _netns(self, name: str) -> str:
+        netns = self.nodes[name].netns
+        if netns is None:
+            raise RuntimeError("the loopback fallback cannot partition hosts")
+        return netns
+
+    def _host_route(self, name: str) -> str:
+        return f"{self.nodes[name].address}/32"
+
     def pids(self, name: str) -> list[int]:
         """Every process in the host's namespace (netns only)."""
         netns = self.nodes[name].netns

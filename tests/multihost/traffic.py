@@ -1,16 +1,14 @@
-"""Requests through the frontend: one-off ones, and a steady loop in a thread that records
-which host answered each request and every failure with the time it happened."""
+"""Requests through the frontend: one-off ones, and the shared steady loop (tests/request_loop.py)
+that records which host answered each request and every failure with the time it happened."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections import Counter
-from types import TracebackType
 
 import httpx
 
 from tests.multihost.cluster import MultiHostCluster
+from tests.request_loop import RequestLoop
 
 
 def get(cluster: MultiHostCluster, app: str, path: str = "/") -> httpx.Response:
@@ -37,53 +35,10 @@ def answering_hosts(cluster: MultiHostCluster, app: str, *, tries: int = 30) -> 
     return seen
 
 
-class Loop:
-    """A bounded request loop (keep-alive, as a browser would) until stopped."""
+class Loop(RequestLoop):
+    """The shared request loop (tests/request_loop.py) aimed at `app` on this cluster's
+    frontend; every 200 answer counts for the host it names."""
 
     def __init__(self, cluster: MultiHostCluster, app: str, *, pause_s: float = 0.02) -> None:
-        self.url = cluster.https_url + "/"
-        self.host = f"{app}.{cluster.domain}"
-        self.pause_s = pause_s
-        self.sent = 0
-        self.failures: list[tuple[float, str]] = []  # (monotonic time, reason)
-        self.hosts: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="multihost-loop", daemon=True)
-
-    def __enter__(self) -> Loop:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def failures_since(self, moment: float) -> list[str]:
-        return [reason for at, reason in self.failures if at >= moment]
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + 300
-        headers = {"Host": self.host}
-        with httpx.Client(verify=False, timeout=5) as client:
-            while not self._stop.is_set() and time.monotonic() < deadline:
-                self.sent += 1
-                try:
-                    response = client.get(
-                        self.url, headers=headers, extensions={"sni_hostname": self.host}
-                    )
-                except httpx.HTTPError as exc:
-                    self.failures.append((time.monotonic(), f"{type(exc).__name__}: {exc}"))
-                else:
-                    text = response.text.strip()
-                    if response.status_code == 200 and text.startswith("host="):
-                        self.hosts[text.removeprefix("host=")] += 1
-                    else:
-                        self.failures.append(
-                            (time.monotonic(), f"{response.status_code} {text[:80]!r}")
-                        )
-                self._stop.wait(self.pause_s)
+        host = f"{app}.{cluster.domain}"
+        super().__init__(cluster.https_url + "/", host, pause_s=pause_s, timeout_s=5.0)

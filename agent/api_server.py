@@ -1,0 +1,272 @@
+"""The machine agent's small HTTP API: instance logs, one-off runs and /metrics.
+
+Served by uvicorn inside the agent's own event loop, on `address:api_port` (port 0: any free
+port; the agent reports the port it got in every status report, so the registry always knows
+where to reach it).
+
+Who may call it: the registry, with `Authorization: Bearer <sha256 hex of this host's token>`.
+The registry stores exactly that hash and the agent computes it from the token it holds, so
+no new secret is handed out or stored, and re-joining (a new host token) retires the old one.
+A network observer who sees the hash still cannot act as the host towards the registry (that
+needs the token itself). `/metrics` needs no token, like every Prometheus exporter: bind
+the API to an address only the scraper and the registry reach.
+
+Streams are NDJSON, one object per line; a blank line is sent every few seconds while
+nothing else is, so a caller that went away is noticed (the write fails) and its run is
+killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import generate_latest
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from agent import metrics
+from agent.logs import LogFollowers, LogStore
+from agent.oneoff import run_streaming
+from common.names import InvalidName, check_app_name
+from common.streaming import NDJSON, ClosingStream, ndjson
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 2.0
+MAX_LINES = 10000
+
+
+@dataclass(frozen=True)
+class RunTarget:
+    """Where and how a one-off command of an app runs on this host."""
+
+    cwd: Path
+    env: dict[str, str]
+    user: str | None
+
+
+class RunRequest(BaseModel):
+    argv: list[str] = Field(min_length=1, max_length=256)
+    timeout_s: float | None = Field(default=None, gt=0)
+
+    @field_validator("argv")
+    @classmethod
+    def _argv(cls, value: list[str]) -> list[str]:
+        if any("\x00" in arg for arg in value) or sum(len(a) for a in value) > 64 * 1024:
+            raise ValueError("arguments may not contain NUL bytes or exceed 64 KiB in all")
+        if not value[0]:
+            raise ValueError("the command may not be empty")
+        return value
+
+
+class UnknownApp(LookupError):
+    """The app has no installed release on this host."""
+
+
+class AgentApi:
+    def __init__(
+        self,
+        *,
+        host_name: str,
+        token_file: Path,
+        store: LogStore,
+        followers: LogFollowers,
+        run_target: Callable[[str], Awaitable[RunTarget]],
+        run_timeout_s: float,
+    ) -> None:
+        self.host_name = host_name
+        self.token_file = token_file
+        self.store = store
+        self.followers = followers
+        self.run_target = run_target
+        self.run_timeout_s = run_timeout_s
+        self.app = Starlette(
+            routes=[
+                Route("/metrics", _metrics, methods=["GET"]),
+                Route("/v1/logs/{app}", self.logs, methods=["GET"]),
+                Route("/v1/run/{app}", self.run, methods=["POST"]),
+            ]
+        )
+
+    # ---- auth -------------------------------------------------------------------------------
+
+    def _refusal(self, request: Request) -> Response | None:
+        try:
+            token = self.token_file.read_text().strip()
+        except OSError:
+            token = ""
+        if not token:
+            return JSONResponse({"detail": "this host has not joined the registry yet"}, 503)
+        expected = hashlib.sha256(token.encode()).hexdigest()
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), expected):
+            return JSONResponse({"detail": "missing or wrong registry credential"}, 401)
+        return None
+
+    def _app(self, request: Request) -> str:
+        return check_app_name(request.path_params["app"])
+
+    # ---- routes -------------------------------------------------------------------------------
+
+    async def logs(self, request: Request) -> Response:
+        refused = self._refusal(request)
+        if refused is not None:
+            return refused
+        try:
+            app = self._app(request)
+            since_s = _number(request.query_params.get("since_s"), "since_s")
+            lines = int(_number(request.query_params.get("lines"), "lines") or 0) or None
+        except (InvalidName, ValueError) as exc:
+            return JSONResponse({"detail": str(exc)}, 422)
+        follow = request.query_params.get("follow") in ("1", "true")
+        since = time.time() - since_s if since_s else None
+        lines = min(lines, MAX_LINES) if lines else (None if since else 100)
+        return ClosingStream(
+            self._log_stream(app, since=since, lines=lines, follow=follow),
+            media_type=NDJSON,
+        )
+
+    async def _log_stream(
+        self, app: str, *, since: float | None, lines: int | None, follow: bool
+    ) -> AsyncIterator[bytes]:
+        with self.followers.follow(app) as queue:
+            past = await asyncio.to_thread(self.store.history, app, since=since, lines=lines)
+            for entry in past:
+                yield ndjson(entry.to_wire(self.host_name))
+            if not follow:
+                return
+            yield ndjson({"live": True})  # the history is complete; new lines follow
+            last = past[-1].time if past else 0.0
+            while True:
+                try:
+                    entry = await asyncio.wait_for(queue.get(), timeout=HEARTBEAT_S)
+                except TimeoutError:
+                    yield b"\n"
+                    continue
+                if entry.time > last:
+                    yield ndjson(entry.to_wire(self.host_name))
+
+    async def run(self, request: Request) -> Response:
+        refused = self._refusal(request)
+        if refused is not None:
+            return refused
+        try:
+            app = self._app(request)
+            body = RunRequest.model_validate_json(await request.body())
+        except (InvalidName, ValidationError) as exc:
+            return JSONResponse({"detail": str(exc)}, 422)
+        try:
+            target = await self.run_target(app)
+        except UnknownApp as exc:
+            return JSONResponse({"detail": str(exc)}, 404)
+        timeout_s = min(body.timeout_s or self.run_timeout_s, self.run_timeout_s)
+        log.info("one-off run for %s: %s (limit %gs)", app, body.argv[0], timeout_s)
+        stream = run_streaming(
+            body.argv, env=target.env, cwd=target.cwd, timeout_s=timeout_s, user=target.user
+        )
+        return ClosingStream(self._run_stream(stream), media_type=NDJSON)
+
+    async def _run_stream(self, stream: AsyncIterator[dict[str, object]]) -> AsyncIterator[bytes]:
+        """The run's events, with a blank line whenever it is quiet for HEARTBEAT_S."""
+        pending: asyncio.Task[dict[str, object]] | None = None
+        try:
+            while True:
+                if pending is None:
+                    pending = asyncio.ensure_future(anext(stream))
+                done, _ = await asyncio.wait({pending}, timeout=HEARTBEAT_S)
+                if not done:
+                    yield b"\n"
+                    continue
+                try:
+                    event = pending.result()
+                except StopAsyncIteration:
+                    return
+                pending = None
+                yield ndjson({**event, "host": self.host_name} if "exit" in event else event)
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+            await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def _metrics(_request: Request) -> Response:
+    return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+def metrics_only_app() -> Starlette:
+    """A frontend agent runs no apps: its API is /metrics alone."""
+    return Starlette(routes=[Route("/metrics", _metrics, methods=["GET"])])
+
+
+def _number(text: str | None, what: str) -> float | None:
+    if text is None or text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{what} must be a number, got {text!r}") from None
+    if value < 0 or value != value:
+        raise ValueError(f"{what} must be 0 or more")
+    return value
+
+
+class _OwnSignals(uvicorn.Server):
+    """The agent owns SIGTERM/SIGINT (it stops its apps first); uvicorn must not take them."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class ApiServer:
+    """uvicorn on a socket we bind ourselves: the port is known before serving starts."""
+
+    def __init__(self, api: AgentApi | Starlette, address: str, port: int) -> None:
+        self.sock = socket.socket(
+            socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM
+        )
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((address, port))
+        self.sock.listen(128)
+        self.sock.setblocking(False)
+        self.port: int = self.sock.getsockname()[1]
+        config = uvicorn.Config(
+            api.app if isinstance(api, AgentApi) else api,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+        )
+        self.server = _OwnSignals(config)
+
+    async def serve(self) -> None:
+        log.info("agent API listening on port %d", self.port)
+        try:
+            await self.server.serve(sockets=[self.sock])
+        finally:
+            # A cancelled serve() skips uvicorn's shutdown, which leaves the listening socket
+            # registered with the event loop: closing only the fd would let the next socket
+            # that reuses its number fail with FileNotFoundError (epoll MOD on a stale fd).
+            # asyncio's Server.close() unregisters the reader before closing the socket.
+            for server in getattr(self.server, "servers", []):
+                server.close()
+            self.sock.close()
+
+    async def stop(self) -> None:
+        self.server.should_exit = True

@@ -1,0 +1,74 @@
+"""`paas tokens`, `paas tokens:create`, `paas tokens:revoke`: API tokens and their scopes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from cli import output
+from cli.ops_api import OpsClient
+from common.names import check_app_name, check_token_name
+
+
+def register(
+    group: click.Group, *, json_option: Callable[[Callable[..., Any]], Callable[..., Any]]
+) -> None:
+    @group.command("tokens")
+    @json_option
+    def tokens(as_json: bool) -> None:
+        """List API tokens (never their values)."""
+        with OpsClient.from_login() as api:
+            found = api.call("GET", "/v1/tokens")
+        if as_json:
+            output.print_json(found)
+            return
+        output.table(
+            None,
+            ["ID", "SCOPE", "NAME", "APP", "HOST", "CREATED"],
+            [
+                [
+                    t["id"],
+                    t["scope"],
+                    t["name"] or "",
+                    t["app"] or "",
+                    t["host"] or "",
+                    t["created_at"],
+                ]
+                for t in found
+            ],
+        )
+
+    @group.command("tokens:create")
+    @click.option("--scope", type=click.Choice(["admin", "deploy"]), required=True)
+    @click.option("--app", "app", help="deploy scope: the one app the token may touch.")
+    @click.option("--name", help="A label shown by `paas tokens` and in the audit log.")
+    @json_option
+    def tokens_create(scope: str, app: str | None, name: str | None, as_json: bool) -> None:
+        """Create a token; it is printed once and only its hash is kept."""
+        if scope == "deploy" and app is None:
+            raise click.UsageError("--scope deploy needs --app APP")
+        if scope == "admin" and app is not None:
+            raise click.UsageError("an admin token is not bound to an app; leave out --app")
+        if app is not None:
+            check_app_name(app)
+        if name is not None:
+            check_token_name(name)
+        body = {"scope": scope, "app": app, "name": name}
+        with OpsClient.from_login() as api:
+            made = api.call("POST", "/v1/tokens", json=body)
+        if as_json:
+            output.print_json(made)
+            return
+        what = f"deploy token for app {app}" if scope == "deploy" else "admin token"
+        click.echo(f"created {what} #{made['id']}; it is shown only now:", err=True)
+        click.echo(made["token"])
+
+    @group.command("tokens:revoke")
+    @click.argument("token_id", type=click.IntRange(1))
+    def tokens_revoke(token_id: int) -> None:
+        """Revoke token ID (see `paas tokens`); it stops working at once."""
+        with OpsClient.from_login() as api:
+            api.call("DELETE", f"/v1/tokens/{token_id}")
+        click.echo(f"revoked token #{token_id}")

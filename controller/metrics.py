@@ -1,0 +1,100 @@
+"""Prometheus metrics of the registry, served at `GET /metrics` (text exposition format).
+
+Counters live in one process-wide `CollectorRegistry` (not prometheus_client's global one, so
+importing this module never exports anything by itself). With several registry replicas
+each one counts what it served and decided; sum over replicas in PromQL.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+REQUESTS = Counter(
+    "paas_registry_requests",
+    "HTTP requests answered, by method, route template and status.",
+    ["method", "route", "status"],
+    registry=REGISTRY,
+)
+REQUEST_SECONDS = Histogram(
+    "paas_registry_request_seconds",
+    "Time to answer a request that is not a blocking query, by route template.",
+    ["route"],
+    registry=REGISTRY,
+)
+WATCH_WAITERS = Gauge(
+    "paas_registry_watch_waiters",
+    "Blocking queries (GET ...?index=N&wait=...) in flight right now.",
+    registry=REGISTRY,
+)
+DEPLOYS = Counter(
+    "paas_registry_deploys",
+    "Releases that finished deploying, by result (succeeded: became active; failed).",
+    ["result"],
+    registry=REGISTRY,
+)
+SCHEDULING_SECONDS = Histogram(
+    "paas_registry_scheduling_seconds",
+    "Time to place a release's instances on hosts (the placement function and its reads).",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+    registry=REGISTRY,
+)
+for _result in ("succeeded", "failed"):
+    DEPLOYS.labels(_result)  # present from the start, at 0
+
+
+def metrics_endpoint(_request: Request) -> Response:
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+def _is_watch(scope: Scope) -> bool:
+    query = scope.get("query_string", b"")
+    return b"wait=" in query and scope.get("method") == "GET"
+
+
+class MetricsMiddleware:
+    """Counts every answered request by its route template (never the raw path: a path holds
+    names, and one series per name would grow without bound)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        watch = _is_watch(scope)
+        started = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        if watch:
+            WATCH_WAITERS.inc()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            if watch:
+                WATCH_WAITERS.dec()
+            route = route_template(scope)
+            REQUESTS.labels(scope["method"], route, str(status)).inc()
+            if not watch:
+                REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
+
+
+def route_template(scope: Scope) -> str:
+    route: Any = scope.get("route")
+    path = getattr(route, "path", None)
+    return str(path) if path else "(unmatched)"

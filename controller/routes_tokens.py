@@ -1,0 +1,105 @@
+"""API tokens: list, create (admin or deploy scope, the token shown once), revoke (admin only).
+
+Host tokens come from joining and join tokens from `paas-registry init`; they are listed and
+may be revoked here, but not created.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Path, Response, status
+from pydantic import BaseModel, model_validator
+from sqlalchemy import func, select
+
+from common.names import AppName, check_token_name
+from controller.auth import Principal, issue_token_row, require_admin
+from controller.context import Context, get_ctx
+from controller.errors import Conflict, NotFound
+from controller.models import App, Token
+
+router = APIRouter(prefix="/v1/tokens", tags=["tokens"])
+
+
+class TokenCreate(BaseModel):
+    scope: Literal["admin", "deploy"]
+    app: AppName | None = None
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _app_for_deploy(self) -> TokenCreate:
+        if self.name is not None:
+            check_token_name(self.name)
+        if self.scope == "deploy" and self.app is None:
+            raise ValueError("a deploy token needs the app it may touch (app)")
+        if self.scope == "admin" and self.app is not None:
+            raise ValueError("an admin token is not bound to an app; leave app out")
+        return self
+
+
+class TokenInfo(BaseModel):
+    id: int
+    scope: str
+    name: str | None
+    app: str | None
+    host: str | None
+    created_at: datetime
+
+
+class TokenCreated(TokenInfo):
+    token: str  # shown once; the registry keeps only its sha256
+
+
+def _info(row: Token) -> dict[str, object]:
+    return {
+        "id": row.id,
+        "scope": row.kind,
+        "name": row.name,
+        "app": row.app_name,
+        "host": row.host_name,
+        "created_at": row.created_at,
+    }
+
+
+@router.get("", response_model=list[TokenInfo], dependencies=[Depends(require_admin)])
+def list_tokens(ctx: Context = Depends(get_ctx)) -> list[TokenInfo]:
+    with ctx.db.read() as session:
+        rows = session.execute(select(Token).order_by(Token.id)).scalars()
+        return [TokenInfo.model_validate(_info(row)) for row in rows]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=TokenCreated)
+def create_token(
+    body: TokenCreate,
+    ctx: Context = Depends(get_ctx),
+    _who: Principal = Depends(require_admin),
+) -> TokenCreated:
+    with ctx.db.write() as session:
+        if (
+            body.app is not None
+            and session.execute(select(App.id).where(App.name == body.app)).first() is None
+        ):
+            raise NotFound(f"app {body.app} does not exist; create it first")
+        row, token = issue_token_row(session, body.scope, name=body.name, app=body.app)
+        return TokenCreated.model_validate({**_info(row), "token": token})
+
+
+@router.delete("/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
+def revoke_token(
+    token_id: int = Path(ge=1),
+    ctx: Context = Depends(get_ctx),
+    _who: Principal = Depends(require_admin),
+) -> Response:
+    with ctx.db.write() as session:
+        row = session.get(Token, token_id)
+        if row is None:
+            raise NotFound(f"no token with id {token_id}")
+        if row.kind == "admin":
+            admins = session.execute(
+                select(func.count()).select_from(Token).where(Token.kind == "admin")
+            ).scalar_one()
+            if admins <= 1:
+                raise Conflict("this is the last admin token; create another before revoking it")
+        session.delete(row)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
