@@ -1,16 +1,40 @@
-"""HTTP health checks of app instances: GET http://127.0.0.1:<port><path>, 2xx/3xx passes.
+"""HTTP health checks of app instances: GET http://127.0.0.1:<port><path> with the app's Host.
 
-Redirects are not followed (a redirect to the login page still means the app answers), and
-the timeout is short: a check that hangs is a failed check.
+Which answers pass depends on whether the app named a health path:
+- the default path `/`: any answer below 500. A third-party app often has no page at `/`
+  (404), or wants a login (401/403), and it still proves the process serves HTTP; only a
+  server error or no answer fails.
+- a configured path (`health_path = "/health"` in paas.toml): 2xx or 3xx, as the app
+  promised that path answers when healthy.
+
+The request carries the app's own domain as `Host`: frameworks that check it (Django's
+ALLOWED_HOSTS) answer 400 to `Host: 127.0.0.1`. Redirects are not followed (a redirect to
+the login page still means the app answers), and the timeout is short: a check that hangs is
+a failed check.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import httpx
 
 from common.names import check_health_path
 
 CHECK_TIMEOUT_S = 2.0
+DEFAULT_HEALTH_PATH = "/"
+
+
+def passes(status: int, path: str) -> bool:
+    """The pass rule above: the default path accepts any non-5xx, a configured one 2xx/3xx."""
+    if path == DEFAULT_HEALTH_PATH:
+        return 100 <= status < 500
+    return 200 <= status < 400
+
+
+def check_host(domains: Sequence[str]) -> str | None:
+    """The Host to send: the app's first exact domain (the cluster one comes first)."""
+    return next((d for d in domains if not d.startswith("*")), None)
 
 
 class HealthChecker:
@@ -31,17 +55,32 @@ class HealthChecker:
             trust_env=False,
         )
 
-    async def check(self, port: int, path: str) -> tuple[bool, str]:
-        """(passed, what happened) - the text ends up in the instance's error when it fails."""
+    async def check(self, port: int, path: str, *, host: str | None = None) -> tuple[bool, str]:
+        """(passed, what happened) - the text ends up in the instance's error when it fails.
+
+        `host` (an already validated domain) is sent as the Host header when given."""
         check_health_path(path)
         url = f"http://127.0.0.1:{int(port)}{path}"
+        headers = {"User-Agent": "paas-health/1"}
+        if host is not None:
+            headers["Host"] = host
+        shown = url if host is None else f"{url} (Host {host})"
         try:
-            response = await self._client.get(url, headers={"User-Agent": "paas-health/1"})
+            response = await self._client.get(url, headers=headers)
+        except httpx.ConnectError as exc:
+            # The usual cause: the web command listens on its own port (`flask run`: 5000).
+            return False, (
+                f"health check {shown} failed: nothing accepts connections on port {int(port)}"
+                f" ({exc}); the web command must listen on $PORT (gunicorn reads it, uvicorn"
+                " needs --port $PORT)"
+            )
         except httpx.HTTPError as exc:
-            return False, f"health check {url} failed: {exc.__class__.__name__} {exc}".strip()
-        if 200 <= response.status_code < 400:
-            return True, f"health check {url} answered {response.status_code}"
-        return False, f"health check {url} answered {response.status_code}"
+            return False, f"health check {shown} failed: {exc.__class__.__name__} {exc}".strip()
+        status = response.status_code
+        if passes(status, path):
+            return True, f"health check {shown} answered {status}"
+        rule = "below 500" if path == DEFAULT_HEALTH_PATH else "2xx or 3xx"
+        return False, f"health check {shown} answered {status} (a pass is {rule})"
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -56,6 +56,9 @@ class EnvironmentSpec:
 
     key: str
     requirements: str | None  # requirements-file text to install, None for an empty venv
+    # The app's own requirements file, installed in place (cwd = its folder) so that its
+    # relative `-r base.txt`, `-c constraints.txt`, `./wheels/x.whl` lines resolve.
+    source: Path | None = None
 
 
 def environment_spec(release_dir: Path, *, python_version: str | None = None) -> EnvironmentSpec:
@@ -67,7 +70,15 @@ def environment_spec(release_dir: Path, *, python_version: str | None = None) ->
     requirements_file = release_dir / "requirements.txt"
     if requirements_file.is_file():
         text = requirements_file.read_text()
-        return EnvironmentSpec(key=_digest(version, "requirements.txt", text), requirements=text)
+        # Included files are part of what gets installed, so part of the venv's key.
+        included = _included_texts(release_dir, requirements_file)
+        # `-e .` or `./pkg` installs the app's own code: such a venv belongs to one artifact.
+        own_code = _artifact_of(release_dir) if _installs_local_code(text, *included) else ""
+        return EnvironmentSpec(
+            key=_digest(version, "requirements.txt", text, *included, own_code),
+            requirements=text,
+            source=requirements_file,
+        )
     pyproject = release_dir / "pyproject.toml"
     if pyproject.is_file():
         try:
@@ -81,6 +92,69 @@ def environment_spec(release_dir: Path, *, python_version: str | None = None) ->
             text = "".join(f"{dep}\n" for dep in deps)
             return EnvironmentSpec(key=_digest(version, "pyproject", text), requirements=text)
     return EnvironmentSpec(key="none", requirements=None)
+
+
+_INCLUDE_OPTIONS = ("-r", "-c", "--requirement", "--constraint")
+MAX_INCLUDES = 50
+
+
+def _included_texts(release_dir: Path, first: Path) -> list[str]:
+    """Name + text of every file `first` pulls in with -r/-c, recursively, inside the release.
+
+    A reference that leaves the release folder or does not exist is an InstallError naming
+    the line, rather than an installer failing later with a path the user never wrote."""
+    root = release_dir.resolve()
+    seen: set[Path] = {first.resolve()}
+    queue, texts = [first], []
+    while queue:
+        current = queue.pop(0)
+        for line in current.read_text(errors="replace").splitlines():
+            ref = _include_target(line)
+            if ref is None:
+                continue
+            target = (current.parent / ref).resolve()
+            if not target.is_relative_to(root) or not target.is_file():
+                raise InstallError(
+                    f"{current.relative_to(release_dir)}: {line.strip()!r} names a file that is"
+                    " not in the app folder"
+                )
+            if target in seen:
+                continue
+            if len(seen) >= MAX_INCLUDES:
+                raise InstallError(f"requirements include more than {MAX_INCLUDES} files")
+            seen.add(target)
+            queue.append(target)
+            texts += [target.relative_to(root).as_posix(), target.read_text(errors="replace")]
+    return texts
+
+
+_LOCAL_PREFIXES = ("-e", "--editable", ".", "/", "file:")
+
+
+def _installs_local_code(*texts: str) -> bool:
+    """A requirement line naming a local path (`-e .`, `./libs/x`, `pkg @ file:...`)."""
+    for text in texts:
+        for raw in text.splitlines():
+            line = raw.split(" #", 1)[0].strip()
+            if line.startswith(_LOCAL_PREFIXES) or "@ file:" in line:
+                return True
+    return False
+
+
+def _artifact_of(release_dir: Path) -> str:
+    marker = release_dir / ".paas-artifact"
+    return marker.read_text().strip() if marker.is_file() else str(release_dir)
+
+
+def _include_target(line: str) -> str | None:
+    """`-r base.txt`, `--requirement=base.txt`, `-rbase.txt` -> `base.txt`; else None."""
+    text = line.split(" #", 1)[0].strip()
+    for option in _INCLUDE_OPTIONS:
+        if text.startswith(option):
+            rest = text[len(option) :]
+            if rest[:1] in (" ", "=", "\t") or (len(option) == 2 and rest):
+                return rest.lstrip(" =\t") or None
+    return None
 
 
 def _python_identity() -> str:
@@ -212,21 +286,25 @@ class Installer:
         python = str(target / "bin" / "python")
         # Beside the venv, not in it: `uv venv` wants an empty folder.
         requirements = target.with_name(f"{target.name}.requirements.txt")
+        source = spec.source if spec.source is not None else requirements
         if uv:
             steps = [[uv, "venv", "--quiet", "--python", self._python, str(target)]]
-            install = [uv, "pip", "install", "--python", python, "-r", str(requirements)]
+            install = [uv, "pip", "install", "--python", python, "-r", str(source)]
         else:
             steps = [[self._python, "-m", "venv", str(target)]]
             install = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-            install += ["-r", str(requirements)]
-        if spec.requirements is not None:
+            install += ["-r", str(source)]
+        if spec.requirements is not None and spec.source is None:
             requirements.write_text(spec.requirements)
+        if spec.requirements is not None:
             steps.append(install)
         output: list[str] = []
         try:
             for argv in steps:
                 try:
-                    output.append(procs.run(argv, timeout_s=self._timeout_s, env=env).output)
+                    cwd = source.parent if argv is install and spec.source is not None else None
+                    result = procs.run(argv, timeout_s=self._timeout_s, env=env, cwd=cwd)
+                    output.append(result.output)
                 except procs.ProcessError as exc:
                     output.append(exc.output)
                     text = "\n".join(output).strip()

@@ -29,7 +29,7 @@ from agent.adoption import adopt_instances
 from agent.api_server import AgentApi, ApiServer, RunTarget, UnknownApp
 from agent.capacity import measure
 from agent.errors import AgentError, RegistryError
-from agent.health import HealthChecker
+from agent.health import HealthChecker, check_host
 from agent.installer import InstalledRelease, Installer
 from agent.instances import (
     Instance,
@@ -206,7 +206,7 @@ class MachineAgent:
             return
         deadline = time.monotonic() + ADOPT_CHECK_S
         while sup.state == "starting" and time.monotonic() < deadline:
-            await self._check(sup, port, inst.desired.health_path)
+            await self._check(sup, port, inst.desired.health_path, inst.desired.domains)
             if sup.state == "starting":
                 await asyncio.sleep(0.1)
 
@@ -433,14 +433,16 @@ class MachineAgent:
             if sup.health_due(now) and inst.port is not None:
                 sup.mark_checked(now)
                 inst.health_task = asyncio.create_task(
-                    self._check(sup, inst.port, inst.desired.health_path)
+                    self._check(sup, inst.port, inst.desired.health_path, inst.desired.domains)
                 )
         except Exception:
             log.exception("supervising instance %d failed", inst.desired.id)
 
-    async def _check(self, sup: Supervisor, port: int, path: str) -> None:
+    async def _check(
+        self, sup: Supervisor, port: int, path: str, domains: list[str] | None = None
+    ) -> None:
         generation = sup.generation
-        ok, detail = await self.health.check(port, path)
+        ok, detail = await self.health.check(port, path, host=check_host(domains or []))
         sup.record_health(ok, time.monotonic(), generation=generation, detail=detail)
         self._wake.set()
 

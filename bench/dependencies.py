@@ -95,8 +95,8 @@ def main() -> int:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="paas-bench-deps-"))
-    registry, http, https, proxy = free_ports(4)
-    ports = Ports(registry=registry, http=http, https=https, proxy=proxy)
+    registry, http, https, proxy, agent_api = free_ports(5)
+    ports = Ports(registry=registry, http=http, https=https, proxy=proxy, agent_api=agent_api)
     cluster = LocalCluster(work / "state", ports=ports, service_ports=(24000, 24063))
     try:
         cluster.up()

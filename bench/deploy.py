@@ -167,9 +167,10 @@ def main() -> int:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="paas-bench-"))
-    registry, http, https, proxy = free_ports(4)
+    registry, http, https, proxy, agent_api = free_ports(5)
     cluster = LocalCluster(
-        work / "state", ports=Ports(registry=registry, http=http, https=https, proxy=proxy)
+        work / "state",
+        ports=Ports(registry=registry, http=http, https=https, proxy=proxy, agent_api=agent_api),
     )
     try:
         cluster.up()

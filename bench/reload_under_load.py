@@ -243,8 +243,8 @@ def main() -> int:
     tool = args.tool if args.tool != "auto" else ("wrk" if shutil.which("wrk") else "python")
 
     work = Path(tempfile.mkdtemp(prefix="paas-reload-"))
-    registry, http, https, proxy = free_ports(4)
-    ports = Ports(registry=registry, http=http, https=https, proxy=proxy)
+    registry, http, https, proxy, agent_api = free_ports(5)
+    ports = Ports(registry=registry, http=http, https=https, proxy=proxy, agent_api=agent_api)
     cluster = LocalCluster(work / "state", ports=ports)
     loads: list[WrkLoad | PythonLoad] = []
     try:

@@ -107,6 +107,8 @@ class Deployer:
         spec = app_spec(root, name)
         start = self.clock()
         packed = pack(root)
+        for notice in packed.notices:
+            self.report(notice)
         try:
             created = False
             if self.client.find_app(name) is None:

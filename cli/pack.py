@@ -14,16 +14,18 @@ import os
 import stat
 import tarfile
 import tempfile
-from dataclasses import dataclass
+import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pathspec
 
 from cli.errors import PackError
-from common.manifest import ManifestError, parse_procfile, require_web
+from common.manifest import ManifestError, parse_procfile, procfile_notices, require_web
 
 ALWAYS_SKIP = (".git/", ".venv/", "__pycache__/")
 IGNORE_FILES = (".gitignore", ".paasignore")
+PYTHON_VERSION_FILES = ("runtime.txt", ".python-version")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class Packed:
     sha256: str
     size: int
     files: list[str]
+    notices: list[str] = field(default_factory=list)  # what of the app will not be used, why
 
 
 def ignore_spec(root: Path) -> pathspec.GitIgnoreSpec:
@@ -43,14 +46,56 @@ def ignore_spec(root: Path) -> pathspec.GitIgnoreSpec:
     return pathspec.GitIgnoreSpec.from_lines(lines)
 
 
-def check_procfile(root: Path) -> None:
+def check_procfile(root: Path) -> dict[str, str]:
     procfile = root / "Procfile"
     if not procfile.is_file():
-        raise PackError(f"no Procfile in {root}: add one with a line like `web: python app.py`")
+        raise PackError(
+            f"no Procfile in {root}: add one with a line like `web: gunicorn app:app` or"
+            " `web: uvicorn main:app --host 0.0.0.0 --port $PORT` (the app must listen on $PORT)"
+        )
     try:
-        require_web(parse_procfile(procfile.read_text(errors="replace")))
+        return require_web(parse_procfile(procfile.read_text(errors="replace")))
     except ManifestError as exc:
         raise PackError(f"{exc} (in {procfile})") from exc
+
+
+def app_notices(root: Path, processes: dict[str, str]) -> list[str]:
+    """What a Heroku-style app carries that will not be used, so the user is not surprised."""
+    notices = procfile_notices(processes)
+    for name in PYTHON_VERSION_FILES:
+        if (root / name).is_file():
+            notices.append(
+                f"{name}: not read; apps run on the hosts' Python (the venv is built with it)"
+            )
+    if (root / "requirements.txt").is_file():
+        return notices
+    project, poetry = _pyproject_dependencies(root / "pyproject.toml")
+    if project:
+        return notices
+    if poetry:
+        notices.append(
+            "pyproject.toml: [tool.poetry.dependencies] is not read, only [project].dependencies"
+            " or requirements.txt: nothing will be installed (`poetry export -o requirements.txt`)"
+        )
+    elif any((root / name).is_file() for name in ("Pipfile", "poetry.lock", "setup.py")):
+        notices.append(
+            "no requirements.txt or pyproject.toml [project].dependencies: nothing will be"
+            " installed (export one, e.g. `pip freeze > requirements.txt`)"
+        )
+    return notices
+
+
+def _pyproject_dependencies(path: Path) -> tuple[bool, bool]:
+    """(has [project].dependencies, has Poetry dependencies besides python); unreadable: no."""
+    try:
+        data = tomllib.loads(path.read_text()) if path.is_file() else {}
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError):
+        return False, False  # the installer reports a broken pyproject.toml with its reason
+    project = data.get("project", {})
+    poetry = data.get("tool", {}).get("poetry", {})
+    deps = poetry.get("dependencies", {}) if isinstance(poetry, dict) else {}
+    has_project = isinstance(project, dict) and bool(project.get("dependencies"))
+    return has_project, isinstance(deps, dict) and any(k != "python" for k in deps)
 
 
 def collect(root: Path) -> list[str]:
@@ -119,7 +164,7 @@ def pack(root: Path, *, workdir: Path | None = None) -> Packed:
     root = Path(root)
     if not root.is_dir():
         raise PackError(f"{root} is not a folder")
-    check_procfile(root)
+    notices = app_notices(root, check_procfile(root))
     entries = collect(root)
     fd, name = tempfile.mkstemp(prefix="paas-", suffix=".tar.gz", dir=workdir)
     path = Path(name)
@@ -146,7 +191,8 @@ def pack(root: Path, *, workdir: Path | None = None) -> Packed:
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    return Packed(path=path, sha256=digest.hexdigest(), size=path.stat().st_size, files=entries)
+    size = path.stat().st_size
+    return Packed(path=path, sha256=digest.hexdigest(), size=size, files=entries, notices=notices)
 
 
 def list_archive(path: Path) -> list[str]:

@@ -46,6 +46,7 @@ class Manifest:
 def parse_procfile(text: str) -> dict[str, str]:
     """`type: command` lines -> {type: command}; comments and blank lines are ignored."""
     processes: dict[str, str] = {}
+    text = text.removeprefix("\ufeff")  # editors on Windows start the file with a BOM
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -71,6 +72,29 @@ def require_web(processes: dict[str, str]) -> dict[str, str]:
     if "web" not in processes:
         raise ManifestError("Procfile has no web process (add a line 'web: <command>')")
     return processes
+
+
+# Procfile types Heroku-style apps carry that the platform knows but does not run.
+_NOT_RUN = {
+    "release": "the release phase is not run: run that step at the start of web instead"
+    " (`web: python manage.py migrate && gunicorn ...`)"
+    " or after the deploy with `paas run APP -- CMD`",
+    "worker": "only web processes are placed; a worker is not started",
+}
+
+
+def procfile_notices(processes: dict[str, str]) -> list[str]:
+    """One line per Procfile process that will not run, saying why and what to do instead.
+
+    Only `web` is started (it is what the proxies route to); ignoring the others silently
+    would leave e.g. a Django app without its collectstatic/migrate step and no clue why."""
+    notices = []
+    for kind in processes:
+        if kind == "web":
+            continue
+        why = _NOT_RUN.get(kind, "only web processes are run")
+        notices.append(f"Procfile: {kind!r} is not run ({why})")
+    return notices
 
 
 # name: read by the CLI

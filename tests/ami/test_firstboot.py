@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import stat
 import sys
+import tomllib
 from pathlib import Path
 from types import ModuleType
 
@@ -132,17 +133,21 @@ def test_bad_user_data_is_one_clear_error_and_changes_nothing(
     assert sorted(p.name for p in etc.iterdir()) == ["agent-machine.toml"]
 
 
-def test_values_cannot_inject_settings(fb: ModuleType, tmp_path: Path) -> None:
-    """A quote in a value stays inside its string; control characters are refused."""
+def test_values_cannot_inject_settings(
+    fb: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A value that tries to break out of its TOML string is refused by the agent's own
+    settings check before anything is written; the writer keeps a quote inside its string
+    and refuses control characters."""
     etc = tmp_path / "etc"
+    breakout = 'http://10.0.0.5:8070/"\\nrole = "frontend'
     tricky = MACHINE.replace(
-        'registry_url = "http://10.0.0.5:8070"',
-        "registry_url = 'http://10.0.0.5:8070/\"\\nrole = \"frontend'",
+        'registry_url = "http://10.0.0.5:8070"', f"registry_url = '{breakout}'"
     )
-    assert _run(fb, etc, tricky, tmp_path) == 0
-    settings = load_settings(etc / "agent-machine.toml")
-    assert settings.role == "machine"
-    assert settings.registry_url == 'http://10.0.0.5:8070/"\\nrole = "frontend'
+    assert _run(fb, etc, tricky, tmp_path) == 1
+    assert "must look like http://HOST:PORT" in capsys.readouterr().err
+    assert not (etc / "agent-machine.toml").exists()
+    assert tomllib.loads(fb.to_toml({"registry_url": breakout})) == {"registry_url": breakout}
     with pytest.raises(fb.FirstbootError, match="control characters"):
         fb.to_toml({"registry_url": "http://x\nrole = 'frontend'"})
 

@@ -48,14 +48,16 @@ class AcmeCluster(LocalCluster):
 @pytest.fixture(scope="module")
 def acme_cluster() -> Iterator[tuple[AcmeCluster, Pebble]]:
     require_pebble()
-    registry, http, https, proxy, *pebble_ports = free_ports(8)
+    registry, http, https, proxy, agent_api, *pebble_ports = free_ports(9)
     with (
         short_dir("paas-acme-") as state,
         running_pebble(state / "pebble", http_port=http, ports=pebble_ports) as pebble,
     ):
         cluster = AcmeCluster(
             state / "s",
-            ports=Ports(registry=registry, http=http, https=https, proxy=proxy),
+            ports=Ports(
+                registry=registry, http=http, https=https, proxy=proxy, agent_api=agent_api
+            ),
             service_ports=free_port_range(),
         )
         AcmeCluster.acme_env = {

@@ -3,7 +3,9 @@
 `bridged_network(names)` creates, for each name, a network namespace joined by a veth pair to
 one bridge in the root namespace (which the test process itself uses, on the bridge's own
 address). `loopback_network(names)` is the fallback where namespaces are not allowed: every
-host gets its own 127.0.0.N address and nothing can be cut off. Everything created is removed
+host gets its own 127.0.0.N address and nothing can be cut off. `cut`/`restore` take a
+host's link down and up; `partition`/`heal` drop the traffic between two hosts only
+(blackhole routes inside their namespaces, removed with them). Everything created is removed
 in finally, also when the test fails.
 """
 
