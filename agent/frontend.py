@@ -35,6 +35,7 @@ from agent.haproxy_runtime import RuntimeApi, runtime_commands
 from agent.metrics import RENDER_SECONDS
 from agent.registry_client import RegistryClient, backoff_delays, join_or_load_token, rejoin
 from agent.render import make_environment, template_dirs
+from agent.rewatch import unless_rewatched
 from agent.settings import AgentSettings
 from agent.tls import ensure_default_cert
 from common.wire import HostReport, RoutingTable
@@ -197,20 +198,9 @@ class FrontendAgent:
         sent while this frontend was cut off can hang long after the link is back, and the
         changes made during the cut must not wait for it."""
         self._watch_index = index
-        self._rewatch.clear()
-        fetch = asyncio.ensure_future(
-            self.client.routing(index=index, wait_s=self.settings.watch_wait_s)
+        return await unless_rewatched(
+            self.client.routing(index=index, wait_s=self.settings.watch_wait_s), self._rewatch
         )
-        rewatch = asyncio.ensure_future(self._rewatch.wait())
-        try:
-            await asyncio.wait({fetch, rewatch}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            rewatch.cancel()
-            if not fetch.done():
-                fetch.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await fetch
-        return fetch.result() if not fetch.cancelled() else None
 
     def _index_seen(self, index: int | None) -> None:
         """A report's answer carries the registry's index: past our watch, watch again."""

@@ -80,6 +80,25 @@ def _map_commands(live: dict[str, str], new: dict[str, str]) -> list[str]:
     return commands
 
 
+def admin_command(admin_socket: Path, command: str, *, timeout_s: float = CLI_TIMEOUT_S) -> str:
+    """Send one command (with its `<<` payload, if any) on a fresh admin-socket connection and
+    return the whole answer: HAProxy closes a non-interactive connection after answering.
+    ProxyError when the socket does not answer."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout_s)
+            sock.connect(str(admin_socket))
+            # A payload ends with an empty line; the newline here ends the command.
+            sock.sendall(command.encode() + b"\n")
+            sock.shutdown(socket.SHUT_WR)
+            chunks: list[bytes] = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+    except OSError as exc:
+        raise ProxyError(f"HAProxy runtime API {admin_socket}: {exc}") from exc
+    return b"".join(chunks).decode(errors="replace").strip()
+
+
 @dataclass(frozen=True)
 class SlotState:
     address: str
@@ -98,17 +117,7 @@ class RuntimeApi:
         """One command, its whole answer; ProxyError when the socket does not answer."""
         if "\n" in command or ";" in command:
             raise ValueError(f"one command at a time: {command!r}")
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(self.timeout_s)
-                sock.connect(str(self.admin_socket))
-                sock.sendall(command.encode() + b"\n")
-                chunks: list[bytes] = []
-                while chunk := sock.recv(65536):
-                    chunks.append(chunk)
-        except OSError as exc:
-            raise ProxyError(f"HAProxy runtime API {self.admin_socket}: {exc}") from exc
-        return b"".join(chunks).decode(errors="replace").strip()
+        return admin_command(self.admin_socket, command, timeout_s=self.timeout_s)
 
     def map_entries(self, name: str) -> dict[str, str]:
         """{key: value} of a map as the worker has it (`show map <file>`)."""

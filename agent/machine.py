@@ -52,6 +52,7 @@ from agent.registry_client import (
 )
 from agent.render import make_environment, template_dirs
 from agent.reporter import Reporter
+from agent.rewatch import unless_rewatched
 from agent.runrecords import recorder, remove_record
 from agent.settings import AgentSettings
 from agent.supervisor import Policy, Supervisor
@@ -274,20 +275,10 @@ class MachineAgent:
     async def _fetch_desired(self, index: int) -> DesiredState | None:
         """One watch; None when a report showed the registry past `index` first (a watch
         sent while this host was cut off can hang long after the link is back)."""
-        self._rewatch.clear()
-        fetch = asyncio.ensure_future(
-            self.client.desired(self.settings.name, index=index, wait_s=self.settings.watch_wait_s)
+        return await unless_rewatched(
+            self.client.desired(self.settings.name, index=index, wait_s=self.settings.watch_wait_s),
+            self._rewatch,
         )
-        rewatch = asyncio.ensure_future(self._rewatch.wait())
-        try:
-            await asyncio.wait({fetch, rewatch}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            rewatch.cancel()
-            if not fetch.done():
-                fetch.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await fetch
-        return fetch.result() if not fetch.cancelled() else None
 
     def _index_seen(self, index: int) -> None:
         if 0 <= self._watch_index < index:

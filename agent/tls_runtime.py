@@ -11,12 +11,12 @@ The caller still validates and writes the files, so a later reload serves the sa
 from __future__ import annotations
 
 import logging
-import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from agent.errors import ProxyError
 from agent.haproxy import CertView, HaproxyView
+from agent.haproxy_runtime import admin_command
 
 log = logging.getLogger(__name__)
 
@@ -101,19 +101,7 @@ class _Cli:
         self.path = path
 
     def send(self, command: str) -> str:
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(CLI_TIMEOUT_S)
-                sock.connect(str(self.path))
-                # A payload (`<<`) ends with an empty line; the newline here ends the command.
-                sock.sendall(command.encode() + b"\n")
-                sock.shutdown(socket.SHUT_WR)
-                chunks: list[bytes] = []
-                while chunk := sock.recv(65536):
-                    chunks.append(chunk)
-        except OSError as exc:
-            raise ProxyError(f"HAProxy runtime API {self.path}: {exc}") from exc
-        return b"".join(chunks).decode(errors="replace").strip()
+        return admin_command(self.path, command, timeout_s=CLI_TIMEOUT_S)
 
     def expect(self, command: str, marker: str) -> None:
         answer = self.send(command)
