@@ -22,7 +22,7 @@ from common.wire import DesiredInstance
 
 log = logging.getLogger(__name__)
 
-MakeSupervisor = Callable[[DesiredInstance, InstalledRelease, int], Supervisor]
+MakeSupervisor = Callable[[DesiredInstance, InstalledRelease, int | None], Supervisor]
 
 
 def adopt_instances(
@@ -45,7 +45,8 @@ def adopt_instances(
             log.info("instance %d (pid %d) is not running any more", d.id, record.pid)
             remove_record(run_dir, d.id)
             continue
-        ports.reserve(record.port)
+        if record.port is not None:
+            ports.reserve(record.port)
         release = InstalledRelease(
             app=d.app, version=d.release, path=Path(record.release_dir), venv=Path(record.venv)
         )

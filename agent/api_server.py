@@ -41,7 +41,7 @@ from starlette.routing import Route
 from agent import metrics
 from agent.logs import LogFollowers, LogStore
 from agent.oneoff import run_streaming
-from common.names import InvalidName, check_app_name
+from common.names import EnvKey, EnvValue, InvalidName, Sha256, check_app_name
 from common.streaming import NDJSON, ClosingStream, ndjson
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,27 @@ class RunRequest(BaseModel):
         return value
 
 
+class ReleasePhaseRequest(BaseModel):
+    """The registry runs a release's `release:` Procfile command here before any instance of
+    the release starts, so the command comes with the release's artifact and environment."""
+
+    version: int = Field(ge=1)
+    artifact_sha256: Sha256
+    command: str = Field(min_length=1, max_length=64 * 1024)
+    env: dict[EnvKey, EnvValue]
+    timeout_s: float | None = Field(default=None, gt=0)
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("the command may not contain NUL bytes")
+        return value
+
+
+ReleaseTarget = Callable[[str, ReleasePhaseRequest], Awaitable[RunTarget]]
+
+
 class UnknownApp(LookupError):
     """The app has no installed release on this host."""
 
@@ -87,6 +108,7 @@ class AgentApi:
         followers: LogFollowers,
         run_target: Callable[[str], Awaitable[RunTarget]],
         run_timeout_s: float,
+        release_target: ReleaseTarget | None = None,
     ) -> None:
         self.host_name = host_name
         self.token_file = token_file
@@ -94,11 +116,13 @@ class AgentApi:
         self.followers = followers
         self.run_target = run_target
         self.run_timeout_s = run_timeout_s
+        self.release_target = release_target
         self.app = Starlette(
             routes=[
                 Route("/metrics", _metrics, methods=["GET"]),
                 Route("/v1/logs/{app}", self.logs, methods=["GET"]),
                 Route("/v1/run/{app}", self.run, methods=["POST"]),
+                Route("/v1/release-phase/{app}", self.release_phase, methods=["POST"]),
             ]
         )
 
@@ -177,6 +201,34 @@ class AgentApi:
         log.info("one-off run for %s: %s (limit %gs)", app, body.argv[0], timeout_s)
         stream = run_streaming(
             body.argv, env=target.env, cwd=target.cwd, timeout_s=timeout_s, user=target.user
+        )
+        return ClosingStream(self._run_stream(stream), media_type=NDJSON)
+
+    async def release_phase(self, request: Request) -> Response:
+        """The one-off machinery for a release's `release:` command: `/bin/sh -c COMMAND` in
+        the new release's folder, venv and config vars (installed here first if needed)."""
+        refused = self._refusal(request)
+        if refused is not None:
+            return refused
+        if self.release_target is None:
+            return JSONResponse({"detail": "this host runs no release phases"}, 404)
+        try:
+            app = self._app(request)
+            body = ReleasePhaseRequest.model_validate_json(await request.body())
+        except (InvalidName, ValidationError) as exc:
+            return JSONResponse({"detail": str(exc)}, 422)
+        try:
+            target = await self.release_target(app, body)
+        except UnknownApp as exc:
+            return JSONResponse({"detail": str(exc)}, 404)
+        timeout_s = min(body.timeout_s or self.run_timeout_s, self.run_timeout_s)
+        log.info("release phase of %s v%d (limit %gs)", app, body.version, timeout_s)
+        stream = run_streaming(
+            ["/bin/sh", "-c", body.command],
+            env=target.env,
+            cwd=target.cwd,
+            timeout_s=timeout_s,
+            user=target.user,
         )
         return ClosingStream(self._run_stream(stream), media_type=NDJSON)
 

@@ -49,6 +49,11 @@ def definition(d: DesiredInstance) -> dict[str, object]:
     return d.model_dump(exclude={"serve", "domains"})
 
 
+def is_web(d: DesiredInstance) -> bool:
+    """Only web instances get a port, a health check and routes; others are workers."""
+    return d.process == "web"
+
+
 def healthy_ports(instances: Mapping[int, Instance]) -> dict[int, int]:
     """Instance id -> port of the instances that may take traffic (health check passing)."""
     return {

@@ -23,16 +23,21 @@ DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 def instance_env(
     config: Mapping[str, str],
     *,
-    port: int,
+    port: int | None,
     venv: Path,
     home: Path,
     system_path: str | None = None,
 ) -> dict[str, str]:
-    """The config vars, then ours on top (an app cannot override PORT or the venv)."""
+    """The config vars, then ours on top (an app cannot override PORT or the venv).
+
+    `port` None: a worker, which gets no PORT (a config var named PORT is dropped too, so a
+    worker never believes it should listen)."""
     env = dict(config)
+    env.pop("PORT", None)
+    if port is not None:
+        env["PORT"] = str(int(port))
     env.update(
         {
-            "PORT": str(int(port)),
             "PATH": f"{venv / 'bin'}:{system_path or DEFAULT_PATH}",
             "VIRTUAL_ENV": str(venv),
             "HOME": str(home),

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 from agent.adoption import adopt_instances
-from agent.api_server import AgentApi, ApiServer, RunTarget, UnknownApp
+from agent.api_server import AgentApi, ApiServer, ReleasePhaseRequest, RunTarget, UnknownApp
 from agent.capacity import measure
 from agent.errors import AgentError, RegistryError
 from agent.health import HealthChecker, check_host
@@ -35,6 +35,7 @@ from agent.instances import (
     Instance,
     definition,
     host_report,
+    is_web,
     load_desired,
     save_desired,
     snapshot,
@@ -159,6 +160,7 @@ class MachineAgent:
             followers=self.log_followers,
             run_target=self.run_target,
             run_timeout_s=self.settings.run_timeout_s,
+            release_target=self.release_target,
         )
         self.api_server = ApiServer(api, self.settings.address, self.settings.api_port)
         INSTANCE_STATES.states = lambda: [i.state for i in self.instances.values()]
@@ -343,12 +345,19 @@ class MachineAgent:
             if inst.removing:
                 inst.phase = "stopped"
                 return
-            port = inst.port if inst.port is not None else self.ports.acquire()
+            port = None
+            if is_web(d):
+                port = inst.port if inst.port is not None else self.ports.acquire()
             inst.port = port
             inst.supervisor = self._supervisor(d, release, port)
             inst.supervisor.start(time.monotonic())
             log.info(
-                "instance %d of %s release %d started on port %d", d.id, d.app, d.release, port
+                "instance %d (%s) of %s release %d started%s",
+                d.id,
+                d.process,
+                d.app,
+                d.release,
+                f" on port {port}" if port is not None else "",
             )
         except AgentError as exc:
             log.error("instance %d of %s failed to install: %s", d.id, d.app, exc)
@@ -359,7 +368,9 @@ class MachineAgent:
         finally:
             self._changed()
 
-    def _supervisor(self, d: DesiredInstance, release: InstalledRelease, port: int) -> Supervisor:
+    def _supervisor(
+        self, d: DesiredInstance, release: InstalledRelease, port: int | None
+    ) -> Supervisor:
         env = instance_env(
             d.env,
             port=port,
@@ -421,13 +432,23 @@ class MachineAgent:
             sup.transition(now)
             if not inst.removing and sup.state == "stopped":
                 sup.start(now)
-            if sup.health_due(now) and inst.port is not None:
+            if not is_web(inst.desired):
+                self._worker_health(sup, now)
+            elif sup.health_due(now) and inst.port is not None:
                 sup.mark_checked(now)
                 inst.health_task = asyncio.create_task(
                     self._check(sup, inst.port, inst.desired.health_path, inst.desired.domains)
                 )
         except Exception:
             log.exception("supervising instance %d failed", inst.desired.id)
+
+    def _worker_health(self, sup: Supervisor, now: float) -> None:
+        """A worker has no port to check: it is healthy once its process stayed up for
+        `worker_up_s`; an exit is seen by the supervisor (restart with backoff, fatal)."""
+        if not sup.health_due(now):
+            return
+        if sup.state != "starting" or now - sup.started_at >= self.settings.worker_up_s:
+            sup.record_health(True, now, generation=sup.generation)
 
     async def _check(
         self, sup: Supervisor, port: int, path: str, domains: list[str] | None = None
@@ -508,6 +529,26 @@ class MachineAgent:
             system_path=system_path(),
         )
         env.pop("PORT")  # not routed: nothing listens for it
+        return RunTarget(cwd=release.path, env=env, user=self.settings.run_as_user)
+
+    async def release_target(self, app: str, spec: ReleasePhaseRequest) -> RunTarget:
+        """Where a release's `release:` command runs: the new release, installed here (the
+        instances placed here later reuse it), with the environment the registry sent."""
+        try:
+            release = await self.installer.install(
+                app=app, version=spec.version, sha256=spec.artifact_sha256
+            )
+        except AgentError as exc:
+            raise UnknownApp(
+                f"release {spec.version} of {app} could not be installed: {exc}"
+            ) from exc
+        env = instance_env(
+            spec.env,
+            port=None,  # not routed: nothing listens
+            venv=release.venv,
+            home=self.settings.state_dir / "apps" / app / "home",
+            system_path=system_path(),
+        )
         return RunTarget(cwd=release.path, env=env, user=self.settings.run_as_user)
 
     def _report_sent(self, report: HostReport) -> None:

@@ -19,7 +19,7 @@ import jinja2
 from agent import nginx
 from agent.config_apply import ConfigApplier
 from agent.errors import RenderError
-from agent.instances import ERROR_MAX, Instance, healthy_ports
+from agent.instances import ERROR_MAX, Instance, healthy_ports, is_web
 from agent.nginx_process import NginxProcess, default_worker_user
 from agent.settings import AgentSettings
 from common.wire import ServiceRoute
@@ -70,7 +70,9 @@ class MachineProxy:
                 if not i.removing and (iid in healthy or i.routed_once)
             }
             desired = [
-                i.desired for i in instances.values() if not i.removing and i.desired.app in serving
+                i.desired
+                for i in instances.values()
+                if not i.removing and i.desired.app in serving and is_web(i.desired)
             ]
             lingering = self._lingering(instances, serving)
             desired += [instances[iid].desired for iid in lingering]

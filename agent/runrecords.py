@@ -37,7 +37,7 @@ class RunRecord(BaseModel):
     instance: DesiredInstance
     pid: int
     create_time: float
-    port: int
+    port: int | None  # None: a worker (no port)
     release_dir: str
     venv: str
 
@@ -60,7 +60,7 @@ def write_record(run_dir: Path, record: RunRecord) -> None:
 
 
 def recorder(
-    run_dir: Path, d: DesiredInstance, release: InstalledRelease, port: int
+    run_dir: Path, d: DesiredInstance, release: InstalledRelease, port: int | None
 ) -> Callable[[procs.Child], None]:
     """The AppLauncher `on_spawn` hook that records each new process of instance `d`."""
 

@@ -57,6 +57,9 @@ class AgentSettings(BaseSettings):
     log_max_bytes: int = Field(default=10 * 1024 * 1024, ge=4096)
     log_keep: int = Field(default=3, ge=0, le=100)
     run_timeout_s: float = Field(default=3600.0, gt=0)
+    # A worker (a non-web Procfile process: no port, no health check) counts as healthy once
+    # its process has stayed up this long.
+    worker_up_s: float = Field(default=1.0, gt=0, le=300)
 
     @field_validator("name")
     @classmethod

@@ -213,6 +213,12 @@ class Supervisor:
                 self._killed = True
         return self.state
 
+    @property
+    def started_at(self) -> float:
+        """When the current process started (monotonic): a worker, which has no port to check,
+        counts as healthy once it has stayed up a while."""
+        return self._started_at
+
     def health_due(self, now: float) -> bool:
         return self.state in ("starting", "running", "unhealthy") and now >= self._next_check_at
 

@@ -89,7 +89,7 @@ class Prober:
 
 def scale(cluster: MultiHostCluster, count: int) -> None:
     with cluster.client() as api:
-        api.scale_app(APP, count)
+        api.scale_app(APP, {"web": count})
 
 
 def running_hosts(cluster: MultiHostCluster) -> set[str]:

@@ -231,8 +231,9 @@ class RegistryClient:
     def list_instances(self, app: str) -> list[InstanceView]:
         return self._parse(self._request("GET", f"/v1/apps/{app}/instances"), list[InstanceView])
 
-    def scale_app(self, name: str, instances: int) -> App:
-        response = self._request("PATCH", f"/v1/apps/{name}", json={"instances": instances})
+    def scale_app(self, name: str, counts: dict[str, int]) -> App:
+        """Instances per process type (`{"web": 3, "worker": 2}`)."""
+        response = self._request("PATCH", f"/v1/apps/{name}", json={"process_counts": counts})
         return self._parse(response, App)
 
     def list_hosts(self) -> list[Host]:

@@ -20,7 +20,7 @@ from common.names import InvalidName, check_app_name
 from common.wire import AppCreate, Release
 
 T = TypeVar("T")
-STAGES = ("uploaded", "installing", "starting", "healthy", "routed")
+STAGES = ("uploaded", "release phase", "installing", "starting", "healthy", "routed")
 WATCH_WAIT_S = 30
 # While following a release, a registry that stops answering (restart, crash) is retried
 # with back-off for this long before `paas deploy` gives up; the deploy itself goes on.
@@ -259,6 +259,8 @@ class Deployer:
         if release.stage not in STAGES:
             return
         for stage in STAGES[: STAGES.index(release.stage) + 1]:
+            if stage == "release phase" and "release" not in release.processes:
+                continue  # no `release:` line: there is no such stage
             if stage not in seen:
                 seen.add(stage)
                 self.report(f"{stage:<11} {self.clock() - start:6.1f}s")

@@ -74,26 +74,37 @@ def require_web(processes: dict[str, str]) -> dict[str, str]:
     return processes
 
 
-# Procfile types Heroku-style apps carry that the platform knows but does not run.
-_NOT_RUN = {
-    "release": "the release phase is not run: run that step at the start of web instead"
-    " (`web: python manage.py migrate && gunicorn ...`)"
-    " or after the deploy with `paas run APP -- CMD`",
-    "worker": "only web processes are placed; a worker is not started",
-}
+# Every Procfile type other than these runs as worker instances (no port, no routing).
+NOT_WORKER_TYPES = ("web", "release")
+DEFAULT_WORKER_COUNT = 1  # Heroku starts 0 of a non-web type; 1 makes `worker:` just work
+
+_RELEASE_NOTICE = (
+    "Procfile: 'release' runs once per deploy, on one host, before the new release starts;"
+    " if it fails the deploy fails and the previous release keeps running"
+)
+
+
+def worker_types(processes: dict[str, str]) -> list[str]:
+    """The Procfile types that run as workers, in Procfile order."""
+    return [kind for kind in processes if kind not in NOT_WORKER_TYPES]
 
 
 def procfile_notices(processes: dict[str, str]) -> list[str]:
-    """One line per Procfile process that will not run, saying why and what to do instead.
+    """One line per Procfile process that is not a web process, saying how it is run.
 
-    Only `web` is started (it is what the proxies route to); ignoring the others silently
-    would leave e.g. a Django app without its collectstatic/migrate step and no clue why."""
+    Ignoring a line silently would leave e.g. a Django app without its migrate step and no
+    clue why; a worker runs DEFAULT_WORKER_COUNT instance unless scaled (`paas ps:scale`)."""
     notices = []
     for kind in processes:
         if kind == "web":
             continue
-        why = _NOT_RUN.get(kind, "only web processes are run")
-        notices.append(f"Procfile: {kind!r} is not run ({why})")
+        if kind == "release":
+            notices.append(_RELEASE_NOTICE)
+        else:
+            notices.append(
+                f"Procfile: {kind!r} runs as a worker ({DEFAULT_WORKER_COUNT} instance unless"
+                f" scaled with `paas ps:scale APP {kind}=N`; no port, no routing)"
+            )
     return notices
 
 

@@ -8,7 +8,7 @@ can reach a proxy config, a path or an argv is one of the strict types of `commo
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -61,7 +61,9 @@ InstanceState = Literal[
 ReleaseStatus = Literal["deploying", "active", "superseded", "failed"]
 
 # What `paas deploy` prints, in order; "failed" ends a deploy too.
-DeployStage = Literal["uploaded", "installing", "starting", "healthy", "routed", "failed"]
+DeployStage = Literal[
+    "uploaded", "release phase", "installing", "starting", "healthy", "routed", "failed"
+]
 
 
 class Model(BaseModel):
@@ -78,9 +80,15 @@ class AppCreate(Model):
     health_path: HealthPath = "/"
 
 
+ProcessCount = Annotated[int, Field(ge=0, le=100)]
+
+
 class AppUpdate(Model):
     domains: list[Domain] | None = Field(default=None, max_length=100)
     instances: int | None = Field(default=None, ge=0, le=100)
+    # `paas ps:scale APP web=3 worker=2`: instances per Procfile process type ("web" is the
+    # same count as `instances`); types not named keep their count.
+    process_counts: dict[ProcessType, ProcessCount] | None = Field(default=None, max_length=20)
     health_path: HealthPath | None = None
 
 
@@ -96,6 +104,8 @@ class App(Model):
     # 127.0.0.1:<service_port> for it) and the apps it depends on (paas.toml depends_on).
     service_port: Port | None = None
     depends_on: list[AppName] = Field(default_factory=list)
+    # Instances per worker process type that was scaled (a type not named runs 1).
+    process_counts: dict[ProcessType, int] = Field(default_factory=dict)
 
 
 class RouteOptions(Model):

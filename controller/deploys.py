@@ -13,7 +13,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session
 
-from common.manifest import DEFAULT_HEALTH_TIMEOUT_S, Manifest
+from common.manifest import (
+    DEFAULT_HEALTH_TIMEOUT_S,
+    DEFAULT_WORKER_COUNT,
+    Manifest,
+    worker_types,
+)
 from common.wire import HostReport
 from controller.db import bump, next_instance_id
 from controller.errors import Conflict
@@ -22,6 +27,8 @@ from controller.models import App, Domain, Host, Instance, Release
 from controller.placement import HostSlot, place
 
 log = logging.getLogger("paas.registry")
+
+RELEASE_PROCESS = "release"  # the Procfile type run once per deploy, before any instance
 
 NO_HOST_ERROR = "no machine host is up to run it"
 
@@ -50,11 +57,14 @@ def create_release(
     description: str,
     now: datetime,
     timeout_s: float,
+    release_phase: bool = False,
 ) -> Release:
     """Create the next release of `app`, place its instances, and start deploying it.
 
     The config snapshot is the app's config vars now. The deploy's deadline is `timeout_s`
     (fetching and installing) plus the release's health timeout, stored with the release.
+    With `release_phase` and a `release:` Procfile line, nothing is placed yet: the caller
+    runs the release phase (controller/release_phase.py), which then calls `place_release`.
     """
     if manifest.instances is not None:
         app.instances = manifest.instances
@@ -85,55 +95,105 @@ def create_release(
     app.releases.append(release)
     session.flush()
     log.info("release %s v%d created (%s)", app.name, version, description)
-    if app.instances == 0:
+    if release_phase and RELEASE_PROCESS in processes:
+        return release  # placed once its release phase passed
+    return place_release(session, release, now=now)
+
+
+def awaits_release_phase(release: Release) -> bool:
+    """A deploying release with a `release:` command and nothing placed yet: its release
+    phase runs (a placed release always has instances, or is active or failed)."""
+    return (
+        release.status == "deploying"
+        and RELEASE_PROCESS in (release.processes or {})
+        and not release.instances
+    )
+
+
+def place_release(session: Session, release: Release, *, now: datetime) -> Release:
+    """Place the instances of every process type of a deploying release."""
+    app, version, processes = release.app, release.version, release.processes
+    counts = process_counts(app, processes)
+    if not any(counts.values()):
         activate_release(session, release)
         return release
-    placed = place_hosts(session, app, app.instances)
-    if not placed:
-        wanted = ", ".join(f"{k}={v}" for k, v in sorted((app.constraints or {}).items()))
-        reason = f"no up machine host has the labels {wanted}" if wanted else NO_HOST_ERROR
-        fail_release(session, release, reason)
-        return release
-    for host in placed:
-        release.instances.append(
-            Instance(
-                id=next_instance_id(session), app=app, process="web", host=host, updated_at=now
+    names = []
+    for process, count in counts.items():
+        placed = place_hosts(session, app, count, process=process) if count else []
+        if count and not placed:
+            wanted = ", ".join(f"{k}={v}" for k, v in sorted((app.constraints or {}).items()))
+            reason = f"no up machine host has the labels {wanted}" if wanted else NO_HOST_ERROR
+            fail_release(session, release, reason)
+            return release
+        for host in placed:
+            release.instances.append(
+                Instance(
+                    id=next_instance_id(session),
+                    app=app,
+                    process=process,
+                    host=host,
+                    updated_at=now,
+                )
             )
-        )
-    session.flush()
-    names = ", ".join(h.name for h in placed)
-    log.info("release %s v%d placed on %s", app.name, version, names)
+            names.append(f"{process}@{host.name}")
+        session.flush()
+    log.info("release %s v%d placed: %s", app.name, version, ", ".join(names))
     bump(session, desired=True)
     return release
 
 
+def process_counts(app: App, processes: dict[str, str]) -> dict[str, int]:
+    """Instances wanted per Procfile process type: web from `app.instances`, each worker type
+    from `app.process_counts` (DEFAULT_WORKER_COUNT when never scaled)."""
+    counts = {"web": app.instances}
+    scaled = app.process_counts or {}
+    for kind in worker_types(processes):
+        counts[kind] = scaled.get(kind, DEFAULT_WORKER_COUNT)
+    return counts
+
+
+def placement_key(app: str, process: str) -> str:
+    """Placement spreads and sticks per (app, process type): web and a worker of one app are
+    placed independently. App names cannot contain ':'."""
+    return f"{app}:{process}"
+
+
 def place_hosts(
-    session: Session, app: App, count: int, *, staying: Sequence[str] = ()
+    session: Session,
+    app: App,
+    count: int,
+    *,
+    staying: Sequence[str] = (),
+    process: str = "web",
 ) -> list[Host]:
     with SCHEDULING_SECONDS.time():
-        return _place_hosts(session, app, count, staying=staying)
+        return _place_hosts(session, app, count, staying=staying, process=process)
 
 
-def _place_hosts(session: Session, app: App, count: int, *, staying: Sequence[str]) -> list[Host]:
+def _place_hosts(
+    session: Session, app: App, count: int, *, staying: Sequence[str], process: str
+) -> list[Host]:
     hosts = session.execute(select(Host)).scalars().all()
-    current = session.execute(
-        select(App.name, Host.name, App.memory_mb)
+    rows = session.execute(
+        select(App.name, Instance.process, Host.name, App.memory_mb)
         .select_from(Instance)
         .join(App, Instance.app_id == App.id)
         .join(Host, Instance.host_id == Host.id)
         .where(Instance.desired == "run")
     ).all()
-    memory = {a: m for a, _h, m in current if m}
+    current = [(placement_key(a, p), h, m) for a, p, h, m in rows]
+    memory = {k: m for k, _h, m in current if m}
+    key = placement_key(app.name, process)
     if app.memory_mb:
-        memory[app.name] = app.memory_mb
+        memory[key] = app.memory_mb
     placed = place(
-        apps_wanting={app.name: count},
+        apps_wanting={key: count},
         hosts=[host_slot(h) for h in hosts],
-        current=[(a, h) for a, h, _m in current],
-        staying={app.name: staying},
-        constraints={app.name: app.constraints or {}},
+        current=[(k, h) for k, h, _m in current],
+        staying={key: staying},
+        constraints={key: app.constraints or {}},
         memory_mb=memory,
-    )[app.name]
+    )[key]
     by_name = {h.name: h for h in hosts}
     return [by_name[name] for name in placed]
 
@@ -247,6 +307,7 @@ def serving_hosts(session: Session) -> list[tuple[int, Host]]:
         .join(Host, Instance.host_id == Host.id)
         .where(
             Instance.routed.is_(True),
+            Instance.process == "web",
             Instance.state == "running",
             Host.state == "up",
             Host.role == "machine",
@@ -323,49 +384,60 @@ def release_stage(release: Release, *, frontends: list[Host]) -> str:
     if release.status == "failed":
         return "failed"
     wanted = [i for i in release.instances if i.desired == "run"]
+    if awaits_release_phase(release):
+        return "release phase"
     if release.status == "deploying":
         return deploying_stage(wanted)
     if release.status == "superseded":
         return "routed"
     seq = max(release.activated_seq or 0, release.app.routing_seq or 0)
-    all_routed = all(i.routed and i.state == "running" for i in wanted)
+    web = [i for i in wanted if i.process == "web"]  # workers are never routed
+    all_routed = all(i.routed and i.state == "running" for i in web)
     applied = all((f.applied_index or 0) >= seq for f in frontends if f.state == "up")
     return "routed" if all_routed and applied else "healthy"
 
 
 def scale_active(session: Session, app: App, *, now: datetime) -> None:
-    """Match the active release's web instances to `app.instances` (no new release needed)."""
+    """Match the active release's instances of every process type to the app's counts
+    (`app.instances` for web, `app.process_counts` for workers; no new release needed)."""
     active = next((r for r in app.releases if r.status == "active"), None)
     if active is None or any(r.status == "deploying" for r in app.releases):
         return  # the next (or running) deploy places the new count
-    running = [i for i in active.instances if i.desired == "run" and i.process == "web"]
-    extra = len(running) - app.instances
+    changed = False
+    for process, count in process_counts(app, active.processes).items():
+        changed = _scale_process(session, app, active, process, count, now=now) or changed
+    if changed:
+        session.flush()
+        bump(session, desired=True)
+
+
+def _scale_process(
+    session: Session, app: App, active: Release, process: str, count: int, *, now: datetime
+) -> bool:
+    running = [i for i in active.instances if i.desired == "run" and i.process == process]
+    extra = len(running) - count
     if extra > 0:
         for instance in sorted(running, key=lambda i: i.id, reverse=True)[:extra]:
             instance.desired = "stop"
-        log.info("app %s scaled down to %d instances", app.name, app.instances)
-    elif extra < 0:
-        placed = place_hosts(session, app, -extra, staying=[i.host.name for i in running])
-        if not placed:
-            log.info(
-                "app %s wants %d instances; no machine host is up to run more",
-                app.name,
-                app.instances,
+        log.info("app %s scaled down to %s=%d", app.name, process, count)
+        return True
+    if extra == 0:
+        return False
+    staying = [i.host.name for i in running]
+    placed = place_hosts(session, app, -extra, staying=staying, process=process)
+    if not placed:
+        log.info("app %s wants %s=%d; no machine host is up to run more", app.name, process, count)
+        return False
+    for host in placed:
+        active.instances.append(
+            Instance(
+                id=next_instance_id(session),
+                app=app,
+                process=process,
+                host=host,
+                serve=True,
+                updated_at=now,
             )
-            return
-        for host in placed:
-            active.instances.append(
-                Instance(
-                    id=next_instance_id(session),
-                    app=app,
-                    process="web",
-                    host=host,
-                    serve=True,
-                    updated_at=now,
-                )
-            )
-        log.info("app %s scaled up to %d instances", app.name, len(running) + len(placed))
-    else:
-        return
-    session.flush()
-    bump(session, desired=True)
+        )
+    log.info("app %s scaled up to %s=%d", app.name, process, len(running) + len(placed))
+    return True

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controller.db import bump, next_instance_id
-from controller.deploys import place_hosts, routing_servers, scale_active
+from controller.deploys import place_hosts, process_counts, routing_servers, scale_active
 from controller.models import App, Host, Instance, Release
 
 log = logging.getLogger("paas.registry")
@@ -68,15 +68,27 @@ def _replace(session: Session, release: Release, *, now: datetime) -> None:
         return
     if release.status != "deploying":
         return
-    staying = [i.host.name for i in release.instances if i.desired == "run"]
-    missing = app.instances - len(staying)
-    for host in place_hosts(session, app, max(0, missing), staying=staying):
-        release.instances.append(
-            Instance(
-                id=next_instance_id(session), app=app, process="web", host=host, updated_at=now
+    for process, count in process_counts(app, release.processes).items():
+        wanted = [i for i in release.instances if i.desired == "run" and i.process == process]
+        staying = [i.host.name for i in wanted]
+        missing = max(0, count - len(staying))
+        for host in place_hosts(session, app, missing, staying=staying, process=process):
+            release.instances.append(
+                Instance(
+                    id=next_instance_id(session),
+                    app=app,
+                    process=process,
+                    host=host,
+                    updated_at=now,
+                )
             )
-        )
-        log.info("release %s v%d: instance re-placed on %s", app.name, release.version, host.name)
+            log.info(
+                "release %s v%d: %s instance re-placed on %s",
+                app.name,
+                release.version,
+                process,
+                host.name,
+            )
     session.flush()
 
 
@@ -85,6 +97,8 @@ def refill(session: Session, *, now: datetime) -> None:
     apps = session.execute(select(App).join(Release).where(Release.status == "active")).scalars()
     for app in apps.unique():
         active = next(r for r in app.releases if r.status == "active")
-        running = [i for i in active.instances if i.desired == "run" and i.process == "web"]
-        if len(running) < app.instances:
-            scale_active(session, app, now=now)
+        for process, count in process_counts(app, active.processes).items():
+            running = [i for i in active.instances if i.desired == "run" and i.process == process]
+            if len(running) < count:
+                scale_active(session, app, now=now)  # every type short of its count
+                break

@@ -64,6 +64,11 @@ class App(Base):
     )
     # Issue 4: memory each instance needs (paas.toml memory = "256M"); None: not declared.
     memory_mb: Mapped[int | None] = mapped_column(Integer, default=None)
+    # Instances per non-web Procfile process type (`paas ps:scale APP worker=2`); a type not
+    # named here runs DEFAULT_WORKER_COUNT. The web count is `instances`.
+    process_counts: Mapped[dict[str, int]] = mapped_column(
+        JSON, default=dict, server_default=text("'{}'")
+    )
 
     domains: Mapped[list[Domain]] = relationship(
         back_populates="app", cascade="all, delete-orphan", order_by="Domain.id"

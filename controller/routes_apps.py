@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Response, status
+from fastapi import APIRouter, BackgroundTasks, Body, Depends, Path, Query, Response, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -15,11 +15,12 @@ from common.names import AppName
 from controller.auth import require_app_scope
 from controller.context import Context, get_ctx
 from controller.db import bump
-from controller.deploys import add_domains, create_release, scale_active
+from controller.deploys import add_domains, awaits_release_phase, create_release, scale_active
 from controller.domains import check_claimable
 from controller.errors import Conflict, Invalid, NotFound
 from controller.models import App, Instance, Release
 from controller.queries import expire_if_due, get_app, now, watch
+from controller.release_phase import run_release_phase
 from controller.rollback import rollback
 from controller.services import assign_service_port, refuse_delete_if_needed, set_dependencies
 from controller.views import app_view, instance_view, release_view, up_frontends
@@ -70,11 +71,34 @@ def update_app(app: AppName, body: wire.AppUpdate, ctx: Context = Depends(get_ct
             add_domains(session, row, body.domains)
         if body.health_path is not None:
             row.health_path = body.health_path
-        if body.instances is not None and body.instances != row.instances:
-            row.instances = body.instances
+        scaled = _scale_counts(row, body)
+        if scaled:
             scale_active(session, row, now=now())
         bump(session, desired=True)
         return app_view(row, ctx.settings)
+
+
+def _scale_counts(row: App, body: wire.AppUpdate) -> bool:
+    """Apply `instances` / `process_counts` to the app row; True when a count changed."""
+    wanted = dict(body.process_counts or {})
+    if body.instances is not None:
+        wanted.setdefault("web", body.instances)
+    if "release" in wanted:
+        raise Invalid("the release phase runs once per deploy; it cannot be scaled")
+    active = next((r for r in row.releases if r.status == "active"), None)
+    unknown = sorted(k for k in wanted if active is not None and k not in active.processes)
+    if unknown:
+        raise Invalid(f"the active release's Procfile has no process type {', '.join(unknown)}")
+    changed = False
+    if "web" in wanted and wanted["web"] != row.instances:
+        row.instances = wanted["web"]
+        changed = True
+    workers = {k: v for k, v in wanted.items() if k != "web"}
+    merged = {**(row.process_counts or {}), **workers}
+    if merged != (row.process_counts or {}):
+        row.process_counts = merged  # a new dict: the JSON column sees the change
+        changed = True
+    return changed
 
 
 @router.delete("/{app}", status_code=status.HTTP_204_NO_CONTENT)
@@ -92,7 +116,10 @@ def delete_app(
 
 @router.post("/{app}/releases", status_code=status.HTTP_201_CREATED, response_model=wire.Release)
 def create_release_route(
-    app: AppName, body: wire.ReleaseCreate, ctx: Context = Depends(get_ctx)
+    app: AppName,
+    body: wire.ReleaseCreate,
+    background: BackgroundTasks,
+    ctx: Context = Depends(get_ctx),
 ) -> wire.Release:
     with ctx.db.read() as session:
         get_app(session, app)
@@ -118,7 +145,10 @@ def create_release_route(
             description=f"deploy {body.artifact_sha256[:12]}",
             now=now(),
             timeout_s=ctx.settings.deploy_timeout_s,
+            release_phase=True,
         )
+        if awaits_release_phase(release):  # runs after this answer (controller/release_phase.py)
+            background.add_task(run_release_phase, ctx, app, release.version)
         return release_view(release, frontends=up_frontends(session))
 
 

@@ -30,6 +30,7 @@ def app_view(app: App, settings: RegistrySettings) -> wire.App:
         created_at=app.created_at,
         service_port=app.service_port,
         depends_on=list(app.depends_on or []),
+        process_counts=dict(app.process_counts or {}),
     )
 
 
@@ -119,14 +120,7 @@ def desired_state(
     ports = service_ports(session)
     for instance in rows:
         release, app = instance.release, instance.app
-        env = dependency_env(app, ports)  # <NAME>_URL (controller/services.py); config wins
-        env.update(release.config)
-        env.update(
-            PAAS_APP=app.name,
-            PAAS_RELEASE=str(release.version),
-            PAAS_HOST=host.name,
-            PAAS_URL=settings.app_url(app.name),
-        )
+        env = release_env(release, host, ports, settings)
         instances.append(
             wire.DesiredInstance(
                 id=instance.id,
@@ -149,6 +143,23 @@ def desired_state(
         instances=instances,
         services=service_routes(session, settings) if host.role == "machine" else [],
     )
+
+
+def release_env(
+    release: Release, host: Host, ports: dict[str, int | None], settings: RegistrySettings
+) -> dict[str, str]:
+    """What a process of `release` on `host` gets on top of the agent's own variables: the
+    <NAME>_URL of its dependencies, its config snapshot (wins), then PAAS_*."""
+    app = release.app
+    env = dependency_env(app, ports)  # <NAME>_URL (controller/services.py); config wins
+    env.update(release.config)
+    env.update(
+        PAAS_APP=app.name,
+        PAAS_RELEASE=str(release.version),
+        PAAS_HOST=host.name,
+        PAAS_URL=settings.app_url(app.name),
+    )
+    return env
 
 
 def routing_table(session: Session, *, index: int, settings: RegistrySettings) -> wire.RoutingTable:

@@ -53,11 +53,13 @@ def test_release_from_real_tarball_reads_procfile_and_manifest(reg: TestRegistry
     assert release["stage"] == "uploaded"
     assert release["processes"] == {"web": "python -m shop --port $PORT", "worker": "python w.py"}
     assert release["health_path"] == "/health"
-    assert sorted(i["host"] for i in release["instances"]) == ["m1", "m2"]
+    web = [i for i in release["instances"] if i["process"] == "web"]
+    assert sorted(i["host"] for i in web) == ["m1", "m2"]
+    assert [i["process"] for i in release["instances"]].count("worker") == 1  # runs too
     app = reg.client.get("/v1/apps/shop", headers=reg.admin).json()
     assert app["instances"] == 2 and app["domains"] == ["shop.example.com"]
     desired = reg.desired("m1", t1)
-    [instance] = desired["instances"]
+    [instance] = [i for i in desired["instances"] if i["process"] == "web"]
     assert instance["command"] == "python -m shop --port $PORT"
     assert instance["serve"] is False and instance["health_path"] == "/health"
     assert instance["domains"] == ["shop.paas.test", "shop.example.com"]
@@ -67,7 +69,7 @@ def test_release_from_real_tarball_reads_procfile_and_manifest(reg: TestRegistry
         "PAAS_HOST": "m1",
         "PAAS_URL": "https://shop.paas.test/",
     }
-    assert len(reg.desired("m2", t2)["instances"]) == 1
+    assert [i["process"] for i in reg.desired("m2", t2)["instances"]].count("web") == 1
 
 
 @pytest.mark.parametrize(

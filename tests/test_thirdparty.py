@@ -130,17 +130,18 @@ def test_nothing_listening_says_to_use_port() -> None:
 # ---- Procfile lines and files that are not used ---------------------------------------------
 
 
-def test_release_and_worker_lines_are_named_not_silently_dropped() -> None:
+def test_release_and_worker_lines_are_named_with_how_they_run() -> None:
     processes = parse_procfile(
         "web: gunicorn wsgi\nrelease: python manage.py migrate\nworker: celery -A app worker\n"
         "clock: python clock.py\n"
     )
     notices = procfile_notices(processes)
     assert len(notices) == 3
-    assert notices[0].startswith("Procfile: 'release' is not run (the release phase is not run")
-    assert "paas run APP -- CMD" in notices[0]
-    assert notices[1].startswith("Procfile: 'worker' is not run (only web processes are placed")
-    assert notices[2] == "Procfile: 'clock' is not run (only web processes are run)"
+    assert notices[0].startswith("Procfile: 'release' runs once per deploy, on one host, before")
+    assert "the previous release keeps running" in notices[0]
+    assert notices[1].startswith("Procfile: 'worker' runs as a worker (1 instance unless scaled")
+    assert "paas ps:scale APP worker=N" in notices[1] and "no port" in notices[1]
+    assert notices[2].startswith("Procfile: 'clock' runs as a worker")
     assert procfile_notices({"web": "gunicorn app:app"}) == []
 
 
@@ -152,7 +153,7 @@ def test_pack_reports_what_will_not_be_used(tmp_path: Path) -> None:
     packed = pack(tmp_path)
     packed.path.unlink()
     text = "\n".join(packed.notices)
-    assert "'release' is not run" in text
+    assert "'release' runs once per deploy" in text
     assert "runtime.txt: not read; apps run on the hosts' Python" in text
     assert ".python-version: not read" in text
     assert "no requirements.txt or pyproject.toml" in text

@@ -62,6 +62,8 @@ def test_django_like_app_with_heroku_procfile_deploys_and_serves(
     app = tmp_path / APP
     (app / "requirements").mkdir(parents=True)
     (app / "app.py").write_text(APP_PY)
+    (app / "manage.py").write_text("print('migrated')\n")  # the release phase runs it
+    (app / "worker.py").write_text("import time\nwhile True:\n    time.sleep(1)\n")
     (app / "Procfile").write_text(
         "release: python manage.py migrate\nweb: python app.py\nworker: python worker.py\n"
     )
@@ -74,8 +76,8 @@ def test_django_like_app_with_heroku_procfile_deploys_and_serves(
     done = paas(cluster, "deploy", str(app), "--timeout", "120")
     out = done.stdout + done.stderr
     assert done.returncode == 0, out + logs(cluster)
-    assert "Procfile: 'release' is not run" in out, out
-    assert "Procfile: 'worker' is not run (only web processes are placed" in out, out
+    assert "Procfile: 'release' runs once per deploy" in out, out
+    assert "Procfile: 'worker' runs as a worker" in out, out
     assert "runtime.txt: not read" in out, out
 
     response = https_get(cluster, HOST, "/ping")

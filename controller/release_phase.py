@@ -1,0 +1,150 @@
+"""The release phase: a release's `release:` Procfile command, run once per deploy on one
+machine host, in the new release's environment, before any instance of it is placed.
+
+It reuses the one-off run machinery: the registry picks a host as placement would (its
+constraints hold), and the host's agent installs the release and runs the command through
+agent/oneoff.py (`POST /v1/release-phase/{app}` on its API, as `paas run` uses
+`/v1/run/{app}`), streaming NDJSON back. Exit 0 places the release's instances; anything
+else fails the release with the output's tail, and the previous release is never touched.
+
+The run belongs to the registry process that created the release: if that process dies
+meanwhile, the release fails at its deadline ("stuck at release phase").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+import httpx
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from controller.agent_link import AgentLink, agent_client, link_for
+from controller.context import Context
+from controller.deploys import (
+    NO_HOST_ERROR,
+    RELEASE_PROCESS,
+    awaits_release_phase,
+    fail_release,
+    place_hosts,
+    place_release,
+)
+from controller.errors import RegistryError
+from controller.models import App, Release
+from controller.queries import now
+from controller.services import service_ports
+from controller.views import release_env
+
+log = logging.getLogger("paas.registry")
+
+TAIL_CHARS = 4000  # the output kept for the failure message
+
+
+@dataclass(frozen=True)
+class PhaseRun:
+    link: AgentLink
+    payload: dict[str, object]
+
+
+def _release(session: Session, app: str, version: int) -> Release | None:
+    return session.execute(
+        select(Release).join(App).where(App.name == app, Release.version == version)
+    ).scalar_one_or_none()
+
+
+def _prepare(ctx: Context, app: str, version: int) -> PhaseRun | None:
+    """Where and what to run; None when the release no longer waits for it."""
+    with ctx.db.read() as session:
+        release = _release(session, app, version)
+        if release is None or not awaits_release_phase(release):
+            return None
+        [host] = place_hosts(session, release.app, 1, process=RELEASE_PROCESS) or [None]
+        if host is None:
+            raise RegistryError(NO_HOST_ERROR)
+        link = link_for(session, host)
+        left = (release.deadline_at - now()).total_seconds() if release.deadline_at else None
+        payload: dict[str, object] = {
+            "version": release.version,
+            "artifact_sha256": release.artifact_sha256,
+            "command": release.processes[RELEASE_PROCESS],
+            "env": release_env(release, host, service_ports(session), ctx.settings),
+            "timeout_s": max(1.0, left) if left is not None else None,
+        }
+        return PhaseRun(link=link, payload=payload)
+
+
+async def _execute(run: PhaseRun, app: str) -> tuple[int, str]:
+    """(exit code, output tail) of the command on the agent."""
+    tail: deque[str] = deque()
+    size = 0
+    code: int | None = None
+    error: str | None = None
+    async with agent_client() as client:
+        url = f"{run.link.url}/v1/release-phase/{app}"
+        async with client.stream(
+            "POST", url, json=run.payload, headers=run.link.headers
+        ) as response:
+            if response.status_code != 200:
+                body = (await response.aread()).decode(errors="replace")[:500]
+                return 1, f"host {run.link.host}'s agent answered {response.status_code}: {body}"
+            async for line in response.aiter_lines():
+                if not line.strip():
+                    continue  # heartbeat
+                event = json.loads(line)
+                if "data" in event:
+                    tail.append(str(event["data"]))
+                    size += len(tail[-1])
+                    while size > TAIL_CHARS and len(tail) > 1:
+                        size -= len(tail.popleft())
+                if "error" in event:
+                    error = str(event["error"])
+                if "exit" in event:
+                    code = int(event["exit"])
+    text = "".join(tail)[-TAIL_CHARS:]
+    if error:
+        text = f"{text}\n{error}" if text else error
+    return (code if code is not None else 1), text
+
+
+def _finish(ctx: Context, app: str, version: int, code: int, output: str, host: str) -> None:
+    with ctx.db.write() as session:
+        release = _release(session, app, version)
+        if release is None or not awaits_release_phase(release):
+            return  # superseded or past its deadline meanwhile
+        if code == 0:
+            log.info("release %s v%d: release phase passed on %s", app, version, host)
+            place_release(session, release, now=now())
+            return
+        tail = output.rstrip()
+        fail_release(
+            session,
+            release,
+            f"release phase (`{release.processes[RELEASE_PROCESS]}`) on host {host} exited"
+            f" with status {code}" + (f":\n{tail}" if tail else ""),
+        )
+
+
+def _fail(ctx: Context, app: str, version: int, reason: str) -> None:
+    with ctx.db.write() as session:
+        release = _release(session, app, version)
+        if release is not None and awaits_release_phase(release):
+            fail_release(session, release, f"release phase not run: {reason}")
+
+
+async def run_release_phase(ctx: Context, app: str, version: int) -> None:
+    """Run the release phase of `app` v`version` and move the release on (a background task
+    of the request that created the release)."""
+    try:
+        run = await run_in_threadpool(_prepare, ctx, app, version)
+        if run is None:
+            return
+        code, output = await _execute(run, app)
+    except (RegistryError, httpx.HTTPError, ValueError) as exc:
+        log.info("release %s v%d: release phase not run: %s", app, version, exc)
+        await run_in_threadpool(_fail, ctx, app, version, str(exc) or type(exc).__name__)
+        return
+    await run_in_threadpool(_finish, ctx, app, version, code, output, run.link.host)
