@@ -9,7 +9,7 @@ The load (wrk when installed, else a threaded Python client that also checks eve
 runs against https://bench.localhost through HAProxy -> nginx -> app. Meanwhile the app is
 redeployed `--redeploys` times (`paas deploy`, a code change each time: new instances start
 beside the old ones, nginx switches, the old ones drain and stop) and the frontend reloads
-`--reloads` times (a second app's domain is changed, which changes the routing table; each
+`--reloads` times (a second app gets a new wildcard domain, which takes a full HAProxy reload; each
 reload is confirmed by the new domain answering). Prints requests sent, failed and p99
 latency, next to the same load's p99 over `--baseline-seconds` without any redeploy or
 reload; `--write` puts the result into its own section of docs/BENCHMARKS.md.
@@ -83,16 +83,18 @@ def https_status(cluster: LocalCluster, host: str) -> int:
 
 
 def frontend_reload(cluster: LocalCluster, n: int) -> None:
-    """Give the second app a new domain; done once HAProxy routes it (its config reloaded)."""
-    domain = f"{FLIP}-{n}.reload.test"  # the cluster domain's names are reserved for apps
+    """Give the second app a new wildcard domain; done once HAProxy routes it. A wildcard
+    takes a full (seamless) HAProxy reload: an exact domain would be a runtime `add map`."""
+    wildcard = f"*.{FLIP}-{n}.reload.test"  # the cluster domain's names are reserved for apps
     token = cluster.tokens()["admin_token"]
     response = httpx.patch(
         f"{cluster.registry_url}/v1/apps/{FLIP}",
-        json={"domains": [domain]},
+        json={"domains": [wildcard]},
         headers={"Authorization": f"Bearer {token}"},
         timeout=30,
     )
     response.raise_for_status()
+    domain = wildcard.replace("*", "www", 1)
     deadline = time.monotonic() + 60
     while https_status(cluster, domain) != 200:
         if time.monotonic() > deadline:
