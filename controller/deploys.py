@@ -126,15 +126,7 @@ def place_release(session: Session, release: Release, *, now: datetime) -> Relea
             fail_release(session, release, reason)
             return release
         for host in placed:
-            release.instances.append(
-                Instance(
-                    id=next_instance_id(session),
-                    app=app,
-                    process=process,
-                    host=host,
-                    updated_at=now,
-                )
-            )
+            release.instances.append(new_instance(session, app, process, host, now))
             names.append(f"{process}@{host.name}")
         session.flush()
     log.info("release %s v%d placed: %s", app.name, version, ", ".join(names))
@@ -156,6 +148,20 @@ def placement_key(app: str, process: str) -> str:
     """Placement spreads and sticks per (app, process type): web and a worker of one app are
     placed independently. App names cannot contain ':'."""
     return f"{app}:{process}"
+
+
+def new_instance(
+    session: Session, app: App, process: str, host: Host, now: datetime, *, serve: bool = False
+) -> Instance:
+    """An instance to run `process` of `app` on `host`, with the next cluster-wide id."""
+    return Instance(
+        id=next_instance_id(session),
+        app=app,
+        process=process,
+        host=host,
+        serve=serve,
+        updated_at=now,
+    )
 
 
 def place_hosts(
@@ -429,15 +435,6 @@ def _scale_process(
         log.info("app %s wants %s=%d; no machine host is up to run more", app.name, process, count)
         return False
     for host in placed:
-        active.instances.append(
-            Instance(
-                id=next_instance_id(session),
-                app=app,
-                process=process,
-                host=host,
-                serve=True,
-                updated_at=now,
-            )
-        )
+        active.instances.append(new_instance(session, app, process, host, now, serve=True))
     log.info("app %s scaled up to %s=%d", app.name, process, len(running) + len(placed))
     return True

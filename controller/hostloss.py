@@ -13,9 +13,15 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controller.db import bump, next_instance_id
-from controller.deploys import place_hosts, process_counts, routing_servers, scale_active
-from controller.models import App, Host, Instance, Release
+from controller.db import bump
+from controller.deploys import (
+    new_instance,
+    place_hosts,
+    process_counts,
+    routing_servers,
+    scale_active,
+)
+from controller.models import App, Host, Release
 
 log = logging.getLogger("paas.registry")
 
@@ -73,15 +79,7 @@ def _replace(session: Session, release: Release, *, now: datetime) -> None:
         staying = [i.host.name for i in wanted]
         missing = max(0, count - len(staying))
         for host in place_hosts(session, app, missing, staying=staying, process=process):
-            release.instances.append(
-                Instance(
-                    id=next_instance_id(session),
-                    app=app,
-                    process=process,
-                    host=host,
-                    updated_at=now,
-                )
-            )
+            release.instances.append(new_instance(session, app, process, host, now))
             log.info(
                 "release %s v%d: %s instance re-placed on %s",
                 app.name,
