@@ -12,9 +12,8 @@ import httpx
 import pytest
 
 from agent.frontend import FrontendAgent
-from agent.settings import AgentSettings
 from common.wire import RoutingTable
-from tests.test_haproxy_real import FakeRegistry, force_kill, free_ports, table, wait_for
+from tests.test_haproxy_real import FakeRegistry, force_kill, frontend_settings, table, wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed")
 
@@ -40,15 +39,8 @@ class LostWatchRegistry(FakeRegistry):
 
 
 def test_a_report_past_the_watch_index_makes_the_frontend_watch_again(tmp_path: Path) -> None:
-    http_port, https_port = free_ports(2)
-    settings = AgentSettings(
-        role="frontend",
-        registry_url="http://registry.test",
-        join_token="join-secret",
-        name="front-1",
-        state_dir=tmp_path / "state",
-        http_port=http_port,
-        https_port=https_port,
+    settings = frontend_settings(
+        tmp_path / "state",
         heartbeat_interval_s=0.2,
         watch_wait_s=60.0,  # a lost watch would hang this long without the re-watch
         domain="paas.test",

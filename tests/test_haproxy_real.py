@@ -35,21 +35,25 @@ from agent.render import default_template_dir, make_environment, template_dirs
 from agent.settings import AgentSettings
 from agent.tls import ensure_default_cert
 from common.wire import RouteApp, RouteServer, RoutingTable
+from tests.conftest import free_ports
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed")
 
 
-def free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
+def frontend_settings(state_dir: Path, **overrides: object) -> AgentSettings:
+    """A frontend agent's settings for these tests: free HTTP/HTTPS ports, a fake registry."""
+    http_port, https_port = free_ports(2)
+    values: dict[str, object] = {
+        "role": "frontend",
+        "registry_url": "http://registry.test",
+        "join_token": "join-secret",
+        "name": "front-1",
+        "state_dir": state_dir,
+        "http_port": http_port,
+        "https_port": https_port,
+        **overrides,
+    }
+    return AgentSettings(**values)  # type: ignore[arg-type]
 
 
 # ---- the fake machine host ----------------------------------------------------------------
@@ -390,24 +394,18 @@ async def wait_for(predicate: Callable[[], object], what: str, timeout: float = 
 
 
 def test_frontend_agent_end_to_end(tmp_path: Path) -> None:
-    http_port, https_port = free_ports(2)
     operator = tmp_path / "templates"
     operator.mkdir()
     good_template = (default_template_dir() / "haproxy.cfg.j2").read_text()
     (operator / "haproxy.cfg.j2").write_text(good_template)
-    settings = AgentSettings(
-        role="frontend",
-        registry_url="http://registry.test",
-        join_token="join-secret",
-        name="front-1",
-        state_dir=tmp_path / "state",
-        http_port=http_port,
-        https_port=https_port,
+    settings = frontend_settings(
+        tmp_path / "state",
         template_dir=operator,
         heartbeat_interval_s=0.3,
         watch_wait_s=2.0,
         domain="paas.test",
     )
+    https_port = settings.https_port
     registry = FakeRegistry()
     agent = FrontendAgent(settings, transport=httpx.MockTransport(registry.handler))
 
@@ -505,18 +503,12 @@ def test_agent_restart_adopts_the_running_haproxy(front: Front) -> None:
 def test_registry_outage_keeps_serving_and_logs_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    http_port, https_port = free_ports(2)
-    settings = AgentSettings(
-        role="frontend",
-        registry_url="http://registry.test",
-        join_token="join-secret",
-        name="front-1",
-        state_dir=tmp_path / "state",
-        http_port=http_port,
-        https_port=https_port,
+    settings = frontend_settings(
+        tmp_path / "state",
         heartbeat_interval_s=0.2,
         watch_wait_s=1.0,
     )
+    https_port = settings.https_port
     registry = FakeRegistry()
     down = threading.Event()
 

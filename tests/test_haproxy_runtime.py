@@ -19,10 +19,9 @@ from agent.frontend import FrontendAgent
 from agent.haproxy import build_view
 from agent.haproxy_runtime import runtime_commands
 from agent.haproxy_slots import SLOT_STEP, ServerView, assign_slots
-from agent.settings import AgentSettings
 from agent.tls import ensure_default_cert
 from common.wire import RouteApp, RouteServer, RoutingTable
-from tests.test_haproxy_real import echo_server, force_kill, free_ports, https_get
+from tests.test_haproxy_real import echo_server, force_kill, frontend_settings, https_get
 
 
 def server(host: str, port: int, address: str = "10.0.0.1") -> ServerView:
@@ -122,17 +121,11 @@ def served_by(port: int, host: str, tries: int = 12) -> Counter[str]:
 
 @needs_haproxy
 def test_scale_change_applies_at_runtime_and_survives_a_reload(tmp_path: Path) -> None:
-    http_port, https_port = free_ports(2)
-    settings = AgentSettings(
-        role="frontend",
-        registry_url="http://registry.test",
-        join_token="join-secret",
-        name="front-1",
-        state_dir=tmp_path / "state",
-        http_port=http_port,
-        https_port=https_port,
+    settings = frontend_settings(
+        tmp_path / "state",
         domain="paas.test",
     )
+    https_port = settings.https_port
     agent = FrontendAgent(settings)
     agent.conf_dir.mkdir(parents=True)
     agent.cert_path = ensure_default_cert(tmp_path, "paas.test", now=dt.datetime.now(dt.UTC))

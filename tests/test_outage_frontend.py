@@ -14,12 +14,11 @@ import pytest
 
 from agent.frontend import FrontendAgent
 from agent.render import default_template_dir
-from agent.settings import AgentSettings
 from tests.test_haproxy_real import (
     FakeRegistry,
     echo_server,
     force_kill,
-    free_ports,
+    frontend_settings,
     https_get,
     table,
     wait_for,
@@ -39,19 +38,13 @@ def test_frontend_restarted_in_an_outage_serves_the_saved_table_and_recovers_ref
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("agent.frontend.RETRY_REFUSED_S", 0.3)
-    http_port, https_port = free_ports(2)
     state = tmp_path / "state"
-    settings = AgentSettings(
-        role="frontend",
-        registry_url="http://registry.test",
-        join_token="join-secret",
-        name="front-1",
-        state_dir=state,
-        http_port=http_port,
-        https_port=https_port,
+    settings = frontend_settings(
+        state,
         heartbeat_interval_s=0.2,
         watch_wait_s=1.0,
     )
+    https_port = settings.https_port
     registry = FakeRegistry()
     down = threading.Event()
 
