@@ -10,7 +10,20 @@ from typing import Any
 
 import click
 
-from cli import audit, certs, config, config_verbs, domains, logs, output, ps, routing, run, tokens
+from cli import (
+    audit,
+    certs,
+    config,
+    config_verbs,
+    domains,
+    hosts_verbs,
+    logs,
+    output,
+    ps,
+    routing,
+    run,
+    tokens,
+)
 from cli.api import RegistryClient
 from cli.deploy import Deployer
 from cli.errors import ApiError, CliError, DeployFailed
@@ -321,6 +334,7 @@ routing.register(main, client=client, json_option=json_option)
 ps.register(main, client=client, json_option=json_option)
 config_verbs.register(main, client=client, json_option=json_option)
 tokens.register(main, json_option=json_option)
+hosts_verbs.register(main)
 audit.register(main, json_option=json_option)
 logs.register(main)
 run.register(main)

@@ -1,4 +1,11 @@
-"""Hosts: join, desired state (watch), status reports, and the routing table (watch)."""
+"""Hosts: join, desired state (watch), status reports, and the routing table (watch).
+
+A join token only adds new hosts: a host name that already joined belongs to that host
+(its token, its address, for a frontend every private key), so joining under it again is
+refused unless an admin does it (admin token as the join token) or removed the host first
+(`DELETE /v1/hosts/{host}`, `paas hosts:remove`). An agent that restarts keeps its saved
+host token and never joins again.
+"""
 
 from __future__ import annotations
 
@@ -24,9 +31,9 @@ from controller.auth import (
 from controller.context import Context, get_ctx
 from controller.db import bump, revision
 from controller.deploys import apply_report
-from controller.errors import Forbidden
+from controller.errors import Conflict, Forbidden
 from controller.hostloss import refill
-from controller.models import Host
+from controller.models import Host, Instance
 from controller.queries import INDEX_HEADER, get_host, now
 from controller.shared_watch import shared_watch
 from controller.views import desired_state, host_view, routing_table
@@ -36,8 +43,10 @@ log = logging.getLogger("paas.registry")
 router = APIRouter(prefix="/v1", tags=["hosts"])
 
 
-@router.post("/hosts/join", response_model=wire.HostJoined, dependencies=[Depends(require_join)])
-def join_host(body: wire.HostJoin, ctx: Context = Depends(get_ctx)) -> wire.HostJoined:
+@router.post("/hosts/join", response_model=wire.HostJoined)
+def join_host(
+    body: wire.HostJoin, who: Principal = Depends(require_join), ctx: Context = Depends(get_ctx)
+) -> wire.HostJoined:
     with ctx.db.write() as session:
         host = session.execute(select(Host).where(Host.name == body.name)).scalar_one_or_none()
         if host is None:
@@ -45,6 +54,12 @@ def join_host(body: wire.HostJoin, ctx: Context = Depends(get_ctx)) -> wire.Host
             session.add(host)
             log.info(
                 "host %s joined as %s at %s:%d", body.name, body.role, body.address, body.proxy_port
+            )
+        elif who.kind != "admin":
+            raise Conflict(
+                f"host {body.name} has already joined; a join token only adds new hosts."
+                " If this machine lost its state, an admin removes the old host first"
+                f" (`paas hosts:remove {body.name}`) or re-joins it with the admin token"
             )
         else:
             revoke_tokens(session, "host", host_name=body.name)
@@ -71,6 +86,27 @@ def list_hosts(ctx: Context = Depends(get_ctx)) -> list[wire.Host]:
     with ctx.db.read() as session:
         hosts = session.execute(select(Host).order_by(Host.name)).scalars()
         return [host_view(session, h) for h in hosts]
+
+
+@router.delete(
+    "/hosts/{host}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[Depends(require_admin)]
+)
+def remove_host(host: HostName, ctx: Context = Depends(get_ctx)) -> Response:
+    """Forget a host: its token stops working, its instances are placed on the other hosts,
+    and its name is free to join again with the join token."""
+    with ctx.db.write() as session:
+        row = get_host(session, host)
+        revoke_tokens(session, "host", host_name=host)
+        for instance in session.execute(select(Instance).where(Instance.host_id == row.id)):
+            session.delete(instance[0])
+        session.flush()
+        session.delete(row)
+        session.flush()
+        session.expire_all()  # loaded instance lists must not keep the deleted rows
+        refill(session, now=now())
+        bump(session, desired=True)
+    log.info("host %s removed by an admin; its token is revoked", host)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/hosts/{host}/desired", response_model=wire.DesiredState)

@@ -124,8 +124,12 @@ def test_hosts_may_fetch_artifacts_but_not_upload(reg: TestRegistry) -> None:
 
 
 def test_rejoin_issues_new_token_and_revokes_old(reg: TestRegistry) -> None:
+    """Only an admin may re-join a host that already joined (tests/test_host_identity.py)."""
     old = reg.join("m1", address="127.0.0.2", port=9000)
-    new = reg.join("m1", address="127.0.0.3", port=9001)
+    body = {"name": "m1", "role": "machine", "address": "127.0.0.3", "proxy_port": 9001}
+    response = reg.client.post("/v1/hosts/join", json=body, headers=reg.admin)
+    assert response.status_code == 200, response.text
+    new = response.json()["token"]
     assert old != new
     assert reg.client.get("/v1/hosts/m1/desired", headers=reg.headers(old)).status_code == 401
     assert reg.client.get("/v1/hosts/m1/desired", headers=reg.headers(new)).status_code == 200
