@@ -23,6 +23,10 @@ MAX_INSTANCES = 100
 DEFAULT_HEALTH_TIMEOUT_S = 30.0  # a new instance must pass its health check within this
 MIN_HEALTH_TIMEOUT_S = 1.0
 MAX_HEALTH_TIMEOUT_S = 3600.0
+# A new release's instances must stay healthy this long before the previous release's
+# instances are stopped (Nomad's min_healthy_time); 0 switches as soon as they are healthy.
+DEFAULT_MIN_HEALTHY_S = 10.0
+MAX_MIN_HEALTHY_S = 3600.0
 
 
 class ManifestError(ValueError):
@@ -41,6 +45,8 @@ class Manifest:
     depends_on: list[str] | None = None  # apps this one calls; None: keep the app's list
     constraints: dict[str, str] | None = None  # host labels required; None: keep the app's
     memory_mb: int | None = None  # memory = "256M" per instance; placement keeps hosts within it
+    min_healthy_s: float | None = None  # seconds healthy before the switch; None: keep the app's
+    auto_rollback: bool | None = None  # roll back a crash-looping release; None: keep the app's
 
 
 def parse_procfile(text: str) -> dict[str, str]:
@@ -118,6 +124,8 @@ _KEYS = {
     "depends_on",
     "constraints",
     "memory",
+    "min_healthy_s",
+    "auto_rollback",
 }
 
 
@@ -145,6 +153,8 @@ def parse_manifest(text: str) -> Manifest:
         depends_on=_depends_on(values.get("depends_on"), values.get("name")),
         constraints=_constraints(values.get("constraints")),
         memory_mb=_memory(values.get("memory")),
+        min_healthy_s=_min_healthy(values.get("min_healthy_s")),
+        auto_rollback=_auto_rollback(values.get("auto_rollback")),
     )
 
 
@@ -190,6 +200,24 @@ def _health_timeout(value: object) -> float | None:
             f" and {MAX_HEALTH_TIMEOUT_S:g} seconds"
         )
     return float(value)
+
+
+def _min_healthy(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ManifestError("paas.toml: min_healthy_s must be a number of seconds such as 10")
+    if not 0 <= value <= MAX_MIN_HEALTHY_S:
+        raise ManifestError(
+            f"paas.toml: min_healthy_s must be between 0 and {MAX_MIN_HEALTHY_S:g} seconds"
+        )
+    return float(value)
+
+
+def _auto_rollback(value: object) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise ManifestError("paas.toml: auto_rollback must be true or false")
 
 
 def _instances(value: object) -> int | None:
