@@ -4,14 +4,21 @@ Pure: no I/O besides loading the template, no clock, no environment reads. Every
 (which ports an app's upstream holds, which apps answer 503, the listen string) is made here
 in typed values; the template only formats them. Every value is re-validated with
 common.names before rendering (defence in depth: the registry checked them already).
+
+Who may connect (issue 12): the public listener serves only the frontends, whose
+X-Forwarded-* headers are passed on as they sent them, and the machine proxies of the
+cluster, whose service listeners forward to apps other apps depend on (headers set from the
+connection, since an app on that machine could connect too). Everyone else gets 403 before
+any app is asked. With no frontend known yet, loopback stands in for it (a single host).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import jinja2
 
@@ -38,6 +45,19 @@ class NginxPaths:
     temp: str  # client_body / proxy / fastcgi / uwsgi / scgi temp folders live in here
 
 
+ClientRole = Literal["frontend", "machine"]
+_LOOPBACK = ("127.0.0.1", "::1")
+
+
+@dataclass(frozen=True)
+class ProxyClient:
+    """A source network allowed on the public listener (nginx `geo` syntax) and its role:
+    `frontend` headers are trusted; `machine` may reach service apps, headers not trusted."""
+
+    network: str  # "198.18.0.2/32", "::1/128"
+    role: ClientRole
+
+
 @dataclass(frozen=True)
 class AppServer:
     name: str
@@ -48,6 +68,7 @@ class AppServer:
     max_body_mb: int = 100  # client_max_body_size
     read_timeout_s: int = 60  # proxy_read_timeout / proxy_send_timeout
     websocket: bool = True  # pass Upgrade through
+    service: bool = False  # other apps depend on it: the cluster's machine proxies may connect
 
 
 @dataclass(frozen=True)
@@ -70,6 +91,7 @@ class NginxView:
     server_names_hash_bucket_size: int
     apps: tuple[AppServer, ...]
     services: tuple[ServiceServer, ...] = ()
+    clients: tuple[ProxyClient, ...] = ()  # empty: nobody may connect to the public listener
 
     @property
     def routed_ids(self) -> frozenset[int]:
@@ -89,11 +111,15 @@ def build_view(
     paths: NginxPaths,
     worker_user: str | None = None,
     services: Iterable[ServiceRoute] = (),
+    frontends: Sequence[str] = (),
+    machines: Sequence[str] = (),
 ) -> NginxView:
     """One server per app (its domains), upstream = ports of its healthy `serve` instances.
 
     `healthy_ports` maps instance id -> port for instances observed running (health passed).
-    Raises RenderError for any value that does not match its strict pattern.
+    `frontends` and `machines` are the IP addresses of the cluster's frontend and machine
+    hosts (the only clients the public listener serves). Raises RenderError for any value
+    that does not match its strict pattern.
     """
     try:
         check_address(address)
@@ -125,6 +151,7 @@ def build_view(
                 _check_port(inst_port)
                 app_members.append((inst.id, inst_port))
         service_servers = _service_servers(services, taken={port})
+        clients = proxy_clients(frontends, machines)
     except InvalidName as exc:
         raise RenderError(f"refused to render nginx config: {exc}") from exc
 
@@ -138,6 +165,7 @@ def build_view(
             max_body_mb=options[name].max_body_mb,
             read_timeout_s=options[name].read_timeout_s,
             websocket=options[name].websocket,
+            service=name in {svc.name for svc in service_servers},
         )
         for name in sorted(domains)
         if domains[name]
@@ -150,7 +178,43 @@ def build_view(
         server_names_hash_bucket_size=_bucket_size(longest),
         apps=apps,
         services=service_servers,
+        clients=clients,
     )
+
+
+def proxy_clients(frontends: Sequence[str], machines: Sequence[str]) -> tuple[ProxyClient, ...]:
+    """The public listener's allowed sources. Each frontend address is trusted; one on
+    loopback connects from 127.0.0.1 (the kernel's source for 127.0.0.0/8), so loopback is
+    trusted only then (local mode), or while no frontend is known at all. Machine addresses
+    are allowed with the `machine` role unless they are a frontend's too."""
+    roles: dict[str, ClientRole] = {}
+
+    def add(address: str, role: ClientRole) -> None:
+        ip = ipaddress.ip_address(address)
+        for source in [str(ip), *(_LOOPBACK if ip.is_loopback else ())]:
+            if roles.get(source) != "frontend":
+                roles[source] = role
+
+    for address in machines:
+        _check_ip(address)
+        add(address, "machine")
+    for address in frontends:
+        _check_ip(address)
+        add(address, "frontend")
+    if not frontends:
+        for address in _LOOPBACK:
+            add(address, "frontend")
+    return tuple(
+        ProxyClient(network=f"{source}/{ipaddress.ip_address(source).max_prefixlen}", role=role)
+        for source, role in sorted(roles.items())
+    )
+
+
+def _check_ip(address: str) -> None:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError as exc:
+        raise InvalidName(f"proxy client {address!r} is not an IP address") from exc
 
 
 def _service_servers(

@@ -59,7 +59,7 @@ def test_upstream_holds_only_serving_healthy_instances() -> None:
     assert "server_name shop.paas.test *.shop.example.com;" in text
     assert "proxy_pass http://app-shop;" in text
     assert "proxy_http_version 1.1;" in text
-    assert "proxy_set_header Host $host;" in text
+    assert "proxy_set_header Host $http_host;" in text
     assert "proxy_set_header X-Forwarded-For $paas_forwarded_for;" in text
     assert "proxy_set_header X-Forwarded-Proto $paas_forwarded_proto;" in text
     assert "proxy_set_header X-Forwarded-Host $paas_forwarded_host;" in text
