@@ -3,6 +3,12 @@
 Each runs as a detached process (its own session, output in `<state>/logs/<name>.log`); the
 pids live in `<state>/pids.json`, so `down()` — from this process or a later one — stops
 exactly those processes and nothing else. Tests and the benchmark use it with free ports.
+
+The state folder holds the registry's database and the cluster's tokens, and the agents run
+as root: every folder here is 0700 and every file 0600 (the machine agent may add o+x to the
+state folder so app users pass through to their own folders, never read or list it), and
+no secret is ever on a command line (`ps` shows argv to every local user): the agents get
+the join token through their environment (PAAS_JOIN_TOKEN), which only root can read.
 """
 
 from __future__ import annotations
@@ -76,6 +82,32 @@ def kill_tree(pid: int) -> None:
     for member in family:
         with contextlib.suppress(psutil.Error):
             member.kill()
+
+
+def private_dir(path: Path) -> Path:
+    """mkdir -p, then no read or write for group and others (0700; an o+x that the machine
+    agent added for its app users is kept: it lets them pass, not list)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o066:
+        os.chmod(path, mode & ~0o066)
+    return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a 0600 file atomically (never readable by others, even for an instant)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _open_log(path: Path) -> int:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)  # a log an older version left 0644
+    return fd
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -179,11 +211,9 @@ class LocalCluster:
         }
 
     def _record(self, processes: dict[str, dict[str, Any]]) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)
         body = {"processes": processes, "ports": asdict(self.ports), "domain": self.domain}
-        tmp = self.pids_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(body, indent=2) + "\n")
-        os.replace(tmp, self.pids_file)
+        write_private(self.pids_file, json.dumps(body, indent=2) + "\n")
 
     # ---- up ----------------------------------------------------------------------------
 
@@ -197,14 +227,14 @@ class LocalCluster:
         for what, port in asdict(self.ports).items():
             if not port_free(port, self.host):
                 raise ClusterError(f"port {port} ({what}) on {self.host} is already in use")
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)
+        private_dir(self.logs_dir)
         try:
             self._init_registry()
             self._start(REGISTRY, self._registry_argv())
             self._wait_registry()
-            join = self.tokens()["join_token"]
-            self._start(MACHINE, self._agent_argv("machine", MACHINE, join))
-            self._start(FRONTEND, self._agent_argv("frontend", FRONTEND, join))
+            self._start(MACHINE, self._agent_argv("machine", MACHINE))
+            self._start(FRONTEND, self._agent_argv("frontend", FRONTEND))
             self._wait_hosts()
         except BaseException:
             self.down()
@@ -225,10 +255,10 @@ class LocalCluster:
         return {k: v for k, v in os.environ.items() if not k.startswith("PAAS_")}
 
     def _init_registry(self) -> None:
+        state = private_dir(self.state_dir / "registry")
         if self.tokens_file.exists():
+            os.chmod(self.tokens_file, 0o600)
             return
-        state = self.state_dir / "registry"
-        state.mkdir(parents=True, exist_ok=True)
         argv = [self._exe("paas-registry"), "init", "--state-dir", str(state), "--json"]
         try:
             done = subprocess.run(
@@ -243,9 +273,7 @@ class LocalCluster:
             body = {"admin_token": tokens["admin_token"], "join_token": tokens["join_token"]}
         except (ValueError, KeyError, TypeError) as exc:
             raise ClusterError(f"`paas-registry init` printed no tokens: {done.stdout!r}") from exc
-        fd = os.open(self.tokens_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(body, fh)
+        write_private(self.tokens_file, json.dumps(body))
 
     def _registry_argv(self) -> list[str]:
         return [
@@ -259,11 +287,11 @@ class LocalCluster:
             "--service-port-max", str(self.service_ports[1]),
         ]  # fmt: skip
 
-    def _agent_argv(self, role: str, name: str, join_token: str) -> list[str]:
+    def _agent_argv(self, role: str, name: str) -> list[str]:
+        """No secret here: argv is public (`ps`); the join token goes in the environment."""
         argv = [
             self._exe("paas-agent"), "--role", role,
             "--registry-url", self.registry_url,
-            "--join-token", join_token,
             "--name", name,
             "--address", self.host,
             "--state-dir", str(self.state_dir / name),
@@ -274,14 +302,18 @@ class LocalCluster:
         return [*argv, "--http-port", str(self.ports.http), "--https-port", str(self.ports.https)]
 
     def _start(self, name: str, argv: list[str]) -> None:
-        with self.log_path(name).open("ab") as log:
+        env = self._child_env()
+        if name != REGISTRY:  # used once, at the first join; then the agent keeps its token
+            env["PAAS_JOIN_TOKEN"] = self.tokens()["join_token"]
+        private_dir(self.logs_dir)
+        with os.fdopen(_open_log(self.log_path(name)), "ab") as log:
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env=self._child_env(),
+                env=env,
                 cwd=self.state_dir,
             )
         try:

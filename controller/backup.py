@@ -17,6 +17,7 @@ import base64
 import hashlib
 import io
 import json
+import os
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -88,12 +89,16 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def backup(db: Database, store: Store, dest: Path) -> dict[str, Any]:
-    """Write the whole registry to `dest` (atomically: a temp file renamed at the end)."""
+    """Write the whole registry to `dest` (atomically: a temp file renamed at the end).
+
+    The file is 0600 from its creation on: it holds every token hash, secret and TLS key."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.partial")
     counts: dict[str, int] = {}
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with tarfile.open(tmp, "w:gz") as tar:
+        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
             with db.engine.connect() as conn:
                 if db.is_postgres:
                     conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))

@@ -11,11 +11,18 @@ SQLite runs in WAL mode: a commit is one append to the write-ahead log, so a reg
 at any moment (even SIGKILL) reopens at its last committed transaction, never half of one.
 
 The schema comes from the alembic revisions (controller/schema.py), never from `create_all`.
+
+The SQLite file holds every token hash (a host token's hash is its agent API's credential),
+config secrets and TLS keys: it is created 0600 before SQLite opens it (SQLite gives its
+-wal, -shm and -journal files the database file's mode), and an older 0644 one is narrowed
+on open.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,11 +55,27 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
+SQLITE_SIDE_FILES = ("", "-wal", "-shm", "-journal")
+
+
+def private_sqlite_file(database: str) -> None:
+    """Create the database file 0600 if missing; narrow it and its side files to 0600."""
+    path = Path(database)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for suffix in SQLITE_SIDE_FILES:
+        side = path.with_name(path.name + suffix)
+        with contextlib.suppress(FileNotFoundError):
+            if side.stat().st_mode & 0o077:
+                os.chmod(side, 0o600)
+
+
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        if parsed.database and parsed.database != ":memory:" and "mode=memory" not in url:
+            private_sqlite_file(parsed.database)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine

@@ -47,6 +47,7 @@ def test_round_trip(
     made = runner.invoke(registry_cli, ["backup", str(dump), *_args(tmp_path / "src", src_url)])
     assert made.exit_code == 0, made.output
     assert "artifact(s)" in made.output and dump.is_file()
+    assert dump.stat().st_mode & 0o777 == 0o600  # every token hash and secret is in it
 
     restored = runner.invoke(
         registry_cli, ["restore", str(dump), *_args(tmp_path / "dst", dst_url)]
@@ -85,3 +86,21 @@ def test_restore_refuses_a_file_that_is_not_a_backup(tmp_path: Path) -> None:
         registry_cli, ["restore", str(bogus), "--state-dir", str(tmp_path / "s")]
     )
     assert result.exit_code != 0 and "not a registry backup" in result.output
+
+
+def test_backup_is_0600_whatever_the_umask(tmp_path: Path) -> None:
+    import os
+
+    with test_registry(tmp_path / "src") as reg:
+        reg.create_app("hello")
+    dump = tmp_path / "out" / "backup.tar.gz"
+    old = os.umask(0o022)
+    try:
+        made = CliRunner().invoke(
+            registry_cli, ["backup", str(dump), *_args(tmp_path / "src", None)]
+        )
+    finally:
+        os.umask(old)
+    assert made.exit_code == 0, made.output
+    assert dump.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in dump.parent.iterdir()] == ["backup.tar.gz"]  # no partial file left
