@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
@@ -10,10 +11,23 @@ import click
 from cli.ops_api import OpsClient
 from common.names import check_app_name, check_host_name, parse_duration
 
+# C0 controls but tab and newline, DEL, and C1 controls: ESC starts CSI/OSC sequences
+# (colours, cursor moves, window titles, OSC 52 clipboard writes), and 0x9b / 0x9d are CSI
+# and OSC on their own. Shown as visible escapes, so the sequence's text stays inert.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
-def format_line(item: dict[str, Any]) -> str:
-    """`2026-11-28T02:30:00.123Z web.12@machine-1: text`."""
-    return f"{item['time']} {item['app']}.{item['instance']}@{item['host']}: {item['line']}"
+
+def escape_controls(text: str) -> str:
+    """An app's output made safe for the operator's terminal: `\x1b]52;c;...` is printed
+    as those characters, never acted on."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def format_line(item: dict[str, Any], *, raw: bool = False) -> str:
+    """`2026-11-28T02:30:00.123Z web.12@machine-1: text`; control sequences escaped
+    unless `raw`."""
+    line = f"{item['time']} {item['app']}.{item['instance']}@{item['host']}: {item['line']}"
+    return line if raw else escape_controls(line)
 
 
 def register(group: click.Group) -> None:
@@ -23,8 +37,14 @@ def register(group: click.Group) -> None:
     @click.option("--host", help="Only this host's instances.")
     @click.option("--since", help="Only lines of the last 10m, 1h ...")
     @click.option("--lines", "-n", type=click.IntRange(0, 10000), default=100, show_default=True)
-    def logs(app: str, follow: bool, host: str | None, since: str | None, lines: int) -> None:
-        """Print APP's process logs from every host it runs on, oldest first."""
+    @click.option(
+        "--raw", is_flag=True, help="Pass terminal control sequences through (colours, titles...)."
+    )
+    def logs(
+        app: str, follow: bool, host: str | None, since: str | None, lines: int, raw: bool
+    ) -> None:
+        """Print APP's process logs from every host it runs on, oldest first. Terminal control
+        sequences in the output are shown escaped (\\x1b...) unless --raw."""
         check_app_name(app)
         params: dict[str, Any] = {"lines": lines, "follow": follow}
         if host is not None:
@@ -35,7 +55,7 @@ def register(group: click.Group) -> None:
         with OpsClient.from_login() as api:
             for item in api.stream("GET", f"/v1/apps/{app}/logs", params=params):
                 if "error" in item:
-                    click.echo(f"warning: {item['error']}", err=True)
+                    click.echo(f"warning: {escape_controls(str(item['error']))}", err=True)
                 elif "line" in item:
-                    click.echo(format_line(item))
+                    click.echo(format_line(item, raw=raw))
                     sys.stdout.flush()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -34,7 +35,9 @@ from controller.acme import AcmeRunner, acme_loop
 from controller.context import Context, build_context
 from controller.errors import RegistryError
 from controller.heartbeats import heartbeat_tick
+from controller.liveness import new_liveness, watchdog
 from controller.queries import expire_if_due
+from controller.request_limits import RequestLimits, RequestLimitsMiddleware
 from controller.settings import RegistrySettings
 
 log = logging.getLogger("paas.registry")
@@ -45,11 +48,18 @@ DEADLINE_TICK_S = 2.0
 def create_app(settings: RegistrySettings) -> FastAPI:
     ctx = build_context(settings)  # database, notifier, artifact store, leader (issue 8)
     acme_runner = AcmeRunner(ctx)  # issues and renews ACME certificates (issue 6)
+    ttl_s = settings.heartbeat_ttl_s
+    liveness = new_liveness(ttl_s)  # host loss is judged against it (issue 14)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         ctx.start()
-        tasks = [asyncio.create_task(_deadline_tick(ctx)), asyncio.create_task(heartbeat_tick(ctx))]
+        liveness.impaired(time.monotonic())  # (re)started: every host gets one TTL of grace
+        tasks = [
+            asyncio.create_task(_deadline_tick(ctx)),
+            asyncio.create_task(watchdog(liveness, ttl_s), name="watchdog"),
+            asyncio.create_task(heartbeat_tick(ctx, liveness), name="heartbeats"),
+        ]
         tasks.append(asyncio.create_task(acme_loop(ctx, acme_runner), name="acme"))
         try:
             yield
@@ -69,6 +79,7 @@ def create_app(settings: RegistrySettings) -> FastAPI:
     )
     app.state.ctx = ctx
     app.state.acme = acme_runner
+    app.state.liveness = liveness
     app.add_exception_handler(RegistryError, _registry_error)  # type: ignore[arg-type]
     app.add_exception_handler(InvalidName, _invalid_name)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
@@ -93,9 +104,27 @@ def create_app(settings: RegistrySettings) -> FastAPI:
     app.include_router(status.router)
     status.redact_access_log()
     app.add_route("/metrics", metrics.metrics_endpoint, methods=["GET"], include_in_schema=False)
+    # Outermost first on the way in: metrics (counts refusals too), the edge's request
+    # limits (auth, rate, body size; before any body is read), then the audit log.
     app.add_middleware(audit.AuditMiddleware, ctx=ctx)
+    app.add_middleware(
+        RequestLimitsMiddleware,
+        ctx=ctx,
+        limits=request_limits(settings),
+        on_report_failed=lambda: liveness.impaired(time.monotonic()),
+    )
     app.add_middleware(metrics.MetricsMiddleware)
     return app
+
+
+def request_limits(settings: RegistrySettings) -> RequestLimits:
+    return RequestLimits(
+        max_json_bytes=settings.max_json_bytes,
+        max_artifact_bytes=settings.max_artifact_bytes,
+        body_idle_timeout_s=settings.body_idle_timeout_s,
+        token_rate_per_s=settings.token_rate_per_s,
+        token_burst=settings.token_burst,
+    )
 
 
 async def _deadline_tick(ctx: Context) -> None:

@@ -4,6 +4,8 @@ Recorded by an ASGI middleware after the answer is sent, from the route template
 parameters and the token that was presented; never from the body, so config values,
 certificates and keys cannot reach it. Host heartbeats (`POST /v1/hosts/{host}/report`) are
 observed state, not changes anyone made, and are left out (one every few seconds per host).
+Calls without a known token are not recorded: they changed nothing, and 2,000 of them pushed
+every real event off the status page (issue 14).
 """
 
 from __future__ import annotations
@@ -117,11 +119,13 @@ class AuditMiddleware:
         if route in NOT_AUDITED:
             return
         who: Principal | None = scope.get(PRINCIPAL_KEY)
+        if who is None:
+            return  # unauthenticated: nobody did anything (and floods must not push out events)
         event = AuditEvent(
             at=datetime.now(UTC),
-            token_id=who.token_id if who else None,
-            token_name=(who.name or who.host_name) if who else None,
-            scope=who.kind if who else None,
+            token_id=who.token_id,
+            token_name=who.name or who.host_name,
+            scope=who.kind,
             method=scope["method"],
             route=route[:200],
             app=_app_of(scope),

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -151,14 +154,47 @@ def serve(
             logging.getLogger("paas.registry").warning(
                 "no admin token yet: run 'paas-registry init --state-dir %s'", settings.state_dir
             )
-    # Watches block for up to 30 s; a bounded graceful shutdown ends them instead of waiting.
-    uvicorn.run(
-        app,
-        host=settings.bind_host,
-        port=settings.bind_port,
-        log_level="info",
-        timeout_graceful_shutdown=3,
+    uvicorn.run(app, **uvicorn_options(settings, on_overload=app.state.liveness.impaired))
+
+
+def uvicorn_options(
+    settings: RegistrySettings, *, on_overload: Callable[[float], None]
+) -> dict[str, Any]:
+    """How uvicorn serves the registry: limits at the edge (controller/edge.py) before any
+    work, and watches (blocking up to 30 s) ended by a bounded graceful shutdown."""
+    from controller.edge import (
+        ConnectionGate,
+        connection_limits,
+        guarded_protocol,
+        raise_nofile_limit,
     )
+
+    nofile = raise_nofile_limit()
+    limits = connection_limits(
+        header_timeout_s=settings.header_timeout_s,
+        max_connections=settings.max_connections,
+        per_client=settings.max_connections_per_client,
+        nofile=nofile,
+    )
+    gate = ConnectionGate(limits, on_overload=lambda: on_overload(time.monotonic()))
+    logging.getLogger("paas.registry").info(
+        "edge: at most %d connections (%d per client address), headers within %g s,"
+        " idle keep-alive %g s, open-file limit %d",
+        limits.max_connections,
+        limits.max_connections_per_client,
+        limits.header_timeout_s,
+        settings.keepalive_timeout_s,
+        nofile,
+    )
+    return {
+        "host": settings.bind_host,
+        "port": settings.bind_port,
+        "log_level": "info",
+        "http": guarded_protocol(gate),
+        "timeout_keep_alive": settings.keepalive_timeout_s,
+        "h11_max_incomplete_event_size": 16 * 1024,  # request line + headers
+        "timeout_graceful_shutdown": 3,
+    }
 
 
 @main.command()

@@ -43,6 +43,15 @@ class RegistrySettings(BaseSettings):
     acme_publish_timeout_s: float = Field(default=30, gt=0)  # frontends must serve answers
     # Issue 8: audit events older than this are deleted (checked every few hundred writes).
     audit_keep_days: float = Field(default=365, gt=0)
+    # Issue 14: limits at the registry's edge, checked before any work (docs/operations.md).
+    header_timeout_s: float = Field(default=10, gt=0)  # request line + headers must arrive
+    keepalive_timeout_s: float = Field(default=5, gt=0)  # an idle kept-alive connection closes
+    body_idle_timeout_s: float = Field(default=30, gt=0)  # a body that stops arriving: 408
+    max_connections: int = Field(default=4096, ge=1)  # in total (kept under RLIMIT_NOFILE / 2)
+    max_connections_per_client: int = Field(default=256, ge=1)  # per client address
+    max_json_bytes: int = Field(default=1024 * 1024, ge=1)  # any body but an artifact upload
+    token_rate_per_s: float = Field(default=50, gt=0)  # mutating requests per token...
+    token_burst: int = Field(default=200, ge=1)  # ...with this many at once
 
     @field_validator("domain")
     @classmethod
