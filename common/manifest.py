@@ -19,7 +19,9 @@ from common.names import (
     check_process_type,
 )
 
-MAX_INSTANCES = 100
+MAX_INSTANCES = 100  # per process type (paas.toml instances, `paas ps:scale`)
+MAX_PROCESS_TYPES = 16  # Procfile lines; each type is at least one process on some host
+MAX_MANIFEST_DEPTH = 32  # nested arrays/tables in paas.toml; tomllib recurses per level
 DEFAULT_HEALTH_TIMEOUT_S = 30.0  # a new instance must pass its health check within this
 MIN_HEALTH_TIMEOUT_S = 1.0
 MAX_HEALTH_TIMEOUT_S = 3600.0
@@ -69,6 +71,11 @@ def parse_procfile(text: str) -> dict[str, str]:
             raise ManifestError(f"Procfile line {number}: the command contains a NUL byte")
         if kind in processes:
             raise ManifestError(f"Procfile line {number}: process type {kind!r} appears twice")
+        if len(processes) >= MAX_PROCESS_TYPES:
+            raise ManifestError(
+                f"Procfile line {number}: more than {MAX_PROCESS_TYPES} process types;"
+                f" an app may declare at most {MAX_PROCESS_TYPES}"
+            )
         processes[kind] = command
     return processes
 
@@ -130,11 +137,17 @@ _KEYS = {
 
 
 def parse_manifest(text: str) -> Manifest:
-    """Read `paas.toml`: keys under `[app]` or at top level; unknown keys are an error."""
+    """Read `paas.toml`: keys under `[app]` or at top level; unknown keys are an error.
+
+    tomllib parses nested arrays and inline tables by recursion, so a deeply nested file
+    would raise RecursionError (a 500); nesting is bounded before parsing instead."""
+    _check_depth(text)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ManifestError(f"paas.toml is not valid TOML: {exc}") from None
+    except RecursionError:  # defence in depth: _check_depth over-approximates already
+        raise ManifestError(f"paas.toml nests deeper than {MAX_MANIFEST_DEPTH} levels") from None
     values: dict[str, object] = {}
     for key, value in data.items():
         if key == "app":
@@ -156,6 +169,21 @@ def parse_manifest(text: str) -> Manifest:
         min_healthy_s=_min_healthy(values.get("min_healthy_s")),
         auto_rollback=_auto_rollback(values.get("auto_rollback")),
     )
+
+
+def _check_depth(text: str) -> None:
+    """Refuse more than MAX_MANIFEST_DEPTH open brackets/braces at once. Brackets inside
+    strings count too: an over-estimate, so a file that passes never recurses deeper."""
+    depth = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            if depth > MAX_MANIFEST_DEPTH:
+                raise ManifestError(
+                    f"paas.toml nests arrays or tables deeper than {MAX_MANIFEST_DEPTH} levels"
+                )
+        elif char in "]}":
+            depth = max(0, depth - 1)
 
 
 def _put(values: dict[str, object], key: str, value: object, *, where: str) -> None:

@@ -68,3 +68,32 @@ def test_manifest_app_table_and_top_level() -> None:
 def test_manifest_errors(text: str, message: str) -> None:
     with pytest.raises(ManifestError, match=message):
         parse_manifest(text)
+
+
+def test_procfile_process_types_are_bounded() -> None:
+    from common.manifest import MAX_PROCESS_TYPES
+
+    lines = [f"p{i}: run {i}" for i in range(MAX_PROCESS_TYPES)]
+    assert len(parse_procfile("\n".join(lines))) == MAX_PROCESS_TYPES
+    with pytest.raises(ManifestError, match=f"more than {MAX_PROCESS_TYPES} process types"):
+        parse_procfile("\n".join([*lines, "extra: run"]))
+    with pytest.raises(ManifestError, match="line 17"):
+        parse_procfile("\n".join(f"p{i}: run" for i in range(500)))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "domains = " + "[" * 100_000 + "]" * 100_000,
+        "constraints = " + "{a = " * 100_000 + '"b"' + "}" * 100_000,
+        "x = " + "[" * 40,  # unclosed, still refused before tomllib recurses
+    ],
+)
+def test_deep_nesting_is_a_manifest_error_not_a_recursion_error(text: str) -> None:
+    with pytest.raises(ManifestError, match="deeper than"):
+        parse_manifest(text)
+
+
+def test_ordinary_nesting_still_parses() -> None:
+    manifest = parse_manifest('[app]\ndomains = ["a.example.com"]\nconstraints = {zone = "a"}\n')
+    assert manifest.domains == ["a.example.com"] and manifest.constraints == {"zone": "a"}
