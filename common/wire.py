@@ -306,6 +306,10 @@ class DesiredState(Model):
     host: HostName
     instances: list[DesiredInstance]
     services: list[ServiceRoute] = Field(default_factory=list)  # every app with a service port
+    # Issue 12: the only clients a machine proxy serves: the frontend hosts (their forwarded
+    # headers are trusted) and the machine hosts (service traffic between proxies).
+    frontends: list[Address] = Field(default_factory=list, max_length=1000)
+    machines: list[Address] = Field(default_factory=list, max_length=10000)
 
 
 # ---- what an agent reports --------------------------------------------------------------

@@ -137,11 +137,24 @@ def desired_state(
                 routing=options_for(session, app),
             )
         )
+    frontends, machines = proxy_clients(session) if host.role == "machine" else ([], [])
     return wire.DesiredState(
         index=index,
         host=host.name,
         instances=instances,
         services=service_routes(session, settings) if host.role == "machine" else [],
+        frontends=frontends,
+        machines=machines,
+    )
+
+
+def proxy_clients(session: Session) -> tuple[list[str], list[str]]:
+    """(frontend, machine) addresses a machine proxy serves (issue 12): every joined host of
+    each role, whatever its state, so one that comes back is served at once."""
+    hosts = session.execute(select(Host.role, Host.address)).all()
+    return (
+        sorted({address for role, address in hosts if role == "frontend"}),
+        sorted({address for role, address in hosts if role == "machine"}),
     )
 
 

@@ -36,6 +36,8 @@ def test_check_uses_the_apps_health_path_and_cluster_domain() -> None:
     )
     cfg = config_for(app)
     assert "http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host shop.paas.test" in cfg
+    # Issue 15: apps can tell the checks from real traffic in their logs.
+    assert "hdr Host shop.paas.test hdr User-Agent paas-health/1\n" in cfg
     assert "http-check expect ! rstatus ^5" in cfg
     # Second line: a dead machine is skipped by retries, a silent one after 1 s.
     for needle in ["option redispatch 1", "timeout connect 1s", "fastinter 250ms", "fall 2"]:
