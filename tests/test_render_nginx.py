@@ -7,7 +7,7 @@ import pytest
 from agent import nginx
 from agent.errors import RenderError
 from agent.render import default_template_dir, make_environment
-from common.wire import DesiredInstance
+from common.wire import DesiredInstance, RouteServer, ServiceRoute
 
 PATHS = nginx.NginxPaths(
     pid="/var/lib/paas/nginx/nginx.pid",
@@ -141,3 +141,92 @@ def test_long_domain_gets_a_big_enough_hash_bucket() -> None:
     long_domain = ".".join(["a" * 60] * 4)  # 243 characters
     view = _view([_inst(1, domains=[long_domain])], {1: 20001})
     assert view.server_names_hash_bucket_size >= 256
+
+
+# ---- issue 12: only the frontends (and machine proxies, for service apps) are served ---------
+
+
+def _service(name: str, port: int) -> ServiceRoute:
+    return ServiceRoute(
+        name=name,
+        port=port,
+        domain=f"{name}.paas.test",
+        servers=[RouteServer(host="m1", address="10.0.0.5", port=8081)],
+    )
+
+
+def test_public_listener_serves_frontends_and_machines_for_service_apps_only() -> None:
+    view = _view(
+        [_inst(1, "shop"), _inst(2, "users")],
+        {1: 20001, 2: 20002},
+        services=[_service("users", 21000)],
+        frontends=["10.0.0.2", "fd00::2"],
+        machines=["10.0.0.5", "10.0.0.2"],
+    )
+    assert view.clients == (
+        nginx.ProxyClient("10.0.0.2/32", "frontend"),  # a frontend wins over a machine
+        nginx.ProxyClient("10.0.0.5/32", "machine"),
+        nginx.ProxyClient("fd00::2/128", "frontend"),
+    )
+    text = _render(view)
+    geo = text[text.index("geo $paas_client {") :]
+    geo = geo[: geo.index("}")]
+    assert geo.split("\n")[1:-1] == [
+        "        default deny;",
+        "        10.0.0.2/32 frontend;",
+        "        10.0.0.5/32 machine;",
+        "        fd00::2/128 frontend;",
+    ]
+    assert "127.0.0.1" not in geo  # no frontend on loopback: loopback is nobody
+    shop = text[text.index("server_name shop.paas.test") :]
+    assert shop.index("if ($paas_client != frontend) {") < shop.index("location /")
+    users = text[text.index("server_name users.paas.test") :]
+    assert users.index("if ($paas_client = deny) {") < users.index("location /")
+    default = text[text.index("default_server;") :]
+    assert default.index("return 403") < default.index("return 404")
+
+
+def test_loopback_is_trusted_only_with_a_loopback_frontend_or_none_known() -> None:
+    local = _view([], {}, frontends=["127.0.0.1"], machines=["127.0.0.1"]).clients
+    assert {(c.network, c.role) for c in local} == {
+        ("127.0.0.1/32", "frontend"),
+        ("::1/128", "frontend"),
+    }
+    other = _view([], {}, frontends=["127.0.0.5"]).clients
+    assert ("127.0.0.1/32", "frontend") in {(c.network, c.role) for c in other}
+    assert ("127.0.0.5/32", "frontend") in {(c.network, c.role) for c in other}
+    unknown = _view([], {}).clients  # no frontend joined yet: a single host, loopback only
+    assert {c.network for c in unknown} == {"127.0.0.1/32", "::1/128"}
+    with pytest.raises(RenderError, match="not an IP address"):
+        _view([], {}, frontends=["frontend.example.com"])
+    with pytest.raises(RenderError, match="not an IP address"):
+        _view([], {}, machines=["10.0.0.5; allow all"])
+
+
+def test_headers_public_listener_passes_frontend_values_service_listener_sets_its_own() -> None:
+    text = _render(_view([_inst(1, "users")], {1: 20001}, services=[_service("users", 21000)]))
+    app = text[text.index("server_name users.paas.test") :]
+    app = app[: app.index("\n    }\n")]
+    for needle in [
+        "proxy_set_header Host $http_host;",
+        "proxy_set_header X-Forwarded-For $paas_forwarded_for;",
+        "proxy_set_header X-Forwarded-Proto $paas_forwarded_proto;",
+        "proxy_set_header X-Forwarded-Host $paas_forwarded_host;",
+        "proxy_set_header X-Forwarded-Port $paas_forwarded_port;",
+    ]:
+        assert needle in app, needle
+    assert "map $paas_client $paas_forwarded_for {\n        frontend $paas_sent_for;\n" in text
+    assert "        default  $remote_addr;" in text
+    service = text[text.index("listen 127.0.0.1:21000;") :]
+    for needle in [
+        "proxy_set_header Host users.paas.test;",
+        "proxy_set_header X-Forwarded-For $remote_addr;",
+        "proxy_set_header X-Forwarded-Proto $scheme;",
+        "proxy_set_header X-Forwarded-Host users.paas.test;",
+        "proxy_set_header X-Forwarded-Port $server_port;",
+        "proxy_set_header X-Request-ID $request_id;",
+    ]:
+        assert needle in service, needle
+    assert "$http_x_forwarded" not in service and "$paas_" not in service.replace(
+        "$paas_connection", ""
+    )
