@@ -206,6 +206,8 @@ class InstanceView(Model):
     routed: bool  # the host's proxy sends traffic to it
     error: str | None
     updated_at: datetime
+    # Times the registry saw it leave `running` while it should run (agents send no count).
+    crashes: int = 0
 
 
 class Release(Model):
@@ -222,8 +224,16 @@ class Release(Model):
     instances: list[InstanceView] = Field(default_factory=list)
     # Seconds a new instance has to pass its health check (paas.toml [app] health_timeout).
     health_timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S
-    # What made it: "deploy <sha[:12]>", "config: set A, B; unset C", "rollback to v3".
+    # What made it: "deploy <sha[:12]>", "config: set A, B; unset C", "rollback to v3",
+    # "auto-rollback to v3: v4 crash-looped (...)".
     description: str = ""
+    # Seconds its instances must stay healthy before the previous release stops (paas.toml
+    # [app] min_healthy_s); set while it waits for that.
+    min_healthy_s: float = 0.0
+    # While its web instances crash-loop: which one and why (`paas status` says crashing).
+    crashing: str | None = None
+    # The tail of its release phase's output (Procfile `release:`), once that ran.
+    release_output: str | None = None
 
 
 # ---- config vars (added by the registry engineer: `paas config`) -----------------------

@@ -42,7 +42,8 @@ from controller.settings import RegistrySettings
 
 log = logging.getLogger("paas.registry")
 
-DEADLINE_TICK_S = 2.0
+# Also ends the health window of deploys (paas.toml min_healthy_s): keep it short.
+DEADLINE_TICK_S = 0.5
 
 
 def create_app(settings: RegistrySettings) -> FastAPI:

@@ -25,6 +25,7 @@ from controller.errors import Conflict
 from controller.metrics import DEPLOYS, SCHEDULING_SECONDS
 from controller.models import App, Domain, Host, Instance, Release
 from controller.placement import HostSlot, place
+from controller.release_health import crash_reason, min_healthy_of, observe, settle, window_s
 
 log = logging.getLogger("paas.registry")
 
@@ -74,11 +75,16 @@ def create_release(
         app.memory_mb = manifest.memory_mb
     if manifest.domains:
         add_domains(session, app, manifest.domains)
+    if manifest.min_healthy_s is not None:
+        app.min_healthy_s = manifest.min_healthy_s
+    if manifest.auto_rollback is not None:
+        app.auto_rollback = manifest.auto_rollback
     version = max((r.version for r in app.releases), default=0) + 1
     for other in app.releases:
         if other.status == "deploying":
             fail_release(session, other, f"superseded by release {version}")
     health_timeout = manifest.health_timeout or DEFAULT_HEALTH_TIMEOUT_S
+    min_healthy = min_healthy_of(app)
     release = Release(
         version=version,
         artifact_sha256=artifact_sha256,
@@ -91,6 +97,7 @@ def create_release(
         status="deploying",
         created_at=now,
         deadline_at=now + timedelta(seconds=timeout_s + health_timeout),
+        min_healthy_s=min_healthy,
     )
     app.releases.append(release)
     session.flush()
@@ -233,10 +240,13 @@ def fail_release(session: Session, release: Release, error: str) -> None:
 
 
 def activate_release(session: Session, release: Release) -> None:
-    """One step: N serves, the previous active release is superseded and its instances stop."""
+    """One step: N serves, the previous active release is superseded and its instances stop.
+
+    A previous release with an `error` crash-looped while active (controller/rollback.py):
+    it becomes failed, so no rollback ever picks it as the last good release."""
     for other in release.app.releases:
         if other.status == "active" and other is not release:
-            other.status = "superseded"
+            other.status = "failed" if other.error else "superseded"
             for instance in other.instances:
                 instance.desired = "stop"
     release.status = "active"
@@ -256,17 +266,35 @@ def deadline_of(release: Release, *, timeout_s: float) -> datetime:
 
 
 def advance_release(session: Session, release: Release, *, now: datetime, timeout_s: float) -> None:
-    """Move a deploying release on: failed instance -> failed, all running -> active."""
+    """Move a deploying release on: failed instance -> failed; an instance that crashed after
+    it was healthy -> failed; all running -> active, once they stayed so for the window
+    (release_health.window_s) while the previous release kept serving alone."""
     if release.status != "deploying":
         return
     wanted = [i for i in release.instances if i.desired == "run"]
-    failed = [i for i in wanted if i.state == "failed"]
+    failed = [i for i in wanted if i.state == "failed" and not i.crashes]
+    crashed = [i for i in wanted if i.crashes]
     if failed:
         first = failed[0]
         reason = first.error or f"instance {first.id} on host {first.host.name} failed"
         fail_release(session, release, reason)
+    elif crashed:
+        fail_release(session, release, _crashed_before_switch(release, crashed[0]))
     elif wanted and all(i.state == "running" for i in wanted):
-        activate_release(session, release)
+        if release.switch_at is None:
+            window = timedelta(seconds=window_s(release))
+            release.switch_at = now + window
+            # The window does not eat into the install and health allowance.
+            release.deadline_at = deadline_of(release, timeout_s=timeout_s) + window
+            if now < release.switch_at:
+                log.info(
+                    "release %s v%d healthy; switching in once healthy until %s",
+                    release.app.name,
+                    release.version,
+                    release.switch_at.isoformat(timespec="seconds"),
+                )
+        if now >= release.switch_at:
+            activate_release(session, release)
     elif now >= (deadline := deadline_of(release, timeout_s=timeout_s)):
         stage = deploying_stage(wanted)
         seconds = (deadline - release.created_at).total_seconds()
@@ -279,19 +307,31 @@ def advance_release(session: Session, release: Release, *, now: datetime, timeou
         )
 
 
+def _crashed_before_switch(release: Release, instance: Instance) -> str:
+    active = next((r for r in release.app.releases if r.status == "active"), None)
+    keeps = f"; v{active.version} keeps serving" if active is not None else ""
+    window = f" within {release.min_healthy_s:g} s" if release.min_healthy_s else ""
+    return (
+        f"{crash_reason(instance)}\n(it was healthy, but did not stay healthy{window}"
+        f" before the switch{keeps}; see `paas logs {release.app.name}`)"
+    )
+
+
 def _overdue(now: datetime, timeout_s: float) -> ColumnElement[bool]:
     legacy_cutoff = now - timedelta(seconds=timeout_s + DEFAULT_HEALTH_TIMEOUT_S)
     return and_(
         Release.status == "deploying",
         or_(
             Release.deadline_at <= now,
+            Release.switch_at <= now,
             and_(Release.deadline_at.is_(None), Release.created_at < legacy_cutoff),
         ),
     )
 
 
 def expire_deadlines(session: Session, *, now: datetime, timeout_s: float) -> None:
-    """Fail every deploying release past its deadline (checked lazily and by a slow tick)."""
+    """Fail every deploying release past its deadline, and switch those whose window ended
+    (checked lazily and by a tick)."""
     for release in session.execute(select(Release).where(_overdue(now, timeout_s))).scalars():
         advance_release(session, release, now=now, timeout_s=timeout_s)
 
@@ -352,10 +392,13 @@ def apply_report(
             item.error,
         )
         if changed:
+            observe(instance, item.state, now=now)
             instance.state, instance.port = item.state, item.port
             instance.routed, instance.error = item.routed, item.error
             instance.updated_at = now
             touched[instance.release_id] = instance.release
+    for instance in host.instances:
+        settle(instance, now=now)
     reported = {item.id for item in report.instances}
     for instance in list(host.instances):
         if instance.desired == "stop" and (

@@ -69,6 +69,9 @@ class App(Base):
     process_counts: Mapped[dict[str, int]] = mapped_column(
         JSON, default=dict, server_default=text("'{}'")
     )
+    # paas.toml [app] min_healthy_s / auto_rollback; None: never declared (the defaults).
+    min_healthy_s: Mapped[float | None] = mapped_column(Float, default=None)
+    auto_rollback: Mapped[bool | None] = mapped_column(default=None)
 
     domains: Mapped[list[Domain]] = relationship(
         back_populates="app", cascade="all, delete-orphan", order_by="Domain.id"
@@ -116,6 +119,12 @@ class Release(Base):
     description: Mapped[str] = mapped_column(Text, server_default=text("''"))
     # A deploy not active by then is failed; stored, so a restarted registry keeps it.
     deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # Seconds its instances must stay healthy before the previous release's stop (None: 0),
+    # and when that window ends once they all were healthy (controller/deploys.py).
+    min_healthy_s: Mapped[float | None] = mapped_column(Float, default=None)
+    switch_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # The tail of its release phase's output (`release:` Procfile line), when it ran one.
+    release_output: Mapped[str | None] = mapped_column(Text, default=None)
 
     app: Mapped[App] = relationship(back_populates="releases")
     instances: Mapped[list[Instance]] = relationship(
@@ -178,6 +187,11 @@ class Instance(Base):
     routed: Mapped[bool] = mapped_column(default=False)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # What the registry saw of its health: crashes = times it left `running` while it should
+    # run; crashing_since = the first such crash not yet followed by a stable healthy run.
+    crashes: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    crashing_since: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    running_since: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
     app: Mapped[App] = relationship(back_populates="instance_rows")
     release: Mapped[Release] = relationship(back_populates="instances")

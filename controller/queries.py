@@ -16,6 +16,7 @@ from controller.db import revision
 from controller.deploys import expire_deadlines, has_overdue
 from controller.errors import NotFound
 from controller.models import App, Host
+from controller.rollback import has_crash_loops, roll_back_crash_loops
 from controller.watch import parse_wait, wait_past
 
 T = TypeVar("T")
@@ -41,14 +42,19 @@ def get_host(session: Session, name: str) -> Host:
 
 
 def expire_if_due(ctx: Context) -> None:
-    """Fail deploys past their deadline; a cheap read first so most calls never write."""
+    """Fail deploys past their deadline, switch those whose health window ended, roll back
+    crash loops; a cheap read first so most calls never write."""
     timeout_s = ctx.settings.deploy_timeout_s
     moment = now()
     with ctx.db.read() as session:
-        if not has_overdue(session, now=moment, timeout_s=timeout_s):
-            return
+        overdue = has_overdue(session, now=moment, timeout_s=timeout_s)
+        looping = has_crash_loops(session, now=moment)
+    if not (overdue or looping):
+        return
     with ctx.db.write() as session:
         expire_deadlines(session, now=moment, timeout_s=timeout_s)
+        if looping:
+            roll_back_crash_loops(session, now=moment, timeout_s=timeout_s)
 
 
 def current_index(ctx: Context, which: Literal["seq", "desired_seq"]) -> int:

@@ -6,6 +6,12 @@ constraints hold), and the host's agent installs the release and runs the comman
 agent/oneoff.py (`POST /v1/release-phase/{app}` on its API, as `paas run` uses
 `/v1/run/{app}`), streaming NDJSON back. Exit 0 places the release's instances; anything
 else fails the release with the output's tail, and the previous release is never touched.
+Either way the output's tail is kept with the release (`release_output`), which `paas
+deploy` prints and `paas releases APP VERSION` shows.
+
+The agent installs the release before it runs the command; when that install fails the
+agent refuses the run (404 naming the install error), and the release fails as an install
+failure with the installer's output as plain text: the release phase never ran.
 
 The run belongs to the registry process that created the release: if that process dies
 meanwhile, the release fails at its deadline ("stuck at release phase").
@@ -44,10 +50,38 @@ log = logging.getLogger("paas.registry")
 TAIL_CHARS = 4000  # the output kept for the failure message
 
 
+_NOT_INSTALLED = " could not be installed: "  # agent/machine.py release_target's refusal
+
+
 @dataclass(frozen=True)
 class PhaseRun:
     link: AgentLink
     payload: dict[str, object]
+
+
+@dataclass(frozen=True)
+class PhaseResult:
+    """What the agent did: ran the command (`code`, `output`), or refused to (`refused`: its
+    answer's text; `install_failed`: because the release could not be installed there)."""
+
+    code: int
+    output: str
+    refused: str | None = None
+    install_failed: bool = False
+
+
+def refusal(status: int, body: bytes) -> tuple[str, bool]:
+    """The agent's non-200 answer as plain text (its JSON `detail`, unescaped), and whether it
+    says the release could not be installed."""
+    text = body.decode(errors="replace")
+    try:
+        detail = json.loads(text).get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    message = detail if isinstance(detail, str) else text[:TAIL_CHARS]
+    if status == 404 and _NOT_INSTALLED in message:
+        return message.split(_NOT_INSTALLED, 1)[1][-TAIL_CHARS:], True
+    return f"the agent answered {status}: {message[-TAIL_CHARS:]}", False
 
 
 def _release(session: Session, app: str, version: int) -> Release | None:
@@ -77,8 +111,8 @@ def _prepare(ctx: Context, app: str, version: int) -> PhaseRun | None:
         return PhaseRun(link=link, payload=payload)
 
 
-async def _execute(run: PhaseRun, app: str) -> tuple[int, str]:
-    """(exit code, output tail) of the command on the agent."""
+async def _execute(run: PhaseRun, app: str) -> PhaseResult:
+    """The command's exit code and output tail on the agent, or why it did not run."""
     tail: deque[str] = deque()
     size = 0
     code: int | None = None
@@ -89,8 +123,8 @@ async def _execute(run: PhaseRun, app: str) -> tuple[int, str]:
             "POST", url, json=run.payload, headers=run.link.headers
         ) as response:
             if response.status_code != 200:
-                body = (await response.aread()).decode(errors="replace")[:500]
-                return 1, f"host {run.link.host}'s agent answered {response.status_code}: {body}"
+                message, not_installed = refusal(response.status_code, await response.aread())
+                return PhaseResult(1, "", refused=message, install_failed=not_installed)
             async for line in response.aiter_lines():
                 if not line.strip():
                     continue  # heartbeat
@@ -107,25 +141,41 @@ async def _execute(run: PhaseRun, app: str) -> tuple[int, str]:
     text = "".join(tail)[-TAIL_CHARS:]
     if error:
         text = f"{text}\n{error}" if text else error
-    return (code if code is not None else 1), text
+    return PhaseResult(code if code is not None else 1, text)
 
 
-def _finish(ctx: Context, app: str, version: int, code: int, output: str, host: str) -> None:
+def _finish(ctx: Context, app: str, version: int, result: PhaseResult, host: str) -> None:
     with ctx.db.write() as session:
         release = _release(session, app, version)
         if release is None or not awaits_release_phase(release):
             return  # superseded or past its deadline meanwhile
-        if code == 0:
-            log.info("release %s v%d: release phase passed on %s", app, version, host)
+        reason = phase_outcome(release, result, host)
+        if reason is None:
             place_release(session, release, now=now())
-            return
-        tail = output.rstrip()
-        fail_release(
-            session,
-            release,
-            f"release phase (`{release.processes[RELEASE_PROCESS]}`) on host {host} exited"
-            f" with status {code}" + (f":\n{tail}" if tail else ""),
+        else:
+            fail_release(session, release, reason)
+
+
+def phase_outcome(release: Release, result: PhaseResult, host: str) -> str | None:
+    """Record the phase's output on `release`; the reason to fail it, or None to place it."""
+    command = release.processes[RELEASE_PROCESS]
+    if result.install_failed:
+        return (
+            f"install failed on host {host}; the release phase (`{command}`) did not run:\n"
+            + (result.refused or "").strip()
         )
+    if result.refused is not None:
+        return f"release phase (`{command}`) not run on host {host}: {result.refused.strip()}"
+    tail = result.output.rstrip()
+    release.release_output = tail or None
+    if result.code == 0:
+        log.info(
+            "release %s v%d: release phase passed on %s", release.app.name, release.version, host
+        )
+        return None
+    return f"release phase (`{command}`) on host {host} exited with status {result.code}" + (
+        f":\n{tail}" if tail else ""
+    )
 
 
 def _fail(ctx: Context, app: str, version: int, reason: str) -> None:
@@ -142,9 +192,9 @@ async def run_release_phase(ctx: Context, app: str, version: int) -> None:
         run = await run_in_threadpool(_prepare, ctx, app, version)
         if run is None:
             return
-        code, output = await _execute(run, app)
+        result = await _execute(run, app)
     except (RegistryError, httpx.HTTPError, ValueError) as exc:
         log.info("release %s v%d: release phase not run: %s", app, version, exc)
         await run_in_threadpool(_fail, ctx, app, version, str(exc) or type(exc).__name__)
         return
-    await run_in_threadpool(_finish, ctx, app, version, code, output, run.link.host)
+    await run_in_threadpool(_finish, ctx, app, version, result, run.link.host)

@@ -21,6 +21,9 @@ from controller.auth import issue_token
 from controller.settings import RegistrySettings
 
 
+DEFAULT_FILES = {"Procfile": "web: python app.py\n", "paas.toml": "min_healthy_s = 0\n"}
+
+
 @dataclass
 class TestRegistry:
     __test__ = False  # not a pytest test class
@@ -60,7 +63,10 @@ class TestRegistry:
         return response.json()
 
     def deploy(self, app: str, files: dict[str, str] | None = None) -> dict[str, Any]:
-        sha = self.upload(make_artifact(files or {"Procfile": "web: python app.py\n"}))
+        """Release `files` (default: a web Procfile whose paas.toml sets min_healthy_s = 0,
+        so a release switches in as soon as its reports say healthy; the health window has
+        its own tests, tests/test_release_health.py)."""
+        sha = self.upload(make_artifact(files or DEFAULT_FILES))
         response = self.client.post(
             f"/v1/apps/{app}/releases", json={"artifact_sha256": sha}, headers=self.admin
         )

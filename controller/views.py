@@ -10,6 +10,7 @@ from controller.acme_challenges import route_challenges
 from controller.certs import route_certs
 from controller.deploys import release_stage, serving_hosts
 from controller.models import App, Host, Instance, Release
+from controller.release_health import crashing_summary
 from controller.route_options import options_for
 from controller.services import dependency_env, service_ports, service_routes
 from controller.settings import RegistrySettings
@@ -46,6 +47,7 @@ def instance_view(instance: Instance) -> wire.InstanceView:
         routed=instance.routed,
         error=instance.error,
         updated_at=instance.updated_at,
+        crashes=instance.crashes or 0,
     )
 
 
@@ -70,6 +72,9 @@ def release_view(release: Release, *, frontends: list[Host]) -> wire.Release:
         instances=[instance_view(i) for i in release.instances],
         health_timeout_s=release.health_timeout_s,
         description=release.description or "",
+        min_healthy_s=release.min_healthy_s or 0.0,
+        crashing=crashing_summary(release) if release.status == "active" else None,
+        release_output=release.release_output,
     )
 
 

@@ -39,10 +39,12 @@ def rollback(reg: TestRegistry, body: dict | None = None) -> dict:
 
 
 def code(marker: str) -> dict[str, str]:
+    """min_healthy_s = 0: a release switches in on its first healthy report (the health
+    window and automatic rollbacks are tested in tests/test_release_health.py)."""
     return {
         "Procfile": "web: python app.py\n",
         "app.py": f"# {marker}\n",
-        "paas.toml": '[app]\nhealth_path = "/up"\nhealth_timeout = 7\n',
+        "paas.toml": '[app]\nhealth_path = "/up"\nhealth_timeout = 7\nmin_healthy_s = 0\n',
     }
 
 
