@@ -34,7 +34,7 @@ def adopt_instances(
     ports: PortAllocator,
     now: float,
     grace_s: float,
-    app_uid: int | None = None,
+    app_uids: Collection[int] | None = None,
 ) -> dict[int, Instance]:
     """The adopted instances by id; stops the strays. Blocking: run it in a thread."""
     adopted: dict[int, Instance] = {}
@@ -58,7 +58,7 @@ def adopt_instances(
             inst.removing = True
         adopted[d.id] = inst
     keep = {handle_pid for i in adopted.values() if (handle_pid := _pid(i)) is not None}
-    stop_strays(apps_dir, keep=keep, app_uid=app_uid, grace_s=grace_s)
+    stop_strays(apps_dir, keep=keep, app_uids=app_uids, grace_s=grace_s)
     return adopted
 
 

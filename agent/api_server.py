@@ -41,6 +41,7 @@ from starlette.routing import Route
 from agent import metrics
 from agent.logs import LogFollowers, LogStore
 from agent.oneoff import run_streaming
+from agent.procs import AppUser
 from common.names import EnvKey, EnvValue, InvalidName, Sha256, check_app_name
 from common.streaming import NDJSON, ClosingStream, ndjson
 
@@ -56,7 +57,7 @@ class RunTarget:
 
     cwd: Path
     env: dict[str, str]
-    user: str | None
+    user: AppUser | None  # the app's own uid and cgroups; None: as the agent (not root)
 
 
 class RunRequest(BaseModel):

@@ -16,6 +16,7 @@ a failed check.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import httpx
 
@@ -35,6 +36,28 @@ def passes(status: int, path: str) -> bool:
 def check_host(domains: Sequence[str]) -> str | None:
     """The Host to send: the app's first exact domain (the cluster one comes first)."""
     return next((d for d in domains if not d.startswith("*")), None)
+
+
+PROC_NET = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
+TCP_LISTEN = "0A"
+
+
+def listener_uids(port: int, *, tables: Sequence[Path] = PROC_NET) -> set[int]:
+    """The uids owning a listening TCP socket on `port` (any address), from /proc/net/tcp:
+    the agent routes a port only when its app's own uid is the one listening there."""
+    uids: set[int] = set()
+    for table in tables:
+        try:
+            lines = table.read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 8 or fields[3] != TCP_LISTEN:
+                continue
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                uids.add(int(fields[7]))
+    return uids
 
 
 class HealthChecker:

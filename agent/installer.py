@@ -1,9 +1,19 @@
 """Artifact -> unpacked release -> cached virtualenv: everything an instance needs to start.
 
 Releases are cached by app and version (state_dir/apps/<app>/releases/<version>/), venvs by
-the hash of their dependencies (state_dir/venvs/<key>/), so a code-only redeploy unpacks the
-new code and reuses the venv without running an installer. Every folder is built under a temp
-name and renamed into place, so a crash or a concurrent install never leaves half a folder.
+the hash of their dependencies within the app (state_dir/apps/<app>/venvs/<key>/), so a
+code-only redeploy unpacks the new code and reuses the venv without running an installer.
+Venvs are never shared between apps: what one app's requirements built (its own wheels, its
+build backends) can never end up in another app's environment, and each app has its own uv
+cache. Every folder is built under a temp name and renamed into place, so a crash or a
+concurrent install never leaves half a folder.
+
+Nothing from an artifact runs as the agent: the agent only unpacks (agent/archive.py, into a
+folder only it can read, bounded in size), checks the Procfile against the process-type cap
+and hands the release to the app's uid (lchown, never following a link); the venv is built
+(`uv venv`, `uv pip install`, with any build backend the requirements pull in) by the app's
+own uid (agent/uids.py), with a clean environment whose HOME, TMPDIR and UV_CACHE_DIR are in
+the app's folder.
 
 Every failure is an InstallError whose message the registry shows as the release's reason:
 the installer's last lines (they name the requirement that could not be installed), or
@@ -20,6 +30,7 @@ import logging
 import os
 import platform
 import shutil
+import stat
 import sys
 import tempfile
 import tomllib
@@ -29,6 +40,8 @@ from pathlib import Path
 
 from agent import archive, procs
 from agent.errors import InstallError, UnsafeArchive
+from agent.uids import AppFolders, AppUsers
+from common.manifest import ManifestError, parse_procfile
 from common.names import check_app_name, check_sha256
 
 log = logging.getLogger(__name__)
@@ -40,6 +53,25 @@ VENV_TIMEOUT_S = 120.0
 TAIL_LINES = 20
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded")
+MAX_PROCESS_TYPES = 16  # Procfile types per app: each is at least one process per host
+MAX_UNPACKED_BYTES = 512 << 20
+DEFAULT_UID_RANGE = (70000, 79999)
+SYSTEM_PYTHONS = ("/usr/bin/python3", "/usr/local/bin/python3")
+# What the agent's environment may pass on to a build (package index, proxy and TLS
+# settings); nothing else of it (tokens, PAAS_*) reaches app code.
+BUILD_ENV_PREFIXES = ("UV_", "PIP_")
+BUILD_ENV_NAMES = (
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "LANG",
+)
 
 
 @dataclass(frozen=True)
@@ -68,8 +100,8 @@ def environment_spec(release_dir: Path, *, python_version: str | None = None) ->
     """
     version = python_version or _python_identity()
     requirements_file = release_dir / "requirements.txt"
-    if requirements_file.is_file():
-        text = requirements_file.read_text()
+    if requirements_file.is_file() and not requirements_file.is_symlink():
+        text = _read_text(requirements_file)
         # Included files are part of what gets installed, so part of the venv's key.
         included = _included_texts(release_dir, requirements_file)
         # `-e .` or `./pkg` installs the app's own code: such a venv belongs to one artifact.
@@ -80,9 +112,9 @@ def environment_spec(release_dir: Path, *, python_version: str | None = None) ->
             source=requirements_file,
         )
     pyproject = release_dir / "pyproject.toml"
-    if pyproject.is_file():
+    if pyproject.is_file() and not pyproject.is_symlink():
         try:
-            data = tomllib.loads(pyproject.read_text())
+            data = tomllib.loads(_read_text(pyproject))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise InstallError(f"pyproject.toml is not valid TOML: {exc}") from exc
         deps = data.get("project", {}).get("dependencies", [])
@@ -108,7 +140,7 @@ def _included_texts(release_dir: Path, first: Path) -> list[str]:
     queue, texts = [first], []
     while queue:
         current = queue.pop(0)
-        for line in current.read_text(errors="replace").splitlines():
+        for line in _read_text(current).splitlines():
             ref = _include_target(line)
             if ref is None:
                 continue
@@ -124,8 +156,20 @@ def _included_texts(release_dir: Path, first: Path) -> list[str]:
                 raise InstallError(f"requirements include more than {MAX_INCLUDES} files")
             seen.add(target)
             queue.append(target)
-            texts += [target.relative_to(root).as_posix(), target.read_text(errors="replace")]
+            texts += [target.relative_to(root).as_posix(), _read_text(target)]
     return texts
+
+
+def _read_text(path: Path) -> str:
+    """A file of the app's, never through a symlink (the app's uid owns the folder)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise InstallError(f"could not read {path.name}: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise InstallError(f"{path.name} is not a regular file")
+        return handle.read(1 << 20).decode(errors="replace")
 
 
 _LOCAL_PREFIXES = ("-e", "--editable", ".", "/", "file:")
@@ -157,8 +201,36 @@ def _include_target(line: str) -> str | None:
     return None
 
 
-def _python_identity() -> str:
-    return f"{platform.python_implementation()}-{platform.python_version()}-{sys.executable}"
+def _python_identity(python: str | None = None) -> str:
+    return (
+        f"{platform.python_implementation()}-{platform.python_version()}-{python or sys.executable}"
+    )
+
+
+def app_python(isolated: bool) -> str:
+    """The interpreter app venvs are built on. It must be one every app uid can run: ours when
+    every folder on its way lets others pass (e.g. /opt/paas/venv), else the system's
+    python3 of the same version (ours may live under a 0700 /root, as pyenv's does)."""
+    ours = os.path.realpath(sys.executable)
+    if not isolated or _others_can_run(ours):
+        return sys.executable
+    wanted = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for candidate in SYSTEM_PYTHONS:
+        real = os.path.realpath(candidate)
+        if _others_can_run(real) and Path(real).name.endswith(wanted):
+            return candidate
+    log.warning("no python %s that app users can run was found; using %s", wanted, ours)
+    return sys.executable
+
+
+def _others_can_run(path: str) -> bool:
+    target = Path(path)
+    try:
+        if not target.stat().st_mode & stat.S_IXOTH:
+            return False
+        return all(parent.stat().st_mode & stat.S_IXOTH for parent in target.parents)
+    except OSError:
+        return False
 
 
 def _digest(*parts: str) -> str:
@@ -182,13 +254,19 @@ class Installer:
         state_dir: Path,
         download: Download,
         *,
-        python: str = sys.executable,
+        users: AppUsers | None = None,
+        python: str | None = None,
         timeout_s: float = INSTALL_TIMEOUT_S,
+        max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
+        build_cgroup: Callable[[str], tuple[Path, ...]] | None = None,
     ) -> None:
         self.state_dir = state_dir
         self._download = download
-        self._python = python
+        self.users = users or AppUsers(state_dir, uid_range=DEFAULT_UID_RANGE, isolated=False)
+        self._python = python or app_python(self.users.isolated)
         self._timeout_s = timeout_s
+        self._max_unpacked_bytes = max_unpacked_bytes
+        self._build_cgroup = build_cgroup  # app -> cgroup.procs files for its builds
         self._locks: dict[str, asyncio.Lock] = {}
 
     @property
@@ -196,39 +274,53 @@ class Installer:
         return self.state_dir / "artifacts"
 
     @property
-    def venvs_dir(self) -> Path:
-        return self.state_dir / "venvs"
+    def staging_dir(self) -> Path:
+        """Where artifacts are unpacked before the app's uid gets them: the agent's only."""
+        return self.state_dir / "staging"
 
     def release_dir(self, app: str, version: int) -> Path:
-        check_app_name(app)
-        return self.state_dir / "apps" / app / "releases" / str(int(version))
+        return self.users.folders(app).releases / str(int(version))
+
+    def app_user(self, app: str) -> procs.AppUser | None:
+        uid = self.users.uid_of(app)
+        return procs.AppUser(uid=uid, gid=uid) if uid is not None else None
 
     async def install(self, *, app: str, version: int, sha256: str) -> InstalledRelease:
         """Download (cached by sha), unpack (cached by app+version), build or reuse the venv."""
         check_sha256(sha256)
+        check_app_name(app)
         try:
             artifact = await self._fetch(sha256)
         except OSError as exc:
             raise self._failure(exc, f"storing artifact {sha256[:12]}") from exc
+        try:
+            folders = await asyncio.to_thread(self.users.prepare, app)
+        except OSError as exc:
+            raise self._failure(exc, f"preparing the folders of {app}") from exc
         release = self.release_dir(app, version)
+        uid = self.users.uid_of(app)
         async with self._lock(f"release:{release}"):
             if not _release_matches(release, sha256):
                 try:
-                    await asyncio.to_thread(_unpack_release, artifact, release, sha256)
+                    await asyncio.to_thread(
+                        self._unpack_release, artifact, release, sha256, uid=uid
+                    )
                 except (OSError, UnsafeArchive) as exc:
                     if not _no_space(exc) and isinstance(exc, InstallError):
                         raise
                     raise self._failure(exc, f"unpacking release {version} of {app}") from exc
                 log.info("unpacked %s release %d into %s", app, version, release)
-        spec = await asyncio.to_thread(environment_spec, release)
-        venv = self.venvs_dir / spec.key
-        async with self._lock(f"venv:{spec.key}"):
+        spec = await asyncio.to_thread(
+            environment_spec, release, python_version=_python_identity(self._python)
+        )
+        venv = folders.venvs / spec.key
+        async with self._lock(f"venv:{app}:{spec.key}"):
             if _venv_ready(venv):
                 log.info("%s release %d reuses venv %s", app, version, spec.key)
             else:
                 log.info("%s release %d needs venv %s, building it", app, version, spec.key)
                 try:
-                    await asyncio.to_thread(self._build_venv, venv, spec)
+                    await asyncio.to_thread(self._build_venv, venv, spec, app=app)
                 except (OSError, InstallError) as exc:
                     if isinstance(exc, InstallError) and not _no_space(exc):
                         raise
@@ -259,15 +351,45 @@ class Installer:
 
     # ---- venvs (blocking; run in a thread) ----------------------------------------------
 
-    def _build_venv(self, venv: Path, spec: EnvironmentSpec) -> None:
-        venv.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{venv.name}.", suffix=".build", dir=venv.parent))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; apps may run as another user (run_as_user)
+    def _unpack_release(
+        self, artifact: Path, release: Path, sha256: str, *, uid: int | None
+    ) -> None:
+        """Unpack where only the agent reads, check, hand to the app's uid, rename into place."""
+        self.staging_dir.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(self.staging_dir, 0o700)
+        app = release.parent.parent.name
+        staged = self.staging_dir / f"{app}.{release.name}.{os.getpid()}"
+        shutil.rmtree(staged, ignore_errors=True)
         try:
-            # Built under a temp name, so the shebangs of console scripts name the temp
-            # folder: rewrite them to the final path before the rename.
-            self._create(tmp, spec)
-            _fix_script_paths(tmp, venv)
+            archive.unpack(artifact, staged, max_total_bytes=self._max_unpacked_bytes)
+            _check_process_types(staged)
+            # The marker is what makes a release folder usable (`_release_matches`): last.
+            (staged / ".paas-artifact").write_text(sha256 + "\n")
+            if uid is not None:
+                _give_tree(staged, uid)
+            os.chmod(staged, 0o700)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        if release.exists() or release.is_symlink():
+            # Same version, different artifact (a re-created registry): replace it.
+            old = self.staging_dir / f".{app}.{release.name}.{os.getpid()}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(release, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.rename(staged, release)
+
+    def _build_venv(self, venv: Path, spec: EnvironmentSpec, *, app: str) -> None:
+        folders = self.users.folders(app)
+        uid = self.users.uid_of(app)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{venv.name}.", suffix=".build", dir=venv.parent))
+        if uid is not None:
+            os.lchown(tmp, uid, uid)  # lchown: never through a link the app put there
+        try:
+            # Built under a temp name and relocatable (uv), so nothing names the temp folder;
+            # with pip, scripts are rewritten to the final path before the rename.
+            self._create(tmp, spec, folders=folders, app=app)
+            _fix_script_paths(tmp, venv, uid=uid)
             try:
                 os.rename(tmp, venv)
             except OSError:
@@ -279,23 +401,59 @@ class Installer:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-    def _create(self, target: Path, spec: EnvironmentSpec) -> None:
+    def _build_env(self, target: Path, folders: AppFolders, app: str) -> dict[str, str]:
+        """What a build sees: the app's own HOME, TMPDIR and uv cache, and from the agent's
+        environment only the package index, proxy and TLS settings."""
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key.startswith(BUILD_ENV_PREFIXES) or key in BUILD_ENV_NAMES
+        }
+        tmp = str(folders.tmp)
+        env.update(
+            PATH=f"{target / 'bin'}:{os.environ.get('PATH') or '/usr/local/bin:/usr/bin:/bin'}",
+            VIRTUAL_ENV=str(target),
+            HOME=str(folders.home),
+            USER=f"app-{app}",
+            LOGNAME=f"app-{app}",
+            TMPDIR=tmp,
+            TMP=tmp,
+            TEMP=tmp,
+            UV_CACHE_DIR=str(folders.cache / "uv"),
+            UV_PYTHON_DOWNLOADS="never",
+            PIP_CACHE_DIR=str(folders.cache / "pip"),
+        )
+        return env
+
+    def _create(
+        self, target: Path, spec: EnvironmentSpec, *, folders: AppFolders, app: str
+    ) -> None:
         uv = find_uv()
-        env = {**os.environ, "VIRTUAL_ENV": str(target)}
-        env.pop("PYTHONHOME", None)
+        env = self._build_env(target, folders, app)
+        user = self.app_user(app)
+        if user is not None and self._build_cgroup is not None:
+            user = user.in_cgroups(self._build_cgroup(app))
         python = str(target / "bin" / "python")
         # Beside the venv, not in it: `uv venv` wants an empty folder.
         requirements = target.with_name(f"{target.name}.requirements.txt")
         source = spec.source if spec.source is not None else requirements
         if uv:
-            steps = [[uv, "venv", "--quiet", "--python", self._python, str(target)]]
+            steps = [
+                [uv, "venv", "--quiet", "--relocatable", "--python", self._python, str(target)]
+            ]
             install = [uv, "pip", "install", "--python", python, "-r", str(source)]
         else:
             steps = [[self._python, "-m", "venv", str(target)]]
             install = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
             install += ["-r", str(source)]
         if spec.requirements is not None and spec.source is None:
-            requirements.write_text(spec.requirements)
+            # Written by the agent in the app's folder: created fresh (O_EXCL, no link
+            # followed) and handed to the app's uid, which reads it.
+            fd = os.open(requirements, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(spec.requirements)
+                if user is not None:
+                    os.fchown(out.fileno(), user.uid, user.gid)
         if spec.requirements is not None:
             steps.append(install)
         output: list[str] = []
@@ -303,7 +461,7 @@ class Installer:
             for argv in steps:
                 try:
                     cwd = source.parent if argv is install and spec.source is not None else None
-                    result = procs.run(argv, timeout_s=self._timeout_s, env=env, cwd=cwd)
+                    result = procs.run(argv, timeout_s=self._timeout_s, env=env, cwd=cwd, user=user)
                     output.append(result.output)
                 except procs.ProcessError as exc:
                     output.append(exc.output)
@@ -320,24 +478,53 @@ class Installer:
             requirements.unlink(missing_ok=True)
 
 
-def _fix_script_paths(built: Path, final: Path) -> None:
-    """Rewrite the temp path baked into activate scripts and console-script shebangs."""
+def _fix_script_paths(built: Path, final: Path, *, uid: int | None = None) -> None:
+    """Rewrite the temp path baked into activate scripts and console-script shebangs.
+
+    The files belong to the app's uid, which may race us: each is opened without following
+    a link and rewritten only if it is a regular file of that uid (never one of ours)."""
     old, new = str(built).encode(), str(final).encode()
     bin_dir = built / "bin"
-    for path in bin_dir.iterdir() if bin_dir.is_dir() else []:
-        if path.is_symlink() or not path.is_file():
-            continue
+    paths = list(bin_dir.iterdir()) if bin_dir.is_dir() and not bin_dir.is_symlink() else []
+    for path in [*paths, built / "pyvenv.cfg"]:
         try:
-            data = path.read_bytes()
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             continue
-        if old in data and b"\x00" not in data[:1024]:
-            mode = path.stat().st_mode
-            path.write_bytes(data.replace(old, new))
-            os.chmod(path, mode)
-    cfg = built / "pyvenv.cfg"
-    if cfg.is_file():
-        cfg.write_bytes(cfg.read_bytes().replace(old, new))
+        with os.fdopen(fd, "r+b") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode) or (uid is not None and info.st_uid != uid):
+                continue
+            data = handle.read(16 << 20)
+            if old not in data or (b"\x00" in data[:1024] and path.name != "pyvenv.cfg"):
+                continue
+            handle.seek(0)
+            handle.write(data.replace(old, new))
+            handle.truncate()
+
+
+def _check_process_types(release: Path) -> None:
+    """At most MAX_PROCESS_TYPES Procfile types: each one is a process on every host."""
+    procfile = release / "Procfile"
+    if not procfile.is_file() or procfile.is_symlink():
+        return
+    try:
+        types = parse_procfile(_read_text(procfile))
+    except ManifestError as exc:
+        raise InstallError(str(exc)) from exc
+    if len(types) > MAX_PROCESS_TYPES:
+        raise InstallError(
+            f"the Procfile declares {len(types)} process types; an app may have at most"
+            f" {MAX_PROCESS_TYPES}"
+        )
+
+
+def _give_tree(root: Path, uid: int) -> None:
+    """lchown everything under `root` to the app's uid (links themselves, never targets)."""
+    os.lchown(root, uid, uid)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            os.lchown(os.path.join(folder, name), uid, uid)
 
 
 def _no_space(exc: BaseException) -> bool:
@@ -361,25 +548,6 @@ def _venv_ready(venv: Path) -> bool:
 def _release_matches(release: Path, sha256: str) -> bool:
     marker = release / ".paas-artifact"
     return marker.is_file() and marker.read_text().strip() == sha256
-
-
-def _unpack_release(artifact: Path, release: Path, sha256: str) -> None:
-    staged = release.with_name(f".{release.name}.{os.getpid()}.staged")
-    shutil.rmtree(staged, ignore_errors=True)
-    try:
-        archive.unpack(artifact, staged)
-        # The marker is what makes a release folder usable (`_release_matches`): written last.
-        (staged / ".paas-artifact").write_text(sha256 + "\n")
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
-    if release.exists():
-        # Same version, different artifact (a re-created registry): replace it.
-        old = release.with_name(f".{release.name}.{os.getpid()}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(release, old)
-        shutil.rmtree(old, ignore_errors=True)
-    os.rename(staged, release)
 
 
 def _sha256_of(path: Path) -> str:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
-import pwd
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from agent import procs
+from agent.cgroups import LeafCgroup
 from agent.installer import InstalledRelease
 
 log = logging.getLogger(__name__)
@@ -27,11 +27,16 @@ def instance_env(
     venv: Path,
     home: Path,
     system_path: str | None = None,
+    tmp: Path | None = None,
+    user: str | None = None,
 ) -> dict[str, str]:
-    """The config vars, then ours on top (an app cannot override PORT or the venv).
+    """The config vars, then ours on top (an app cannot override PORT, the venv, HOME, its
+    temp folder or who it is).
 
     `port` None: a worker, which gets no PORT (a config var named PORT is dropped too, so a
-    worker never believes it should listen)."""
+    worker never believes it should listen). `tmp`: the app's own temp folder (TMPDIR, TMP,
+    TEMP), which outlives an agent restart, unlike a PrivateTmp. `user`: USER/LOGNAME, as an
+    app uid has no passwd entry (getpass.getuser() reads them)."""
     env = dict(config)
     env.pop("PORT", None)
     if port is not None:
@@ -44,6 +49,10 @@ def instance_env(
             "PYTHONUNBUFFERED": "1",
         }
     )
+    if tmp is not None:
+        env.update(TMPDIR=str(tmp), TMP=str(tmp), TEMP=str(tmp))
+    if user is not None:
+        env.update(USER=user, LOGNAME=user)
     env.pop("PYTHONHOME", None)
     return env
 
@@ -62,22 +71,23 @@ class AppLauncher:
         env: Mapping[str, str],
         log_path: Path,
         on_spawn: Callable[[procs.Child], None] | None = None,
-        user: str | None = None,
+        user: procs.AppUser | None = None,
+        cgroup: LeafCgroup | None = None,
     ) -> None:
         self.argv = ["/bin/sh", "-c", command]
         self.release = release
         self.env = dict(env)
         self.log_path = log_path
         self._on_spawn = on_spawn
-        self.user = user  # run as this unprivileged user (the agent is root), else as the agent
+        self.user = user  # the app's uid (the agent is root), else as the agent
+        self.cgroup = cgroup  # the instance's cgroup (limits), None when there are none
 
     def spawn(self) -> procs.Child:
-        home = Path(self.env["HOME"])
-        home.mkdir(parents=True, exist_ok=True)
-        if self.user is not None:
-            _give_to(home, self.user)
+        user = self.user
+        if user is not None and self.cgroup is not None:
+            user = user.in_cgroups(self.cgroup.prepare())
         child = procs.spawn(
-            self.argv, env=self.env, cwd=self.release.path, log_path=self.log_path, user=self.user
+            self.argv, env=self.env, cwd=self.release.path, log_path=self.log_path, user=user
         )
         if self._on_spawn is not None:
             try:
@@ -90,14 +100,9 @@ class AppLauncher:
     def log_tail(self) -> str:
         return procs.tail(self.log_path, lines=20)
 
-
-def _give_to(folder: Path, user: str) -> None:
-    """The app's HOME belongs to the user it runs as (it may write caches there)."""
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError as exc:
-        raise procs.ProcessError(f"user {user!r} does not exist") from exc
-    os.chown(folder, entry.pw_uid, entry.pw_gid)
+    def exit_note(self) -> str | None:
+        """Why the process died when the status alone does not say (its memory limit)."""
+        return self.cgroup.exit_note() if self.cgroup is not None else None
 
 
 def system_path() -> str:

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
-import pwd
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -25,11 +26,13 @@ from pathlib import Path
 
 import httpx
 
+from agent import procs
 from agent.adoption import adopt_instances
 from agent.api_server import AgentApi, ApiServer, ReleasePhaseRequest, RunTarget, UnknownApp
 from agent.capacity import measure
+from agent.cgroups import Cgroups, LeafCgroup, Limits
 from agent.errors import AgentError, RegistryError
-from agent.health import HealthChecker, check_host
+from agent.health import HealthChecker, check_host, listener_uids
 from agent.installer import InstalledRelease, Installer
 from agent.instances import (
     Instance,
@@ -57,6 +60,7 @@ from agent.rewatch import unless_rewatched
 from agent.runrecords import recorder, remove_record
 from agent.settings import AgentSettings
 from agent.supervisor import Policy, Supervisor
+from agent.uids import AppUsers, secure_state_dir
 from common.wire import DesiredInstance, DesiredState, HostReport
 
 log = logging.getLogger(__name__)
@@ -132,8 +136,26 @@ class MachineAgent:
 
     def _setup(self) -> None:
         state_dir = self.settings.state_dir
-        for sub in ("artifacts", "apps", "venvs", "logs", "run"):
-            (state_dir / sub).mkdir(parents=True, exist_ok=True)
+        isolated = os.geteuid() == 0
+        if not isolated:
+            log.warning(
+                "the agent does not run as root: apps run as its own user (uid %d), not each"
+                " as its own uid, and without cgroup limits",
+                os.geteuid(),
+            )
+        if self.settings.run_as_user is not None:
+            log.warning(
+                "run_as_user is deprecated and ignored: each app runs as its own uid from"
+                " app_uids (%s)",
+                self.settings.app_uids,
+            )
+        secure_state_dir(state_dir, isolated=isolated)
+        self.users = AppUsers(state_dir, uid_range=self.settings.app_uid_bounds, isolated=isolated)
+        self.cgroups = (
+            Cgroups.detect("paas-" + hashlib.sha256(str(state_dir).encode()).hexdigest()[:10])
+            if isolated
+            else None
+        )
         self.client = RegistryClient(self.settings.registry_url, transport=self._transport)
         self.reporter = Reporter(
             self.client,
@@ -143,7 +165,13 @@ class MachineAgent:
             heartbeat_s=self.settings.heartbeat_interval_s,
             index_seen=self._index_seen,
         )
-        self.installer = Installer(state_dir, self.client.download_artifact)
+        self.installer = Installer(
+            state_dir,
+            self.client.download_artifact,
+            users=self.users,
+            max_unpacked_bytes=self.settings.release_max_mb << 20,
+            build_cgroup=self._build_cgroup,
+        )
         self.ports = PortAllocator(*self.settings.port_bounds)
         self.health = HealthChecker()
         templates = make_environment(template_dirs(self.settings.operator_template_dir))
@@ -192,16 +220,39 @@ class MachineAgent:
             ports=self.ports,
             now=time.monotonic(),
             grace_s=self.policy.stop_grace_s,
-            app_uid=self._app_uid(),
+            app_uids=self.users.allocated_uids(),
         )
         self.instances.update(adopted)
         # Checked before nginx is rendered, so what still answers keeps its route without a
         # gap; a few tries, as one check may time out on a busy host.
         await asyncio.gather(*(self._first_check(inst) for inst in adopted.values()))
 
-    def _app_uid(self) -> int | None:
-        user = self.settings.run_as_user
-        return pwd.getpwnam(user).pw_uid if user is not None else None
+    # ---- app users and limits ------------------------------------------------------------
+
+    def _limits(self, memory_mb: int | None) -> Limits:
+        return Limits(
+            memory_mb=memory_mb,
+            pids_max=self.settings.app_pids_max,
+            cpu_weight=self.settings.app_cpu_weight,
+        )
+
+    def _build_cgroup(self, app: str) -> tuple[Path, ...]:
+        if self.cgroups is None:
+            return ()
+        return self.cgroups.prepare(app, "build", self._limits(self.settings.build_memory_mb))
+
+    def _run_user(self, app: str, memory_mb: int | None) -> procs.AppUser | None:
+        """Who one-off and release-phase commands of `app` run as: its uid, in its `run`
+        cgroup (the app's pids limit, an instance's memory limit)."""
+        user = self.installer.app_user(app)
+        if user is None or self.cgroups is None:
+            return user
+        return user.in_cgroups(self.cgroups.prepare(app, "run", self._limits(memory_mb)))
+
+    def _app_memory(self, app: str) -> int | None:
+        return next(
+            (i.desired.memory_mb for i in self.instances.values() if i.desired.app == app), None
+        )
 
     async def _first_check(self, inst: Instance) -> None:
         sup, port = inst.supervisor, inst.port
@@ -209,7 +260,9 @@ class MachineAgent:
             return
         deadline = time.monotonic() + ADOPT_CHECK_S
         while sup.state == "starting" and time.monotonic() < deadline:
-            await self._check(sup, port, inst.desired.health_path, inst.desired.domains)
+            await self._check(
+                sup, port, inst.desired.health_path, inst.desired.domains, inst.desired.app
+            )
             if sup.state == "starting":
                 await asyncio.sleep(0.1)
 
@@ -296,6 +349,14 @@ class MachineAgent:
             if inst is None:
                 log.info("instance %d of %s release %d placed here", iid, d.app, d.release)
                 inst = self.instances[iid] = Instance(desired=d)
+                if self._over_capacity():
+                    inst.phase = "failed"
+                    inst.error = (
+                        f"this host runs at most {self.settings.max_instances} instances"
+                        " (max_instances)"
+                    )
+                    log.error("instance %d of %s refused: %s", iid, d.app, inst.error)
+                    continue
                 inst.task = asyncio.create_task(self._install_and_start(inst))
             elif inst.removing:
                 log.info("instance %d is wanted again", iid)
@@ -313,6 +374,11 @@ class MachineAgent:
         await self.apply_nginx()
         self._stop_departed(time.monotonic())
         self._changed()
+
+    def _over_capacity(self) -> bool:
+        """More instances would run here than `max_instances` allows."""
+        running = [i for i in self.instances.values() if not i.removing and i.state != "failed"]
+        return len(running) > self.settings.max_instances
 
     def _stop_departed(self, now: float) -> None:
         """Stop departed instances, each once the live nginx config no longer routes to it
@@ -371,23 +437,35 @@ class MachineAgent:
     def _supervisor(
         self, d: DesiredInstance, release: InstalledRelease, port: int | None
     ) -> Supervisor:
-        env = instance_env(
-            d.env,
-            port=port,
-            venv=release.venv,
-            home=self.settings.state_dir / "apps" / d.app / "home",
-            system_path=system_path(),
-        )
+        env = self._app_env(d.app, d.env, port=port, venv=release.venv)
+        cgroup = None
+        if self.cgroups is not None:
+            cgroup = LeafCgroup(self.cgroups, d.app, f"i{d.id}", self._limits(d.memory_mb))
         launcher = AppLauncher(
             d.command,
             release,
             env=env,
             log_path=self.settings.state_dir / "logs" / d.app / f"{d.id}.log",
             on_spawn=recorder(self.run_dir, d, release, port),
-            user=self.settings.run_as_user,
+            user=self.installer.app_user(d.app),
+            cgroup=cgroup,
         )
         policy = replace(self.policy, start_timeout_s=d.health_timeout_s)
         return Supervisor(f"{d.app}#{d.id}", launcher, policy=policy)
+
+    def _app_env(
+        self, app: str, config: dict[str, str], *, port: int | None, venv: Path
+    ) -> dict[str, str]:
+        folders = self.users.folders(app)
+        return instance_env(
+            config,
+            port=port,
+            venv=venv,
+            home=folders.home,
+            tmp=folders.tmp,
+            user=f"app-{app}",
+            system_path=system_path(),
+        )
 
     async def _restart(self, inst: Instance, desired: DesiredInstance) -> None:
         if inst.supervisor is not None:
@@ -436,8 +514,9 @@ class MachineAgent:
                 self._worker_health(sup, now)
             elif sup.health_due(now) and inst.port is not None:
                 sup.mark_checked(now)
+                d = inst.desired
                 inst.health_task = asyncio.create_task(
-                    self._check(sup, inst.port, inst.desired.health_path, inst.desired.domains)
+                    self._check(sup, inst.port, d.health_path, d.domains, d.app)
                 )
         except Exception:
             log.exception("supervising instance %d failed", inst.desired.id)
@@ -450,11 +529,32 @@ class MachineAgent:
         if sup.state != "starting" or now - sup.started_at >= self.settings.worker_up_s:
             sup.record_health(True, now, generation=sup.generation)
 
+    def _listener_is_the_app(self, app: str, port: int, detail: str) -> tuple[bool, str]:
+        """Route only to a port that the app's own uid listens on: another app could bind a
+        victim's port while it restarts and receive its traffic."""
+        uid = self.users.uid_of(app)
+        if uid is None:
+            return True, detail
+        owners = listener_uids(port)
+        if owners == {uid}:
+            return True, detail
+        return False, (
+            f"port {port} is listened on by uid(s) {sorted(owners) or 'none'}, not by {app}'s"
+            f" uid {uid}: not routed"
+        )
+
     async def _check(
-        self, sup: Supervisor, port: int, path: str, domains: list[str] | None = None
+        self,
+        sup: Supervisor,
+        port: int,
+        path: str,
+        domains: list[str] | None = None,
+        app: str | None = None,
     ) -> None:
         generation = sup.generation
         ok, detail = await self.health.check(port, path, host=check_host(domains or []))
+        if ok and app is not None:
+            ok, detail = await asyncio.to_thread(self._listener_is_the_app, app, port, detail)
         sup.record_health(ok, time.monotonic(), generation=generation, detail=detail)
         self._wake.set()
 
@@ -470,6 +570,8 @@ class MachineAgent:
                 self.ports.release(inst.port)
                 remove_record(self.run_dir, iid)
                 del self.instances[iid]
+                if self.cgroups is not None:
+                    self.cgroups.remove(inst.desired.app, f"i{iid}")
                 self._reported = self._reported - {iid}
 
     # ---- nginx -------------------------------------------------------------------------------
@@ -521,15 +623,9 @@ class MachineAgent:
             )
         except AgentError as exc:
             raise UnknownApp(f"release {d.release} of {app} is not installed here: {exc}") from exc
-        env = instance_env(
-            d.env,
-            port=1,
-            venv=release.venv,
-            home=self.settings.state_dir / "apps" / d.app / "home",
-            system_path=system_path(),
-        )
-        env.pop("PORT")  # not routed: nothing listens for it
-        return RunTarget(cwd=release.path, env=env, user=self.settings.run_as_user)
+        env = self._app_env(d.app, d.env, port=None, venv=release.venv)
+        user = await asyncio.to_thread(self._run_user, d.app, d.memory_mb)
+        return RunTarget(cwd=release.path, env=env, user=user)
 
     async def release_target(self, app: str, spec: ReleasePhaseRequest) -> RunTarget:
         """Where a release's `release:` command runs: the new release, installed here (the
@@ -542,14 +638,9 @@ class MachineAgent:
             raise UnknownApp(
                 f"release {spec.version} of {app} could not be installed: {exc}"
             ) from exc
-        env = instance_env(
-            spec.env,
-            port=None,  # not routed: nothing listens
-            venv=release.venv,
-            home=self.settings.state_dir / "apps" / app / "home",
-            system_path=system_path(),
-        )
-        return RunTarget(cwd=release.path, env=env, user=self.settings.run_as_user)
+        env = self._app_env(app, spec.env, port=None, venv=release.venv)  # not routed
+        user = await asyncio.to_thread(self._run_user, app, self._app_memory(app))
+        return RunTarget(cwd=release.path, env=env, user=user)
 
     def _report_sent(self, report: HostReport) -> None:
         """Departed instances reported stopped may now leave the table."""

@@ -1,9 +1,10 @@
 """One-off runs (`paas run APP -- CMD ARGS`): a command in a release's environment, streamed.
 
 The argv is executed as given (never through a shell), in the release's unpacked folder,
-with its venv on PATH and its config vars, as the user app instances run as, in its own
-session. It is not routed (no PORT). It is killed (its whole process group) when the time
-limit passes or when the caller goes away (the generator is closed or cancelled).
+with its venv on PATH and its config vars, as the app's own uid and in its cgroups (like
+its instances: agent/privexec.py), in its own session. It is not routed (no PORT). It is
+killed (its whole process group) when the time limit passes or when the caller goes away
+(the generator is closed or cancelled).
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import asyncio
 import contextlib
 import logging
 import os
-import pwd
 import signal
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
+
+from agent import procs
 
 log = logging.getLogger(__name__)
 
@@ -30,28 +32,27 @@ async def run_streaming(
     env: Mapping[str, str],
     cwd: Path,
     timeout_s: float,
-    user: str | None = None,
+    user: procs.AppUser | None = None,
 ) -> AsyncIterator[dict[str, object]]:
     """Yield {"stream": "stdout"|"stderr", "data": text} as output comes, then {"exit": code}
     (and "error" when it could not start or timed out)."""
-    extra: dict[str, object] = {}
-    if user is not None:
-        entry = pwd.getpwnam(user)
-        extra = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+    prepared = procs.prepare(argv, env, user)
     try:
         proc = await asyncio.create_subprocess_exec(
-            *argv,
+            *prepared.argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=dict(env),
+            env=prepared.env,
             cwd=cwd,
             start_new_session=True,
-            **extra,  # type: ignore[arg-type]
+            pass_fds=prepared.pass_fds,
         )
     except OSError as exc:
         yield {"error": f"could not start {argv[0]}: {exc}", "exit": 127}
         return
+    finally:
+        prepared.close()
     queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
     readers = [
         asyncio.create_task(_pump("stdout", proc.stdout, queue)),  # type: ignore[arg-type]

@@ -8,14 +8,15 @@ whole process group and a Ctrl-C at the agent's terminal does not hit them direc
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
-import pwd
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psutil
@@ -33,6 +34,59 @@ class ProcessError(AgentError):
         self.output = output
 
 
+PRIVEXEC = Path(__file__).with_name("privexec.py")
+
+
+@dataclass(frozen=True)
+class AppUser:
+    """Run a process as an app's own unprivileged uid (gid = uid, no supplementary groups,
+    no_new_privs), inside the cgroups whose `cgroup.procs` files are listed."""
+
+    uid: int
+    gid: int
+    cgroups: tuple[Path, ...] = field(default=())
+
+    def in_cgroups(self, procs_files: Sequence[Path]) -> AppUser:
+        return replace(self, cgroups=tuple(procs_files))
+
+
+@dataclass
+class Prepared:
+    """An argv and environment ready for Popen; `close()` once the child has started."""
+
+    argv: list[str]
+    env: dict[str, str]
+    pass_fds: tuple[int, ...] = ()
+
+    def close(self) -> None:
+        for fd in self.pass_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.pass_fds = ()
+
+
+def prepare(argv: Sequence[str], env: Mapping[str, str], user: AppUser | None) -> Prepared:
+    """`argv` as is, or wrapped in agent/privexec.py to become `user` (see there): the root
+    wrapper gets an empty environment, the app's comes as JSON on a memfd."""
+    if user is None:
+        return Prepared(list(argv), dict(env))
+    fd = os.memfd_create("paas-env", 0)
+    try:
+        data = json.dumps(dict(env)).encode()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except OSError:
+        os.close(fd)
+        raise
+    wrapper = [sys.executable, "-I", "-S", str(PRIVEXEC)]
+    wrapper += ["--uid", str(user.uid), "--gid", str(user.gid), "--env-fd", str(fd)]
+    for procs_file in user.cgroups:
+        wrapper += ["--cgroup", str(procs_file)]
+    return Prepared([*wrapper, "--", *argv], {}, (fd,))
+
+
 @dataclass(frozen=True)
 class RunResult:
     returncode: int
@@ -46,8 +100,13 @@ def run(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     check: bool = True,
+    user: AppUser | None = None,
 ) -> RunResult:
-    """Run a short command to completion; output is captured (stderr merged into stdout)."""
+    """Run a short command to completion; output is captured (stderr merged into stdout).
+
+    With `user`, it runs as that app user (a timeout kills its whole process group)."""
+    if user is not None:
+        return _run_as(argv, timeout_s=timeout_s, env=env or {}, cwd=cwd, check=check, user=user)
     try:
         done = subprocess.run(
             list(argv),
@@ -69,6 +128,50 @@ def run(
     result = RunResult(returncode=done.returncode, output=_text(done.stdout))
     if check and done.returncode != 0:
         raise ProcessError(f"{argv[0]} exited with status {done.returncode}", output=result.output)
+    return result
+
+
+def _run_as(
+    argv: Sequence[str],
+    *,
+    timeout_s: float,
+    env: Mapping[str, str],
+    cwd: Path | None,
+    check: bool,
+    user: AppUser,
+) -> RunResult:
+    prepared = prepare(argv, env, user)
+    try:
+        popen = subprocess.Popen(
+            prepared.argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=prepared.env,
+            cwd=cwd,
+            pass_fds=prepared.pass_fds,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise ProcessError(f"could not run {argv[0]}: {exc}") from exc
+    finally:
+        prepared.close()
+    try:
+        out, _ = popen.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        with contextlib.suppress(OSError):
+            os.killpg(popen.pid, signal.SIGKILL)
+        out, _ = popen.communicate()
+        raise ProcessError(
+            f"{argv[0]} did not finish within {timeout_s:g}s", output=_text(out)
+        ) from exc
+    finally:
+        # Whatever the command left behind in its group goes too.
+        with contextlib.suppress(OSError):
+            os.killpg(popen.pid, signal.SIGKILL)
+    result = RunResult(returncode=popen.returncode, output=_text(out))
+    if check and popen.returncode != 0:
+        raise ProcessError(f"{argv[0]} exited with status {popen.returncode}", output=result.output)
     return result
 
 
@@ -177,39 +280,35 @@ def spawn(
     env: Mapping[str, str],
     cwd: Path,
     log_path: Path,
-    user: str | None = None,
+    user: AppUser | None = None,
 ) -> Child:
     """Start a child in a new session, stdout/stderr appended to `log_path`.
 
-    With `user` (the agent runs as root), the child runs as that user and its primary group,
-    with no supplementary groups: it gets none of root's privileges.
+    With `user` (the agent runs as root), the child runs as that app's uid in its cgroups
+    (agent/privexec.py). The agent opens the log (0600, in a folder only it reads) and hands
+    the descriptor over: the app can write its log, never reopen, read or remove others'.
     """
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as out:
+    log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    prepared = prepare(argv, env, user)
+    with os.fdopen(fd, "ab") as out:
         try:
             popen = subprocess.Popen(
-                list(argv),
+                prepared.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=dict(env),
+                env=prepared.env,
                 cwd=cwd,
                 start_new_session=True,
                 close_fds=True,
-                user=user,
-                group=_primary_group(user) if user is not None else None,
-                extra_groups=[] if user is not None else None,
+                pass_fds=prepared.pass_fds,
             )
         except OSError as exc:
             raise ProcessError(f"could not start {argv[0]}: {exc}") from exc
+        finally:
+            prepared.close()
     return Child(popen)
-
-
-def _primary_group(user: str) -> int:
-    try:
-        return pwd.getpwnam(user).pw_gid
-    except KeyError as exc:
-        raise ProcessError(f"user {user!r} does not exist") from exc
 
 
 def tail(path: Path, *, lines: int = 20, max_bytes: int = 64 * 1024) -> str:

@@ -7,10 +7,10 @@ recycled pid), still leads its own process group and runs from the release folde
 started in. Any other process group running from under apps/ is a stray and is stopped, so
 no instance ever runs twice or holds a port unsupervised.
 
-A sandboxed agent (no CAP_SYS_PTRACE, apps run as `run_as_user`) cannot read the working
-folder of its apps' processes: the pid, its start time and its process group then identify
-an instance, and every process of the apps' user that no instance owns is a stray - so that
-user must be dedicated to the apps (as paas-app is in the host image).
+A sandboxed agent (no CAP_SYS_PTRACE; every app runs as its own uid, agent/uids.py) cannot
+read the working folder of its apps' processes: the pid, its start time and its process
+group then identify an instance, and every process of an app uid this agent handed out that
+no instance owns is a stray (those uids are the apps' alone).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import psutil
@@ -129,9 +129,11 @@ def _cwd(proc: psutil.Process) -> Path | None:
         return None
 
 
-def stray_groups(apps_dir: Path, *, keep: set[int], app_uid: int | None = None) -> set[int]:
+def stray_groups(
+    apps_dir: Path, *, keep: set[int], app_uids: Collection[int] | None = None
+) -> set[int]:
     """Process groups not in `keep` with a member running from under `apps_dir` or, when its
-    folder cannot be read, running as `app_uid` (the apps' dedicated user)."""
+    folder cannot be read, running as one of `app_uids` (the apps' own uids)."""
     root = apps_dir.resolve()
     ours = {os.getpid(), os.getpgid(0)}
     groups: set[int] = set()
@@ -141,7 +143,7 @@ def stray_groups(apps_dir: Path, *, keep: set[int], app_uid: int | None = None) 
                 continue
             cwd = _cwd(proc)
             if cwd is None:
-                if app_uid is None or proc.uids().real != app_uid:
+                if not app_uids or proc.uids().real not in app_uids:
                     continue
             elif not cwd.is_relative_to(root):
                 continue
@@ -154,10 +156,14 @@ def stray_groups(apps_dir: Path, *, keep: set[int], app_uid: int | None = None) 
 
 
 def stop_strays(
-    apps_dir: Path, *, keep: set[int], app_uid: int | None = None, grace_s: float = 5.0
+    apps_dir: Path,
+    *,
+    keep: set[int],
+    app_uids: Collection[int] | None = None,
+    grace_s: float = 5.0,
 ) -> int:
     """Stop every stray process group (SIGTERM, grace, SIGKILL); returns how many. Blocking."""
-    groups = stray_groups(apps_dir, keep=keep, app_uid=app_uid)
+    groups = stray_groups(apps_dir, keep=keep, app_uids=app_uids)
     for pgid in sorted(groups):
         log.warning(
             "stopping process group %d: it runs from %s but no instance owns it", pgid, apps_dir

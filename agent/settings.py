@@ -6,7 +6,6 @@ so a typo stops the agent with one clear line instead of producing a broken prox
 
 from __future__ import annotations
 
-import pwd
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +17,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from agent.uids import parse_uid_range
 from common.failover import split_urls
 from common.names import check_address, check_domain, check_host_name, check_label
 
@@ -48,9 +48,19 @@ class AgentSettings(BaseSettings):
     # frontend: the cluster domain; the self-signed default certificate covers *.<domain>.
     domain: str | None = None
     labels: dict[str, str] = {}
-    # machine: run app processes as this unprivileged user (the agent itself stays root to
-    # own nginx and bind ports); None runs them as the agent's own user.
+    # machine, agent running as root: every app runs as its own uid from this range (gid =
+    # uid, no passwd entry needed; agent/uids.py). A non-root agent runs apps as itself.
+    app_uids: str = "70000-79999"
+    # Deprecated and ignored (one shared user let apps read each other): apps get their own
+    # uid from app_uids. Still accepted so settings files written earlier keep working.
     run_as_user: str | None = None
+    # machine: bounds on what apps may use (agent/cgroups.py). Memory per instance comes from
+    # the app's paas.toml (`memory = "256M"`); without it an instance has no hard limit.
+    app_pids_max: int = Field(default=512, ge=16, le=4_194_304)  # processes+threads per app
+    app_cpu_weight: int = Field(default=100, ge=1, le=10000)  # relative CPU share per app
+    build_memory_mb: int = Field(default=2048, ge=64)  # a venv build's memory limit
+    max_instances: int = Field(default=200, ge=1, le=100_000)  # instances on this host
+    release_max_mb: int = Field(default=512, ge=1, le=64 * 1024)  # unpacked release size
     # Issue 8: the agent's own API (logs, one-off runs, /metrics) on `address`; 0 = any free
     # port (reported to the registry). Instance logs rotate at log_max_bytes, keeping log_keep.
     api_port: int = Field(default=0, ge=0, le=65535)
@@ -87,15 +97,12 @@ class AgentSettings(BaseSettings):
     @field_validator("run_as_user")
     @classmethod
     def _run_as_user(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        check_label(value)
-        try:
-            entry = pwd.getpwnam(value)
-        except KeyError:
-            raise ValueError(f"run_as_user {value!r} is not a user on this host") from None
-        if entry.pw_uid == 0:
-            raise ValueError(f"run_as_user {value!r} is root; name an unprivileged user")
+        return check_label(value) if value is not None else None
+
+    @field_validator("app_uids")
+    @classmethod
+    def _app_uids(cls, value: str) -> str:
+        parse_uid_range(value)
         return value
 
     @field_validator("labels")
@@ -135,6 +142,10 @@ class AgentSettings(BaseSettings):
     def port_bounds(self) -> tuple[int, int]:
         """The inclusive (low, high) port range for app instances."""
         return parse_port_range(self.port_range)
+
+    @property
+    def app_uid_bounds(self) -> tuple[int, int]:
+        return parse_uid_range(self.app_uids)
 
     @property
     def operator_template_dir(self) -> Path:

@@ -81,6 +81,15 @@ class Launcher(Protocol):
         """The last ~20 lines of the instance's log."""
 
 
+def exit_text(launcher: object, status: int) -> str:
+    """How an exit is told: the launcher's own words when it knows more than the status
+    (an optional `exit_note()`, e.g. "out of memory (limit 64M)" from the cgroup), else the
+    status."""
+    note = getattr(launcher, "exit_note", None)
+    text = note() if callable(note) else None
+    return text if isinstance(text, str) and text else f"exited with status {status}"
+
+
 @dataclass(frozen=True)
 class Policy:
     max_failed_starts: int = 3  # more than this many failed starts in a row -> fatal
@@ -109,7 +118,7 @@ class Supervisor:
         self._started_at = 0.0
         self._healthy_since: float | None = None
         self._adopted = False  # the current process was adopted, not spawned by us
-        self._exit_status: int | None = None
+        self._exit_status: str | None = None  # how the last exit is told
         self._next_start_at = 0.0
         self._next_check_at = 0.0
         self._failed_checks = 0
@@ -168,7 +177,8 @@ class Supervisor:
         exit_status = self._reap()
         if self.state == "starting":
             if exit_status is not None:
-                self._failed_start(now, f"exited with status {exit_status} before it was healthy")
+                what = exit_text(self._launcher, exit_status)
+                self._failed_start(now, f"{what} before it was healthy")
             elif now - self._started_at >= self.policy.start_timeout_s and self._adopted:
                 # Not ours to give up on: it had been started fine; start a fresh one.
                 if self._handle is not None:
@@ -183,15 +193,15 @@ class Supervisor:
                 )
         elif self.state in ("running", "unhealthy"):
             if exit_status is not None:
-                self._exit_status = exit_status
-                self.reason = f"exited with status {exit_status} while running"
+                self._exit_status = exit_text(self._launcher, exit_status)
+                self.reason = f"{self._exit_status} while running"
                 log.info("%s %s", self.name, self.reason)
                 self._set("exited")
         elif self.state == "exited":
             healthy_for = now - (self._healthy_since if self._healthy_since is not None else now)
             if healthy_for >= self.policy.stable_after_s:
                 self.failed_starts = 0  # it had run well: this is the first crash of a series
-            self._failed_start(now, f"exited with status {self._exit_status} while running")
+            self._failed_start(now, f"{self._exit_status} while running")
         elif self.state == "backoff":
             if now >= self._next_start_at:
                 RESTARTS.inc()

@@ -299,6 +299,8 @@ class DesiredInstance(Model):
     health_timeout_s: float = Field(
         default=DEFAULT_HEALTH_TIMEOUT_S, ge=MIN_HEALTH_TIMEOUT_S, le=MAX_HEALTH_TIMEOUT_S
     )
+    # paas.toml `memory`, per instance: the agent enforces it as a hard cgroup limit.
+    memory_mb: int | None = Field(default=None, ge=1, le=1024 * 1024)
 
 
 class ServiceRoute(Model):

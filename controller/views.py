@@ -140,6 +140,7 @@ def desired_state(
                 domains=app_domains(app, settings),
                 serve=instance.serve,
                 routing=options_for(session, app),
+                memory_mb=app.memory_mb or None,
             )
         )
     frontends, machines = proxy_clients(session) if host.role == "machine" else ([], [])

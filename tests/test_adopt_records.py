@@ -166,7 +166,7 @@ from agent.runrecords import adoptable, read_records, stray_groups
 
 record = read_records(Path(sys.argv[1]))[0]
 handle = adoptable(record)
-strays = stray_groups(Path(sys.argv[2]), keep={record.pid}, app_uid=int(sys.argv[3]))
+strays = stray_groups(Path(sys.argv[2]), keep={record.pid}, app_uids={int(sys.argv[3])})
 print(json.dumps({"adopted": handle.pid if handle else None, "strays": sorted(strays)}))
 """
 

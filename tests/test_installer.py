@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from agent.errors import InstallError, UnsafeArchive
-from agent.installer import Installer, environment_spec
+from agent.installer import Installer, _python_identity, environment_spec
 from tests.mounts import resize, tmpfs
 
 
@@ -51,9 +51,9 @@ class Store:
 class CountingInstaller(Installer):
     builds: int = 0
 
-    def _build_venv(self, venv: Path, spec) -> None:  # type: ignore[no-untyped-def]
+    def _build_venv(self, venv: Path, spec, *, app: str) -> None:  # type: ignore[no-untyped-def]
         self.builds += 1
-        super()._build_venv(venv, spec)
+        super()._build_venv(venv, spec, app=app)
 
 
 APP = "import os\nprint('port', os.environ.get('PORT'))\n"
@@ -87,15 +87,12 @@ def test_code_only_redeploy_reuses_the_venv(tmp_path: Path) -> None:
         assert store.downloads == [v1, v2]
 
     asyncio.run(scenario())
+    key = environment_spec(
+        tmp_path / "apps/shop/releases/1", python_version=_python_identity(installer._python)
+    ).key
     out = subprocess.run(
         [
-            str(
-                tmp_path
-                / "venvs"
-                / environment_spec(tmp_path / "apps/shop/releases/1").key
-                / "bin"
-                / "python"
-            ),
+            str(tmp_path / "apps" / "shop" / "venvs" / key / "bin" / "python"),
             "-c",
             "import sys; print(sys.prefix)",
         ],
@@ -121,7 +118,7 @@ def test_concurrent_installs_build_one_venv(tmp_path: Path) -> None:
     asyncio.run(scenario())
     assert installer.builds == 1
     assert store.downloads == [sha]
-    assert sorted(p.name for p in (tmp_path / "venvs").iterdir()) == ["none"]
+    assert sorted(p.name for p in (tmp_path / "apps" / "shop" / "venvs").iterdir()) == ["none"]
 
 
 def test_environment_keys(tmp_path: Path) -> None:
@@ -151,8 +148,9 @@ def test_failed_install_reports_the_installer_output(tmp_path: Path) -> None:
         asyncio.run(installer.install(app="shop", version=1, sha256=sha))
     assert "installing the requirements failed" in str(caught.value)
     assert "no-such-local-package" in str(caught.value)
-    assert [p for p in (tmp_path / "venvs").iterdir() if not p.name.startswith(".")] == []
-    assert list((tmp_path / "venvs").iterdir()) == []  # the temp build folder is gone
+    venvs = tmp_path / "apps" / "shop" / "venvs"
+    assert [p for p in venvs.iterdir() if not p.name.startswith(".")] == []
+    assert list(venvs.iterdir()) == []  # the temp build folder is gone
 
 
 def test_hostile_artifact_is_refused(tmp_path: Path) -> None:
@@ -207,7 +205,7 @@ def test_requirement_missing_from_pypi_is_named(tmp_path: Path) -> None:
     message = str(caught.value)
     assert message.startswith("installing the requirements failed")
     assert "paas-no-such-package-xyz" in message.split("\n", 1)[1]  # the installer's own lines
-    assert list((tmp_path / "venvs").iterdir()) == []
+    assert list((tmp_path / "apps" / "shop" / "venvs").iterdir()) == []
 
 
 def test_full_disk_while_unpacking_fails_cleanly(tmp_path: Path) -> None:
@@ -227,6 +225,7 @@ def test_full_disk_while_unpacking_fails_cleanly(tmp_path: Path) -> None:
         assert "unpacking release 1 of shop" in message
         releases = state / "apps" / "shop" / "releases"
         assert list(releases.iterdir()) == []  # no staged, temp or partial folder left
+        assert list((state / "staging").iterdir()) == []
         # The space is free again: a small release installs on the same disk.
         done = asyncio.run(installer.install(app="shop", version=2, sha256=small))
         assert (done.path / ".paas-artifact").is_file()

@@ -251,7 +251,7 @@ def test_machine_agent_installs_routes_switches_and_reports_failures(tmp_path: P
                 for report in registry.reports
                 for r in report.instances
             )
-            venvs = [p.name for p in (settings.state_dir / "venvs").iterdir()]
+            venvs = [p.name for p in (settings.state_dir / "apps" / "hello" / "venvs").iterdir()]
             assert venvs == ["none"]
             with socket.socket() as probe:  # the old instance's port is free again
                 assert probe.connect_ex(("127.0.0.1", old_port)) != 0

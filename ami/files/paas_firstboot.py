@@ -156,9 +156,9 @@ def build_config(data: dict[str, Any], facts: Facts, *, etc: Path, default_role:
         "address": address,
         "state_dir": f"/var/lib/paas/{role}",
     }
-    if role == "machine":
-        values["run_as_user"] = APP_USER  # apps never run as root
-    else:
+    # A machine agent runs each app as its own uid (app_uids in the agent's settings): no
+    # shared app user to name here (run_as_user is deprecated and ignored).
+    if role != "machine":
         values.update(http_port=80, https_port=443)
     values.update(extra)
     _validate_agent(values)

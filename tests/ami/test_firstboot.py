@@ -59,7 +59,8 @@ def test_machine_user_data_becomes_agent_settings(
     assert (settings.role, settings.name, settings.address) == ("machine", "web-1", "10.0.1.23")
     assert settings.registry_url == "http://10.0.0.5:8070"
     assert settings.join_token == JOIN
-    assert settings.run_as_user == "nobody"
+    assert settings.run_as_user is None  # deprecated: each app gets its own uid
+    assert settings.app_uids == "70000-79999"
     assert settings.labels == {"zone": "a"}
     assert str(settings.state_dir) == "/var/lib/paas/machine"
     assert "written" in capsys.readouterr().out
