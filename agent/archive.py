@@ -1,102 +1,312 @@
-"""Safe unpacking of app artifacts (.tar.gz): nothing may land outside the target folder.
+"""Safe unpacking of app artifacts (.tar.gz): nothing may land or point outside the target.
 
-Defence in depth: every member is checked by our own rules first (no absolute paths, no '..',
-no links leaving the tree, no devices/FIFOs, bounded count and size), then extracted with
-tarfile's "data" filter, which enforces the same again. Extraction goes into a temp folder
-beside the target that is renamed into place only when complete.
+The agent is root and the archive is the user's, so extraction is done here, entry by entry,
+and never by tarfile (whose "data" filter Debian 12's Python 3.11.2 does not have, and whose
+fallback followed symlinks made earlier in the same archive):
+
+- members are streamed (common/tarstream.py): count, size of each and total bytes are
+  refused from the header, before data is read; the decompressed stream is bounded too;
+- a member's path is checked lexically (relative, no '..', no NUL) and then every folder on
+  it is opened with O_NOFOLLOW|O_DIRECTORY relative to the one before (`dir_fd`), starting at
+  the root: the walk never traverses a symlink, whatever the archive made earlier;
+- regular files are created with O_CREAT|O_EXCL|O_NOFOLLOW (no entry replaces another);
+- a symlink is kept only when its target is relative, its '..' parts all come first (so they
+  climb real folders: the link's own folder and its parents) and they do not climb above the
+  root; the rest of the target only descends, so by induction every link resolves inside the
+  tree, even through other links (the agent later reads requirements.txt and friends as root);
+- a hard link becomes a copy of an earlier regular member (bytes counted again), never a link;
+- devices, FIFOs, sparse and unknown entry types are refused; modes lose set-id bits and
+  group/other write, the owner can always read and write; owners come from the agent, never
+  from the archive.
+
+A refused archive leaves nothing: everything goes into a temp folder beside the target,
+renamed into place only when complete, removed otherwise.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
+from typing import BinaryIO, Literal
 
 from agent.errors import UnsafeArchive
+from common.tarstream import ArchiveLimit, ArchiveUnreadable, Limits, members, open_stream
 
 MAX_MEMBERS = 20_000
-MAX_TOTAL_BYTES = 1 << 30  # 1 GiB unpacked
-MAX_MEMBER_BYTES = 512 << 20
+MAX_TOTAL_BYTES = 512 << 20  # unpacked, per release
+MAX_MEMBER_BYTES = MAX_TOTAL_BYTES
+COPY_CHUNK = 1 << 20
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+# What a name or type from the archive can make the OS refuse (vs. the disk's own troubles).
+ENTRY_ERRNOS = (
+    errno.ENAMETOOLONG,
+    errno.EEXIST,
+    errno.ELOOP,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EINVAL,
+    errno.EILSEQ,
+    errno.EMLINK,
+)
+
+Kind = Literal["dir", "file", "symlink"]
+Parts = tuple[str, ...]
 
 
-def check_members(members: list[tarfile.TarInfo], *, max_total_bytes: int) -> None:
-    """Refuse the archive when any member could escape the tree or is not a plain entry."""
-    if len(members) > MAX_MEMBERS:
-        raise UnsafeArchive(f"archive has {len(members)} entries, more than {MAX_MEMBERS}")
-    total = 0
-    for member in members:
-        name = member.name
-        path = PurePosixPath(name)
-        if "\x00" in name or path.is_absolute() or name.startswith("/"):
-            raise UnsafeArchive(f"archive entry {name!r} has an absolute path")
-        if ".." in path.parts:
-            raise UnsafeArchive(f"archive entry {name!r} contains '..'")
-        if (
-            member.isdev()
-            or member.isfifo()
-            or not (member.isfile() or member.isdir() or member.issym() or member.islnk())
-        ):
-            raise UnsafeArchive(f"archive entry {name!r} is a device, FIFO or special file")
-        if member.issym():
-            _check_link_target(name, member.linkname, relative_to=path.parent)
-        if member.islnk():
-            _check_link_target(name, member.linkname, relative_to=PurePosixPath("."))
-        if member.size > MAX_MEMBER_BYTES:
-            raise UnsafeArchive(f"archive entry {name!r} is {member.size} bytes, too large")
-        total += max(0, member.size)
-        if total > max_total_bytes:
-            raise UnsafeArchive(f"archive unpacks to more than {max_total_bytes} bytes")
+def entry_parts(name: str, *, what: str = "archive entry") -> Parts:
+    """The path of an entry as folder names under the root; refuses absolute paths, '..'
+    and NUL. '.' and empty parts ('a//b', './a', 'dir/') are dropped."""
+    if "\x00" in name:
+        raise UnsafeArchive(f"{what} {name!r} has a NUL byte in its path")
+    if name.startswith("/"):
+        raise UnsafeArchive(f"{what} {name!r} has an absolute path")
+    parts = tuple(part for part in name.split("/") if part not in ("", "."))
+    if ".." in parts:
+        raise UnsafeArchive(f"{what} {name!r} contains '..'")
+    return parts
 
 
-def _check_link_target(name: str, target: str, *, relative_to: PurePosixPath) -> None:
-    if not target or target.startswith("/"):
+def check_link_target(name: str, link_folder: Parts, target: str) -> None:
+    """A symlink stays inside the tree when its target is relative, every '..' comes before
+    the first name, and there are no more '..' than folders above the link (see the module
+    docstring for why a '..' after a name is refused even when it looks harmless: `up/..`
+    climbs from wherever `up` points, not from the folder that holds it)."""
+    if not target or "\x00" in target:
+        raise UnsafeArchive(f"archive entry {name!r} is a symlink with an empty or NUL target")
+    if target.startswith("/"):
         raise UnsafeArchive(f"archive entry {name!r} links to an absolute path {target!r}")
-    depth = 0
-    for part in (relative_to / target).parts:
-        if part == "..":
-            depth -= 1
-        elif part not in (".", ""):
-            depth += 1
-        if depth < 0:
-            raise UnsafeArchive(f"archive entry {name!r} links outside the tree ({target!r})")
+    parts = [part for part in target.split("/") if part not in ("", ".")]
+    ups = 0
+    while ups < len(parts) and parts[ups] == "..":
+        ups += 1
+    if ups > len(link_folder):
+        raise UnsafeArchive(f"archive entry {name!r} links outside the tree ({target!r})")
+    if ".." in parts[ups:]:
+        raise UnsafeArchive(
+            f"archive entry {name!r} links to {target!r}: '..' after a name in a link target"
+            " is refused (it may climb out through another link)"
+        )
 
 
-def _extract(tar: tarfile.TarFile, dest: Path, members: list[tarfile.TarInfo]) -> None:
-    """Extract with the "data" filter; Python without it (Debian 12's 3.11.2 predates 3.11.4)
-    gets the same effect by hand: no owners from the archive, no set-id bits, no write
-    permission for group or others. check_members has already refused the unsafe paths."""
-    if hasattr(tarfile, "data_filter"):
-        tar.extractall(dest, members=members, filter="data")
-        return
-    for member in members:
-        member.uid, member.gid = os.getuid(), os.getgid()
-        member.uname = member.gname = ""
+class _Tree:
+    """The folder being filled, reached only through directory fds opened without following
+    symlinks, plus what each path already is (so an entry never replaces another)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root_fd = os.open(root, DIR_FLAGS)
+        self.kinds: dict[Parts, Kind] = {(): "dir"}
+        self.written = 0  # bytes of files, copies of hard links included
+
+    def close(self) -> None:
+        os.close(self.root_fd)
+
+    def open_folder(self, name: str, folder: Parts) -> int:
+        """An fd of `folder`, made as needed; refuses a path that passes through anything but a
+        folder this archive made (a symlink, a file)."""
+        fd = os.dup(self.root_fd)
+        try:
+            for depth in range(1, len(folder) + 1):
+                prefix = folder[:depth]
+                kind = self.kinds.get(prefix)
+                if kind is None:
+                    os.mkdir(prefix[-1], 0o755, dir_fd=fd)
+                    self.kinds[prefix] = "dir"
+                elif kind != "dir":
+                    raise UnsafeArchive(
+                        f"archive entry {name!r} is under {'/'.join(prefix)!r}, which is a"
+                        f" {kind} in this archive: entries may only be written under folders"
+                    )
+                try:
+                    child = os.open(prefix[-1], DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:  # ELOOP/ENOTDIR: not a real folder after all
+                    raise UnsafeArchive(
+                        f"archive entry {name!r}: {'/'.join(prefix)!r} is not a folder ({exc})"
+                    ) from exc
+                os.close(fd)
+                fd = child
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def claim(self, name: str, parts: Parts, kind: Kind) -> None:
+        existing = self.kinds.get(parts)
+        if existing is not None:
+            raise UnsafeArchive(
+                f"archive entry {name!r} would replace the {existing} of the same name:"
+                " an entry may appear only once"
+            )
+        self.kinds[parts] = kind
+
+
+def _file_mode(mode: int) -> int:
+    """tarfile's "data" filter rule: no set-id, no group/other write, executable only if the
+    owner may execute, owner read/write always."""
+    mode &= 0o755
+    if not mode & 0o100:
+        mode &= ~0o111
+    return mode | 0o600
+
+
+def _write_stream(fd: int, source: BinaryIO, size: int, name: str) -> None:
+    remaining = size
+    while remaining > 0:
+        chunk = source.read(min(COPY_CHUNK, remaining))
+        if not chunk:
+            raise ArchiveUnreadable(f"archive entry {name!r} ends early")
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view) :]
+        remaining -= len(chunk)
+
+
+def _extract(tar: tarfile.TarFile, tree: _Tree, limits: Limits) -> None:
+    for member in members(tar, limits):
+        name = member.name
+        parts = entry_parts(name)
         if member.isdir():
-            member.mode = 0o755  # the filter leaves folders at the default mode
-        elif member.isfile() or member.islnk():  # a hard link's mode applies to its target
-            member.mode = (member.mode | 0o600) & 0o755
-    tar.extractall(dest, members=members, numeric_owner=True)
+            if not parts:
+                continue  # "./": the root itself
+            if tree.kinds.get(parts) == "dir":
+                continue  # an explicit entry for a folder a file already made
+            fd = tree.open_folder(name, parts[:-1])
+            try:
+                tree.claim(name, parts, "dir")
+                os.mkdir(parts[-1], 0o755, dir_fd=fd)
+            finally:
+                os.close(fd)
+            continue
+        if not parts:
+            raise UnsafeArchive(f"archive entry {name!r} has no name")
+        if member.issym():
+            check_link_target(name, parts[:-1], member.linkname)
+            fd = tree.open_folder(name, parts[:-1])
+            try:
+                tree.claim(name, parts, "symlink")
+                os.symlink(member.linkname, parts[-1], dir_fd=fd)
+            finally:
+                os.close(fd)
+        elif member.islnk():
+            _copy_hard_link(tree, member, parts, limits)
+        elif member.isreg() and not member.issparse():
+            _write_member(tar, tree, member, parts, limits)
+        else:
+            raise UnsafeArchive(
+                f"archive entry {name!r} is a device, FIFO or special file (type"
+                f" {member.type!r}); only files, folders and symlinks are unpacked"
+            )
 
 
-def unpack(archive: Path, dest: Path, *, max_total_bytes: int = MAX_TOTAL_BYTES) -> Path:
+def _write_member(
+    tar: tarfile.TarFile, tree: _Tree, member: tarfile.TarInfo, parts: Parts, limits: Limits
+) -> None:
+    name = member.name
+    tree.written += member.size
+    if tree.written > limits.max_total_bytes:  # members() counted files, this adds copies
+        raise ArchiveLimit(
+            f"archive unpacks to more than {limits.max_total_bytes} bytes at {name!r}"
+        )
+    source = tar.extractfile(member)
+    if source is None:
+        raise UnsafeArchive(f"archive entry {name!r} cannot be read")
+    folder = tree.open_folder(name, parts[:-1])
+    try:
+        tree.claim(name, parts, "file")
+        fd = os.open(parts[-1], NEW_FILE_FLAGS, 0o600, dir_fd=folder)
+    finally:
+        os.close(folder)
+    try:
+        _write_stream(fd, source, member.size, name)
+        os.fchmod(fd, _file_mode(member.mode))
+        os.utime(fd, (member.mtime, member.mtime))
+    finally:
+        os.close(fd)
+
+
+def _copy_hard_link(tree: _Tree, member: tarfile.TarInfo, parts: Parts, limits: Limits) -> None:
+    name = member.name
+    target = entry_parts(member.linkname, what=f"hard link {name!r} to")
+    if tree.kinds.get(target) != "file":
+        raise UnsafeArchive(
+            f"archive entry {name!r} is a hard link to {member.linkname!r}, which is not an"
+            " earlier regular file of this archive"
+        )
+    src_folder = tree.open_folder(name, target[:-1])
+    try:
+        src = os.open(target[-1], READ_FLAGS, dir_fd=src_folder)
+    finally:
+        os.close(src_folder)
+    try:
+        info = os.fstat(src)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafeArchive(f"archive entry {name!r}: {member.linkname!r} is not a file")
+        tree.written += info.st_size
+        if tree.written > limits.max_total_bytes:
+            raise ArchiveLimit(
+                f"archive unpacks to more than {limits.max_total_bytes} bytes at entry"
+                f" {name!r} (a hard link, unpacked as a copy of {member.linkname!r})"
+            )
+        folder = tree.open_folder(name, parts[:-1])
+        try:
+            tree.claim(name, parts, "file")
+            fd = os.open(parts[-1], NEW_FILE_FLAGS, 0o600, dir_fd=folder)
+        finally:
+            os.close(folder)
+        try:
+            with os.fdopen(os.dup(src), "rb") as reader:
+                _write_stream(fd, reader, info.st_size, name)
+            os.fchmod(fd, stat.S_IMODE(info.st_mode))
+            os.utime(fd, (member.mtime, member.mtime))
+        finally:
+            os.close(fd)
+    finally:
+        os.close(src)
+
+
+def unpack(
+    archive: Path,
+    dest: Path,
+    *,
+    max_members: int = MAX_MEMBERS,
+    max_member_bytes: int = MAX_MEMBER_BYTES,
+    max_total_bytes: int = MAX_TOTAL_BYTES,
+) -> Path:
     """Unpack `archive` into `dest` (which must not exist yet), atomically.
 
-    Raises UnsafeArchive for a hostile or unreadable archive; `dest` is then not created.
+    Raises UnsafeArchive for a hostile, oversized or unreadable archive; `dest` is then not
+    created and nothing is left beside it.
     """
+    limits = Limits(
+        max_members=max_members,
+        max_member_bytes=min(max_member_bytes, max_total_bytes),
+        max_total_bytes=max_total_bytes,
+    )
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".unpack", dir=dest.parent))
     try:
+        tree = _Tree(tmp)
         try:
-            with tarfile.open(archive, mode="r:*") as tar:
-                members = tar.getmembers()
-                check_members(members, max_total_bytes=max_total_bytes)
-                _extract(tar, tmp, members)
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            if isinstance(exc, getattr(tarfile, "FilterError", ())):
-                raise UnsafeArchive(f"archive refused: {exc}") from exc
+            with archive.open("rb") as raw, open_stream(raw, limits) as tar:
+                _extract(tar, tree, limits)
+        except ArchiveLimit as exc:
+            raise UnsafeArchive(f"archive refused: {exc}") from exc
+        except ArchiveUnreadable as exc:
             raise UnsafeArchive(f"archive {archive.name} could not be read: {exc}") from exc
+        except OSError as exc:
+            if exc.errno not in ENTRY_ERRNOS:
+                raise  # the agent's disk (full, read-only): the installer reports that
+            raise UnsafeArchive(f"archive {archive.name} could not be unpacked: {exc}") from exc
+        finally:
+            tree.close()
         os.chmod(tmp, 0o755)
         os.rename(tmp, dest)
     except BaseException:
