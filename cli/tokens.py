@@ -9,7 +9,7 @@ import click
 
 from cli import output
 from cli.ops_api import OpsClient
-from common.names import check_app_name, check_token_name
+from common.names import InvalidName, check_app_name, check_domain, check_token_name
 
 
 def register(
@@ -26,7 +26,7 @@ def register(
             return
         output.table(
             None,
-            ["ID", "SCOPE", "NAME", "APP", "HOST", "CREATED"],
+            ["ID", "SCOPE", "NAME", "APP", "HOST", "DOMAINS", "CREATED"],
             [
                 [
                     t["id"],
@@ -34,6 +34,7 @@ def register(
                     t["name"] or "",
                     t["app"] or "",
                     t["host"] or "",
+                    ",".join(t.get("domains") or []),
                     t["created_at"],
                 ]
                 for t in found
@@ -44,24 +45,42 @@ def register(
     @click.option("--scope", type=click.Choice(["admin", "deploy"]), required=True)
     @click.option("--app", "app", help="deploy scope: the one app the token may touch.")
     @click.option("--name", help="A label shown by `paas tokens` and in the audit log.")
+    @click.option(
+        "--domains",
+        default="",
+        help="deploy scope: comma-separated domains the token may claim for its app, each"
+        " with every name under it (default: none, only <app>.<cluster domain>).",
+    )
     @json_option
-    def tokens_create(scope: str, app: str | None, name: str | None, as_json: bool) -> None:
+    def tokens_create(
+        scope: str, app: str | None, name: str | None, domains: str, as_json: bool
+    ) -> None:
         """Create a token; it is printed once and only its hash is kept."""
         if scope == "deploy" and app is None:
             raise click.UsageError("--scope deploy needs --app APP")
         if scope == "admin" and app is not None:
             raise click.UsageError("an admin token is not bound to an app; leave out --app")
+        allowed = [d.strip() for d in domains.split(",") if d.strip()]
+        if scope == "admin" and allowed:
+            raise click.UsageError("an admin token may claim any domain; leave out --domains")
         if app is not None:
             check_app_name(app)
         if name is not None:
             check_token_name(name)
-        body = {"scope": scope, "app": app, "name": name}
+        for domain in allowed:
+            try:
+                check_domain(domain)
+            except InvalidName as exc:
+                raise click.UsageError(f"--domains: {exc}") from None
+        body = {"scope": scope, "app": app, "name": name, "domains": allowed}
         with OpsClient.from_login() as api:
             made = api.call("POST", "/v1/tokens", json=body)
         if as_json:
             output.print_json(made)
             return
         what = f"deploy token for app {app}" if scope == "deploy" else "admin token"
+        if allowed:
+            what += f" (may claim domains under {', '.join(allowed)})"
         click.echo(f"created {what} #{made['id']}; it is shown only now:", err=True)
         click.echo(made["token"])
 

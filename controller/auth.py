@@ -31,6 +31,12 @@ class Principal:
     token_id: int | None = None
     name: str | None = None
     app: str | None = None  # deploy tokens: the one app they may touch
+    domains: tuple[str, ...] = ()  # deploy tokens: the domain suffixes they may claim
+
+    @property
+    def allowed_domains(self) -> tuple[str, ...] | None:
+        """For controller/domains.py: None (any domain) for admin, else the allowance."""
+        return None if self.kind == "admin" else self.domains
 
     @property
     def label(self) -> str:
@@ -60,11 +66,18 @@ def issue_token(
 
 
 def issue_token_row(
-    session: Session, kind: TokenKind, *, name: str | None = None, app: str | None = None
+    session: Session,
+    kind: TokenKind,
+    *,
+    name: str | None = None,
+    app: str | None = None,
+    domains: list[str] | None = None,
 ) -> tuple[Token, str]:
     """Like issue_token, but also hands back the stored row (its id is what `revoke` takes)."""
     token = secrets.token_urlsafe(32)
-    row = Token(sha256=hash_token(token), kind=kind, name=name, app_name=app)
+    row = Token(
+        sha256=hash_token(token), kind=kind, name=name, app_name=app, domains=list(domains or [])
+    )
     session.add(row)
     session.flush()
     return row, token
@@ -111,6 +124,7 @@ def lookup(ctx: Context, token: str) -> Principal | None:
         token_id=row.id,
         name=row.name,
         app=row.app_name,
+        domains=tuple(row.domains or ()),
     )
 
 

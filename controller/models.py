@@ -209,6 +209,8 @@ class Token(Base):
     # Issue 8: a label shown by `paas tokens`, and the one app a deploy-scoped token may touch.
     name: Mapped[str | None] = mapped_column(String(63), default=None)
     app_name: Mapped[str | None] = mapped_column(String(63), default=None)
+    # Deploy tokens: the domain suffixes an admin allowed it to claim (controller/domains.py).
+    domains: Mapped[list[str]] = mapped_column(JSON, default=list, server_default=text("'[]'"))
 
 
 class AuditEvent(Base):

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from common import wire
 from common.manifest import ManifestError, parse_manifest, parse_procfile, require_web
 from common.names import AppName
-from controller.auth import require_app_scope
+from controller.auth import Principal, require_app_scope
 from controller.context import Context, get_ctx
 from controller.db import bump
 from controller.deploys import add_domains, awaits_release_phase, create_release, scale_active
@@ -29,8 +29,12 @@ router = APIRouter(prefix="/v1/apps", tags=["apps"], dependencies=[Depends(requi
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=wire.App)
-def create_app_route(body: wire.AppCreate, ctx: Context = Depends(get_ctx)) -> wire.App:
-    check_claimable(body.domains, cluster_domain=ctx.settings.domain)
+def create_app_route(
+    body: wire.AppCreate,
+    who: Principal = Depends(require_app_scope),
+    ctx: Context = Depends(get_ctx),
+) -> wire.App:
+    check_claimable(body.domains, cluster_domain=ctx.settings.domain, allowed=who.allowed_domains)
     with ctx.db.write() as session:
         if session.execute(select(App).where(App.name == body.name)).first() is not None:
             raise Conflict(f"app {body.name} already exists")
@@ -58,10 +62,20 @@ def read_app(app: AppName, ctx: Context = Depends(get_ctx)) -> wire.App:
 
 
 @router.patch("/{app}", response_model=wire.App)
-def update_app(app: AppName, body: wire.AppUpdate, ctx: Context = Depends(get_ctx)) -> wire.App:
-    check_claimable(body.domains or [], cluster_domain=ctx.settings.domain)
+def update_app(
+    app: AppName,
+    body: wire.AppUpdate,
+    who: Principal = Depends(require_app_scope),
+    ctx: Context = Depends(get_ctx),
+) -> wire.App:
     with ctx.db.write() as session:
         row = get_app(session, app)
+        check_claimable(
+            body.domains or [],
+            cluster_domain=ctx.settings.domain,
+            allowed=who.allowed_domains,
+            owned={d.domain for d in row.domains},
+        )
         if body.domains is not None:
             wanted = set(body.domains)
             for domain in list(row.domains):
@@ -119,10 +133,11 @@ def create_release_route(
     app: AppName,
     body: wire.ReleaseCreate,
     background: BackgroundTasks,
+    who: Principal = Depends(require_app_scope),
     ctx: Context = Depends(get_ctx),
 ) -> wire.Release:
     with ctx.db.read() as session:
-        get_app(session, app)
+        owned = {d.domain for d in get_app(session, app).domains}
     if not ctx.artifacts.exists(body.artifact_sha256):
         raise NotFound(f"artifact {body.artifact_sha256} is not stored; upload it first")
     procfile, manifest_text = ctx.artifacts.read_app_files(body.artifact_sha256)
@@ -131,6 +146,13 @@ def create_release_route(
         manifest = parse_manifest(manifest_text or "")
     except ManifestError as exc:
         raise Invalid(str(exc)) from exc
+    # paas.toml domains obey the same rules as `domains:add` (controller/domains.py).
+    check_claimable(
+        manifest.domains,
+        cluster_domain=ctx.settings.domain,
+        allowed=who.allowed_domains,
+        owned=owned,
+    )
     with ctx.db.write() as session:
         row = get_app(session, app)
         assign_service_port(session, row, ctx.settings)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, status
 
 from common import wire
 from common.names import AppName, Domain
-from controller.auth import require_app_scope
+from controller.auth import Principal, require_app_scope
 from controller.context import Context, get_ctx
 from controller.db import bump
 from controller.deploys import add_domains
@@ -19,10 +19,20 @@ router = APIRouter(prefix="/v1/apps", tags=["domains"], dependencies=[Depends(re
 
 
 @router.post("/{app}/domains", status_code=status.HTTP_201_CREATED, response_model=wire.App)
-def add_domain(app: AppName, body: wire.DomainAdd, ctx: Context = Depends(get_ctx)) -> wire.App:
-    check_claimable([body.domain], cluster_domain=ctx.settings.domain)
+def add_domain(
+    app: AppName,
+    body: wire.DomainAdd,
+    who: Principal = Depends(require_app_scope),
+    ctx: Context = Depends(get_ctx),
+) -> wire.App:
     with ctx.db.write() as session:
         row = get_app(session, app)
+        check_claimable(
+            [body.domain],
+            cluster_domain=ctx.settings.domain,
+            allowed=who.allowed_domains,
+            owned={d.domain for d in row.domains},
+        )
         add_domains(session, row, [body.domain])
         bump(session, desired=True)
         return app_view(row, ctx.settings)

@@ -1,5 +1,8 @@
 """API tokens: list, create (admin or deploy scope, the token shown once), revoke (admin only).
 
+A deploy token may carry the domain suffixes it may claim for its app (`domains`, checked by
+controller/domains.py: no wildcard, no public suffix); by default none.
+
 Host tokens come from joining and join tokens from `paas-registry init`; they are listed and
 may be revoked here, but not created.
 """
@@ -10,12 +13,13 @@ from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Path, Response, status
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import func, select
 
-from common.names import AppName, check_token_name
+from common.names import AppName, Domain, check_token_name
 from controller.auth import Principal, issue_token_row, require_admin
 from controller.context import Context, get_ctx
+from controller.domains import check_allowance
 from controller.errors import Conflict, NotFound
 from controller.models import App, Token
 
@@ -26,6 +30,8 @@ class TokenCreate(BaseModel):
     scope: Literal["admin", "deploy"]
     app: AppName | None = None
     name: str | None = None
+    # deploy scope: the domain suffixes it may claim for its app (none: no custom domain)
+    domains: list[Domain] = Field(default_factory=list, max_length=50)
 
     @model_validator(mode="after")
     def _app_for_deploy(self) -> TokenCreate:
@@ -35,6 +41,8 @@ class TokenCreate(BaseModel):
             raise ValueError("a deploy token needs the app it may touch (app)")
         if self.scope == "admin" and self.app is not None:
             raise ValueError("an admin token is not bound to an app; leave app out")
+        if self.scope == "admin" and self.domains:
+            raise ValueError("an admin token may claim any domain; leave domains out")
         return self
 
 
@@ -44,6 +52,7 @@ class TokenInfo(BaseModel):
     name: str | None
     app: str | None
     host: str | None
+    domains: list[str] = Field(default_factory=list)
     created_at: datetime
 
 
@@ -58,6 +67,7 @@ def _info(row: Token) -> dict[str, object]:
         "name": row.name,
         "app": row.app_name,
         "host": row.host_name,
+        "domains": list(row.domains or []),
         "created_at": row.created_at,
     }
 
@@ -75,13 +85,16 @@ def create_token(
     ctx: Context = Depends(get_ctx),
     _who: Principal = Depends(require_admin),
 ) -> TokenCreated:
+    domains = check_allowance(body.domains)
     with ctx.db.write() as session:
         if (
             body.app is not None
             and session.execute(select(App.id).where(App.name == body.app)).first() is None
         ):
             raise NotFound(f"app {body.app} does not exist; create it first")
-        row, token = issue_token_row(session, body.scope, name=body.name, app=body.app)
+        row, token = issue_token_row(
+            session, body.scope, name=body.name, app=body.app, domains=domains
+        )
         return TokenCreated.model_validate({**_info(row), "token": token})
 
 

@@ -24,11 +24,15 @@ def reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestRegistry]:
 @pytest.fixture(scope="module")
 def deploy_token(reg: TestRegistry) -> str:
     response = reg.client.post(
-        "/v1/tokens", json={"scope": "deploy", "app": "mine", "name": "ci-mine"}, headers=reg.admin
+        "/v1/tokens",
+        # the custom domains it may claim (none by default): tests/test_domain_claims.py
+        json={"scope": "deploy", "app": "mine", "name": "ci-mine", "domains": ["mine.example.com"]},
+        headers=reg.admin,
     )
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["scope"] == "deploy" and body["app"] == "mine" and body["name"] == "ci-mine"
+    assert body["domains"] == ["mine.example.com"]
     return body["token"]
 
 
