@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from controller.context import Context
 from controller.hostloss import lost_hosts, mark_lost
-from controller.liveness import Liveness
+from controller.liveness import Liveness, look
 from controller.queries import now
 
 log = logging.getLogger("paas.registry")
@@ -50,7 +50,8 @@ async def heartbeat_tick(ctx: Context, liveness: Liveness) -> None:
             liveness.impaired(time.monotonic())
             log.info("leading the heartbeat sweep: every host first gets %.1f s of grace", ttl_s)
         was_leader = leader
-        if not leader or not liveness.may_judge(time.monotonic(), ttl_s):
+        moment = time.monotonic()
+        if look(liveness, moment, ttl_s) or not leader or not liveness.may_judge(moment, ttl_s):
             continue
         try:
             await run_in_threadpool(_check_unless_queued, ctx, liveness, time.monotonic())

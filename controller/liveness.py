@@ -74,6 +74,20 @@ def new_liveness(ttl_s: float, *, now: float | None = None) -> Liveness:
     )
 
 
+def look(liveness: Liveness, now: float, ttl_s: float) -> bool:
+    """`liveness.look(now)`, and one log line when it saw a stall."""
+    gap = now - liveness.last_look
+    if not liveness.look(now):
+        return False
+    log.warning(
+        "the registry was stalled for %.1f s (its event loop did not run): every host gets"
+        " one heartbeat TTL (%.1f s) before it may be marked down",
+        gap,
+        ttl_s,
+    )
+    return True
+
+
 async def watchdog(
     liveness: Liveness, ttl_s: float, *, clock: Callable[[], float] = time.monotonic
 ) -> None:
@@ -82,12 +96,7 @@ async def watchdog(
     tick = watchdog_tick(ttl_s)
     while True:
         await asyncio.sleep(tick)
-        if liveness.look(clock()):
-            log.warning(
-                "the registry was stalled (its event loop did not run for a while): every"
-                " host gets one heartbeat TTL (%.1f s) before it may be marked down",
-                ttl_s,
-            )
+        look(liveness, clock(), ttl_s)
         sent = clock()
         await run_in_threadpool(_noop)
         now = clock()

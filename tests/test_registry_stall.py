@@ -1,0 +1,109 @@
+"""Issue 14: host loss is judged against the registry's own liveness. A registry that was
+stalled, just started or just became leader gives every host one TTL of grace first."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from controller.liveness import Liveness, new_liveness, stall_threshold, watchdog_tick
+from tests.registry_proc import registry_process
+
+TTL_S = 2.0
+
+
+def test_judging_waits_one_ttl_after_start_and_after_a_stall() -> None:
+    ttl = 10.0
+    live = new_liveness(ttl, now=100.0)
+    tick = watchdog_tick(ttl)
+    t = 100.0
+    while t + tick < 110:  # the watchdog looks every tick; no judging within a TTL of start
+        t += tick
+        assert not live.may_judge(t, ttl), t
+    t = 110.0
+    live.look(t)
+    assert live.may_judge(t, ttl)
+
+    # The loop stalls for 30 s: the first look after it grants a full TTL from then on.
+    t += 30
+    assert not live.may_judge(t, ttl)  # the stall is seen by the judge itself
+    stalled_until = t
+    while t < stalled_until + ttl - tick:
+        t += tick
+        assert not live.may_judge(t, ttl), t
+    t = stalled_until + ttl + tick
+    assert live.may_judge(t, ttl)
+
+    # A gap just under the threshold is no stall (a slow tick on a busy machine).
+    t += stall_threshold(ttl) * 0.9
+    assert live.may_judge(t, ttl)
+
+    # Impaired (worker threads exhausted, a report failing, a new leadership): grace again.
+    live.impaired(t)
+    impaired_at = t
+    while t + tick < impaired_at + ttl:
+        t += tick
+        assert not live.may_judge(t, ttl), t
+    assert live.may_judge(impaired_at + ttl, ttl)
+
+
+def test_a_stall_seen_first_by_the_watchdog_also_grants_grace() -> None:
+    live = Liveness(started=0.0, stall_s=2.0)
+    live.look(20.0)  # the watchdog woke first after a 20 s freeze
+    judged = [t / 10 for t in range(200, 320, 5) if live.may_judge(t / 10, 10.0)]
+    assert judged[0] == 30.0  # one full TTL after the freeze ended, not at once
+
+
+def test_a_registry_stopped_longer_than_the_ttl_marks_no_live_host_down(tmp_path: Path) -> None:
+    with (
+        registry_process(tmp_path, heartbeat_ttl_s=TTL_S) as registry,
+        httpx.Client(timeout=2) as client,
+    ):
+        tokens = {name: registry.join(name, client) for name in ("m1", "m2")}
+        beating = {"m1", "m2"}
+        stop = threading.Event()
+
+        def heartbeats() -> None:
+            """Each live host reports every 0.3 s, as its agent would (failures retried)."""
+            with httpx.Client(timeout=1) as beats:
+                while not stop.is_set():
+                    for name in list(beating):
+                        with contextlib.suppress(httpx.HTTPError):  # stopped: try again
+                            beats.post(
+                                f"{registry.url}/v1/hosts/{name}/report",
+                                json={"instances": []},
+                                headers={"Authorization": f"Bearer {tokens[name]}"},
+                            )
+                    stop.wait(0.3)
+
+        beater = threading.Thread(target=heartbeats, daemon=True)
+        beater.start()
+        try:
+            time.sleep(TTL_S * 1.5)  # past the start grace: the sweep is judging
+            assert registry.hosts(client) == {"m1": "up", "m2": "up"}
+            os.kill(registry.pid, signal.SIGSTOP)  # frozen for 2.5 TTLs
+            time.sleep(TTL_S * 2.5)
+            os.kill(registry.pid, signal.SIGCONT)
+            deadline = time.monotonic() + TTL_S * 2.5
+            while time.monotonic() < deadline:
+                assert registry.hosts(client) == {"m1": "up", "m2": "up"}, registry.log()
+                time.sleep(0.1)
+            assert "missed its heartbeats" not in registry.log()
+            assert "was stalled" in registry.log()
+
+            # The judgement still works: a host that really went silent is marked down.
+            beating.discard("m2")
+            deadline = time.monotonic() + TTL_S * 5
+            while registry.hosts(client)["m2"] != "down":
+                assert time.monotonic() < deadline, "a silent host was never marked down"
+                time.sleep(0.1)
+            assert registry.hosts(client)["m1"] == "up"
+        finally:
+            stop.set()
+            beater.join(timeout=10)
