@@ -264,6 +264,23 @@ class Deployer:
             if stage not in seen:
                 seen.add(stage)
                 self.report(f"{stage:<11} {self.clock() - start:6.1f}s")
+            if stage == "release phase":
+                self._show_release_output(release, seen)
+        waiting = release.stage == "healthy" and release.status == "deploying"
+        if waiting and release.min_healthy_s > 0 and "window" not in seen:
+            seen.add("window")  # the previous release serves until the new one proved itself
+            self.report(
+                f"{'':<19} must stay healthy {release.min_healthy_s:g} s before the switch;"
+                " the previous release serves meanwhile"
+            )
+
+    def _show_release_output(self, release: Release, seen: set[str]) -> None:
+        """The release phase's output, once it ran (a failed phase's is in the error)."""
+        if release.release_output is None or release.status == "failed" or "output" in seen:
+            return
+        seen.add("output")
+        for line in release.release_output.splitlines():
+            self.report(f"  release> {line}")
 
     @staticmethod
     def _failure(release: Release) -> str:

@@ -21,9 +21,12 @@ NOW = "2024-01-01T00:00:00Z"
 class FakeRegistry:
     """Just enough of the API for one deploy; stages advance one per watch call."""
 
-    def __init__(self, stages: list[tuple[str, str]], *, error: str | None = None) -> None:
+    def __init__(
+        self, stages: list[tuple[str, str]], *, error: str | None = None, **extra: object
+    ) -> None:
         self.stages = stages
         self.error = error
+        self.extra = extra  # more release fields, the same at every stage
         self.apps: dict[str, dict] = {}
         self.artifacts: set[str] = set()
         self.calls: list[str] = []
@@ -43,6 +46,7 @@ class FakeRegistry:
             "stage": stage,
             "error": self.error if status == "failed" else None,
             "created_at": NOW,
+            **self.extra,
         }
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -127,6 +131,42 @@ def test_failed_release_raises_with_the_reason() -> None:
     assert str(exc).startswith("failed: release v1 of hello: ")
     assert "boom" in str(exc)
     assert lines[-1].startswith("failed")
+
+
+def test_the_health_window_and_the_release_phase_output_are_shown() -> None:
+    stages = [("release phase", "deploying"), *OK]
+    fake = FakeRegistry(
+        stages,
+        min_healthy_s=10,
+        release_output="migrating\n3 migrations applied",
+        processes={"web": "python app.py", "release": "python migrate.py"},
+    )
+    lines, result = run(fake, REPO / "examples" / "hello")
+    assert result.release.stage == "routed"
+    at = lines.index(next(line for line in lines if line.startswith("release phase")))
+    assert lines[at + 1 : at + 3] == ["  release> migrating", "  release> 3 migrations applied"]
+    healthy = lines.index(next(line for line in lines if line.startswith("healthy")))
+    assert lines[healthy + 1].strip() == (
+        "must stay healthy 10 s before the switch; the previous release serves meanwhile"
+    )
+    assert sum("release>" in line for line in lines) == 2  # once, not once per poll
+
+
+def test_a_crash_before_the_switch_fails_the_deploy_with_the_reason() -> None:
+    reason = (
+        "instance 7 (web) on host machine-1 crashed (exited with status 1 while running)\n"
+        "(it was healthy, but did not stay healthy within 8 s before the switch; v1 keeps"
+        " serving; see `paas logs hello`)"
+    )
+    fake = FakeRegistry(
+        [("starting", "deploying"), ("healthy", "deploying"), ("failed", "failed")],
+        error=reason,
+        min_healthy_s=8,
+    )
+    lines, exc = run(fake, REPO / "examples" / "hello")
+    assert any("must stay healthy 8 s before the switch" in line for line in lines)
+    assert isinstance(exc, DeployFailed) and exc.exit_code != 0
+    assert str(exc) == f"failed: release v1 of hello: {reason}"
 
 
 def test_timeout_is_a_clear_failure() -> None:
