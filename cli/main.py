@@ -212,11 +212,17 @@ def status(app: str | None, as_json: bool) -> None:
 
 @main.command()
 @click.argument("app")
+@click.argument("version", required=False, type=click.IntRange(1))
 @json_option
-def releases(app: str, as_json: bool) -> None:
-    """List an app's releases, newest first."""
+def releases(app: str, version: int | None, as_json: bool) -> None:
+    """List an app's releases, newest first; with VERSION, that one in full (why it failed
+    or was rolled back, its release phase's output)."""
     check_app_name(app)
     with client() as api:
+        if version is not None:
+            one, _index = api.watch_release(app, version)
+            output.print_json(one) if as_json else output.release_detail(one)
+            return
         found = api.list_releases(app)
     output.print_json(found) if as_json else output.releases_table(found)
 

@@ -75,7 +75,7 @@ def releases_table(releases: Sequence[Release]) -> None:
         [
             [
                 f"v{r.version}",
-                r.status,
+                f"{r.status}, crashing" if r.crashing else r.status,
                 r.stage,
                 r.description or f"artifact {r.artifact_sha256[:12]}",
                 _when(r.created_at),
@@ -137,7 +137,7 @@ def instances_table(instances: Sequence[InstanceView]) -> None:
         return
     table(
         None,
-        ["ID", "RELEASE", "PROCESS", "HOST", "PORT", "STATE", "ROUTED", "ERROR"],
+        ["ID", "RELEASE", "PROCESS", "HOST", "PORT", "STATE", "ROUTED", "CRASHES", "ERROR"],
         [
             [
                 i.id,
@@ -147,6 +147,7 @@ def instances_table(instances: Sequence[InstanceView]) -> None:
                 i.port,
                 i.state,
                 "yes" if i.routed else "no",
+                i.crashes,
                 _last_line(i.error),
             ]
             for i in instances
@@ -166,8 +167,13 @@ def app_detail(app: App, release: Release | None, latest: Release | None = None)
     for url in app.urls:
         c.print(f"  {url}")
     if release:
-        c.print(f"release v{release.version}: {release.status}, stage {release.stage}", end="")
-        c.print(f" ({release.description})" if release.description else "")
+        health = ", crashing" if release.crashing else ""
+        c.print(
+            f"release v{release.version}: {release.status}{health}, stage {release.stage}", end=""
+        )
+        c.print(f" ({release.description})" if release.description else "", markup=False)
+        for line in _excerpt(release.crashing or release.error):
+            c.print(f"  {line}", markup=False)
     else:
         c.print("no active release")
     if latest is not None:
@@ -175,6 +181,26 @@ def app_detail(app: App, release: Release | None, latest: Release | None = None)
         c.print(f"latest release v{latest.version}{what}: {latest.status}, stage {latest.stage}")
         for line in _excerpt(latest.error):
             c.print(f"  {line}", markup=False)
+
+
+def release_detail(release: Release) -> None:
+    """`paas releases APP VERSION`: one release, its reason and its release phase's output."""
+    c = console()
+    status = f"{release.status}, crashing" if release.crashing else release.status
+    c.print(f"release v{release.version} of {release.app}: {status}, stage {release.stage}")
+    c.print(f"  {release.description or 'artifact ' + release.artifact_sha256[:12]}", markup=False)
+    c.print(f"  created {_when(release.created_at)}, artifact {release.artifact_sha256[:12]}")
+    if release.min_healthy_s:
+        c.print(f"  stays healthy {release.min_healthy_s:g} s before it replaces the previous one")
+    for title, text in (
+        ("crashing", release.crashing),
+        ("error", release.error),
+        ("release phase output", release.release_output),
+    ):
+        if text:
+            c.print(f"{title}:")
+            for line in text.strip().splitlines():
+                c.print(f"  {line}", markup=False)
 
 
 def _excerpt(error: str | None) -> list[str]:
