@@ -69,6 +69,9 @@ class Cgroups:
     """The apps' cgroups below `bases` (one per hierarchy: v2 has one, v1 one per controller)."""
 
     def __init__(self, version: Literal[1, 2], bases: dict[str, Path]) -> None:
+        for base in bases.values():  # never anything but a folder of our own
+            if not base.name.startswith("paas-"):
+                raise CgroupError(f"refusing {base} as the apps' cgroup: not named paas-*")
         self.version = version
         self.bases = bases  # controller (v1) or "unified" (v2) -> <agent cgroup>/paas-<id>
 
@@ -78,7 +81,10 @@ class Cgroups:
     def detect(
         cls, name: str, *, root: Path = CGROUP_ROOT, proc_self: Path = PROC_SELF
     ) -> Cgroups | None:
-        """The apps' cgroups, set up; None (logged once) when there is no usable cgroup."""
+        """The apps' cgroups, set up; None (logged once) when there is no usable cgroup.
+        `name` (paas-<id>) is the folder made for them below the agent's own cgroup."""
+        if not name.startswith("paas-") or "/" in name:
+            raise CgroupError(f"bad cgroup folder name {name!r}")
         try:
             lines = proc_self.read_text().splitlines()
         except OSError as exc:
@@ -125,8 +131,8 @@ class Cgroups:
         paths: dict[str, str] = {}
         for line in lines:
             _, controllers, path = line.split(":", 2)
-            for name in controllers.split(","):
-                paths[name] = path
+            for controller in controllers.split(","):
+                paths[controller] = path
         bases: dict[str, Path] = {}
         for controller in V1_CONTROLLERS:
             mount = root / controller
@@ -217,6 +223,15 @@ class Cgroups:
                 _rmdir(path)
             if not _children(group):
                 _rmdir(group)
+
+    def cleanup(self) -> None:
+        """Remove every empty cgroup of ours, the base folders included (agent shutdown)."""
+        for base in self.bases.values():
+            for group in _children(base):
+                for leaf in _children(group):
+                    _rmdir(leaf)
+                _rmdir(group)
+            _rmdir(base)
 
 
 def _check_leaf(leaf: str) -> None:

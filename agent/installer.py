@@ -41,7 +41,7 @@ from pathlib import Path
 from agent import archive, procs
 from agent.errors import InstallError, UnsafeArchive
 from agent.uids import AppFolders, AppUsers
-from common.manifest import ManifestError, parse_procfile
+from common.manifest import MAX_PROCESS_TYPES, ManifestError, parse_procfile
 from common.names import check_app_name, check_sha256
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,6 @@ VENV_TIMEOUT_S = 120.0
 TAIL_LINES = 20
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded")
-MAX_PROCESS_TYPES = 16  # Procfile types per app: each is at least one process per host
 MAX_UNPACKED_BYTES = 512 << 20
 DEFAULT_UID_RANGE = (70000, 79999)
 SYSTEM_PYTHONS = ("/usr/bin/python3", "/usr/local/bin/python3")
@@ -504,7 +503,8 @@ def _fix_script_paths(built: Path, final: Path, *, uid: int | None = None) -> No
 
 
 def _check_process_types(release: Path) -> None:
-    """At most MAX_PROCESS_TYPES Procfile types: each one is a process on every host."""
+    """At most MAX_PROCESS_TYPES Procfile types (the registry checks it too; a host does not
+    trust that): each one is at least one process."""
     procfile = release / "Procfile"
     if not procfile.is_file() or procfile.is_symlink():
         return

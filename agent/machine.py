@@ -291,6 +291,8 @@ class MachineAgent:
                 remove_record(self.run_dir, iid)
         if self.instances:
             log.info("stopped %d instance(s)", len(self.instances))
+        if self.cgroups is not None:
+            self.cgroups.cleanup()  # what still has processes (not stopped in time) stays
         await asyncio.to_thread(self.nginx.stop, grace_s=5.0)
         await self.health.aclose()
         await self.client.aclose()
