@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -115,7 +116,7 @@ def registry_process(tmp: Path, **settings: Any) -> Iterator[RegistryProcess]:
         )
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, 18)  # SIGCONT, in case a test left it stopped
+            os.kill(proc.pid, signal.SIGCONT)  # in case a test left it stopped
         proc.terminate()
         try:
             proc.wait(timeout=10)
