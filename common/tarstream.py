@@ -36,6 +36,10 @@ class ArchiveLimit(Exception):
     """The archive passes one of the limits; the message names the limit and its value."""
 
 
+class ArchiveTooSlow(ArchiveLimit):
+    """Reading took longer than `max_seconds` (depends on the load, unlike the other limits)."""
+
+
 class ArchiveUnreadable(Exception):
     """The bytes are not a readable tar or tar.gz (corrupt, truncated, another format)."""
 
@@ -79,7 +83,7 @@ class _BoundedReader:
         if size is None or size < 0:
             size = 1 << 20
         if self._deadline is not None and self._clock() > self._deadline:
-            raise ArchiveLimit(f"reading the archive took longer than {self._max_seconds:g} s")
+            raise ArchiveTooSlow(f"reading the archive took longer than {self._max_seconds:g} s")
         data = self._inner.read(min(size, self._max_bytes - self.count + 1))
         self.count += len(data)
         if self.count > self._max_bytes:

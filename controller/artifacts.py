@@ -10,11 +10,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import io
 import logging
 import os
 import shutil
-import tarfile
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,11 +21,11 @@ from typing import BinaryIO
 from starlette.concurrency import run_in_threadpool
 
 from common.names import check_sha256
+from controller.artifact_scan import read_app_files_from
 from controller.errors import InsufficientStorage, Invalid, NotFound, StorageFailed, TooLarge
 
 log = logging.getLogger("paas.registry")
 
-MAX_MANIFEST_BYTES = 1024 * 1024
 UPLOAD_PREFIX = ".upload-"
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
@@ -122,15 +120,14 @@ class ArtifactStore:
         return removed
 
     def read_app_files(self, sha256: str) -> tuple[str, str | None]:
-        """(Procfile text, paas.toml text or None) from the stored `.tar.gz`."""
-        path = self.path_for(sha256)
-        if not path.is_file():
-            raise NotFound(f"artifact {sha256} is not stored; upload it first")
+        """(Procfile text, paas.toml text or None) from the stored `.tar.gz`, read within
+        bounds (controller/artifact_scan.py)."""
         try:
-            with tarfile.open(path, "r:gz") as tar:
-                return read_app_files_from(tar, sha256)
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise Invalid(f"artifact {sha256} is not a valid .tar.gz: {exc}") from exc
+            raw = self.path_for(sha256).open("rb")
+        except FileNotFoundError:
+            raise NotFound(f"artifact {sha256} is not stored; upload it first") from None
+        with raw:
+            return read_app_files_from(raw, sha256)
 
     def chunks(self, sha256: str) -> Iterator[bytes]:
         """The artifact's bytes in 1 MiB pieces; NotFound before the first."""
@@ -165,33 +162,3 @@ def _read_file(f: BinaryIO) -> Iterator[bytes]:
     with f:
         while data := f.read(1024 * 1024):
             yield data
-
-
-def read_app_files_from(tar: tarfile.TarFile, sha256: str) -> tuple[str, str | None]:
-    """(Procfile text, paas.toml text or None) from an open artifact."""
-    procfile = _read_member(tar, "Procfile")
-    manifest = _read_member(tar, "paas.toml")
-    if procfile is None:
-        raise Invalid("artifact has no Procfile at its top level")
-    return procfile, manifest
-
-
-def _read_member(tar: tarfile.TarFile, name: str) -> str | None:
-    for candidate in (name, f"./{name}"):
-        try:
-            member = tar.getmember(candidate)
-        except KeyError:
-            continue
-        if not member.isfile():
-            raise Invalid(f"{name} in the artifact is not a regular file")
-        if member.size > MAX_MANIFEST_BYTES:
-            raise Invalid(f"{name} in the artifact is larger than {MAX_MANIFEST_BYTES} bytes")
-        extracted = tar.extractfile(member)
-        if extracted is None:
-            raise Invalid(f"{name} in the artifact cannot be read")
-        data = extracted.read()
-        try:
-            return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8").read()
-        except UnicodeDecodeError:
-            raise Invalid(f"{name} in the artifact is not UTF-8 text") from None
-    return None

@@ -10,7 +10,6 @@ artifact never sits in memory.
 from __future__ import annotations
 
 import hashlib
-import tarfile
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from common.names import check_sha256
 from controller.artifact_models import ArtifactChunk, StoredArtifact
-from controller.artifacts import read_app_files_from
+from controller.artifact_scan import read_app_files_from
 from controller.db import Database
 from controller.errors import Invalid, NotFound, TooLarge
 from controller.models import utcnow
@@ -139,8 +138,4 @@ class DbArtifactStore:
             for data in self.chunks(sha256):
                 copy.write(data)
             copy.seek(0)
-            try:
-                with tarfile.open(fileobj=copy, mode="r:gz") as tar:
-                    return read_app_files_from(tar, sha256)
-            except (tarfile.TarError, OSError, EOFError) as exc:
-                raise Invalid(f"artifact {sha256} is not a valid .tar.gz: {exc}") from exc
+            return read_app_files_from(copy, sha256)  # bounded, streamed (artifact_scan.py)

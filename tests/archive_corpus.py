@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEBIAN_PYTHON = Path("/usr/bin/python3")
 DEPTH = 10
 MiB = 1 << 20
+ZERO_MIB = bytes(MiB)
 
 
 @dataclass(frozen=True)
@@ -49,28 +50,58 @@ def padding(size: int) -> bytes:
     return b"\0" * (-size % tarfile.BLOCKSIZE)
 
 
+class TarGz:
+    """A .tar.gz built piece by piece (headers, data, padding) in memory; `copy()` forks it,
+    so variants that share a long prefix cost that prefix once."""
+
+    _zero_block = b""
+
+    def __init__(self) -> None:
+        if not TarGz._zero_block:
+            zeros = zlib.compressobj(6, zlib.DEFLATED, -15)
+            TarGz._zero_block = zeros.compress(ZERO_MIB) + zeros.flush(zlib.Z_FULL_FLUSH)
+        self._comp = zlib.compressobj(6, zlib.DEFLATED, -15)
+        self._out = [b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"]
+        self._crc = 0
+        self._length = 0
+
+    def add(self, *pieces: Piece) -> TarGz:
+        for piece in pieces:
+            if isinstance(piece, Zeros):
+                # Blocks compressed from a reset state, each ending in a full flush, can be
+                # repeated as they are: no back-reference crosses them.
+                self._out.append(self._comp.flush(zlib.Z_FULL_FLUSH))
+                whole, rest = divmod(piece.size, MiB)
+                self._out.extend([self._zero_block] * whole)
+                for _ in range(whole):
+                    self._crc = zlib.crc32(ZERO_MIB, self._crc)
+                self._length += whole * MiB
+                piece = bytes(rest)
+            self._out.append(self._comp.compress(piece))
+            self._crc = zlib.crc32(piece, self._crc)
+            self._length += len(piece)
+        return self
+
+    def copy(self) -> TarGz:
+        twin = TarGz.__new__(TarGz)
+        twin._comp = self._comp.copy()
+        twin._out, twin._crc, twin._length = list(self._out), self._crc, self._length
+        return twin
+
+    def finish(self, *, end: bool = True) -> bytes:
+        """The archive's bytes: end-of-archive blocks, the deflate end, CRC and length."""
+        done = self.copy()
+        if end:
+            done.add(bytes(2 * tarfile.BLOCKSIZE))
+        trailer = done._crc.to_bytes(4, "little") + (done._length & 0xFFFFFFFF).to_bytes(
+            4, "little"
+        )
+        return b"".join([*done._out, done._comp.flush(), trailer])
+
+
 def write_targz(path: Path, pieces: list[Piece], *, end: bool = True) -> Path:
     """A valid .tar.gz made of raw tar pieces (headers, data, padding)."""
-    zero_block = zlib.compressobj(6, zlib.DEFLATED, -15)
-    block = zero_block.compress(bytes(MiB)) + zero_block.flush(zlib.Z_FULL_FLUSH)
-    comp = zlib.compressobj(6, zlib.DEFLATED, -15)
-    crc, length = 0, 0
-    with path.open("wb") as out:
-        out.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff")
-        for piece in [*pieces, bytes(2 * tarfile.BLOCKSIZE) if end else b""]:
-            if isinstance(piece, Zeros):
-                out.write(comp.flush(zlib.Z_FULL_FLUSH))
-                whole, rest = divmod(piece.size, MiB)
-                for _ in range(whole):
-                    out.write(block)
-                    crc = zlib.crc32(bytes(MiB), crc)
-                length += whole * MiB
-                piece = bytes(rest)
-            out.write(comp.compress(piece))
-            crc = zlib.crc32(piece, crc)
-            length += len(piece)
-        out.write(comp.flush())
-        out.write(crc.to_bytes(4, "little") + (length & 0xFFFFFFFF).to_bytes(4, "little"))
+    path.write_bytes(TarGz().add(*pieces).finish(end=end))
     return path
 
 
