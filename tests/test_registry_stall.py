@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -107,3 +108,70 @@ def test_a_registry_stopped_longer_than_the_ttl_marks_no_live_host_down(tmp_path
         finally:
             stop.set()
             beater.join(timeout=10)
+
+
+def test_hosts_shut_out_by_a_full_connection_cap_are_not_marked_down(tmp_path: Path) -> None:
+    """A flood fills the total connection cap, so the hosts' reports are refused too: the
+    registry could not hear them, which is its trouble, not theirs."""
+    with (
+        registry_process(
+            tmp_path,
+            heartbeat_ttl_s=TTL_S,
+            max_connections=40,
+            max_connections_per_client=1000,
+            header_timeout_s=TTL_S * 2,
+        ) as registry,
+        httpx.Client(timeout=2) as client,
+    ):
+        tokens = {name: registry.join(name, client) for name in ("m1", "m2")}
+        stop = threading.Event()
+        refused = 0
+
+        def heartbeats() -> None:
+            """A new connection per report (an agent whose kept-alive one was closed)."""
+            nonlocal refused
+            while not stop.is_set():
+                for name, token in tokens.items():
+                    try:
+                        httpx.post(
+                            f"{registry.url}/v1/hosts/{name}/report",
+                            json={"instances": []},
+                            headers={"Authorization": f"Bearer {token}"},
+                            timeout=1,
+                        )
+                    except httpx.HTTPError:
+                        refused += 1
+                stop.wait(0.3)
+
+        beater = threading.Thread(target=heartbeats, daemon=True)
+        beater.start()
+        flood: list[socket.socket] = []
+        try:
+            time.sleep(TTL_S * 1.5)
+            assert registry.hosts(client) == {"m1": "up", "m2": "up"}
+            until = time.monotonic() + TTL_S * 2.5  # the cap stays full for 2.5 TTLs
+            while time.monotonic() < until:
+                flood = [s for s in flood if s.fileno() != -1]
+                while len(flood) < 200:
+                    sock = socket.create_connection(
+                        ("127.0.0.1", registry.port), timeout=5, source_address=("127.0.0.2", 0)
+                    )
+                    sock.sendall(b"GET / HTTP/1.1\r\n")
+                    flood.append(sock)
+                time.sleep(0.2)
+                for sock in flood[:100]:  # the registry aborted most of them: make room
+                    sock.close()
+            for sock in flood:
+                sock.close()
+            assert refused > 0  # the hosts really were shut out
+            deadline = time.monotonic() + TTL_S * 2.5
+            while time.monotonic() < deadline:
+                assert registry.hosts(client) == {"m1": "up", "m2": "up"}, registry.log()
+                time.sleep(0.1)
+            assert "missed its heartbeats" not in registry.log()
+            assert "over the total connection cap" in registry.log()
+        finally:
+            stop.set()
+            beater.join(timeout=10)
+            for sock in flood:
+                sock.close()
