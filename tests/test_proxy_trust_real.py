@@ -43,6 +43,8 @@ FORGED = {
     "X-Forwarded-Host": "evil.example",
     "X-Forwarded-Port": "1",
     "X-Request-ID": "forged-id",
+    "X-Real-IP": "6.6.6.6",
+    "Forwarded": "for=6.6.6.6;proto=https",
 }
 
 
@@ -72,6 +74,8 @@ def echo_app() -> Iterator[EchoApp]:
                 "xport": self.headers.get("X-Forwarded-Port"),
                 "request_id": self.headers.get("X-Request-ID"),
                 "user_agent": self.headers.get("User-Agent"),
+                "real_ip": self.headers.get("X-Real-IP"),
+                "forwarded": self.headers.get("Forwarded"),
             }
             app.seen.append(seen)
             body = json.dumps(seen).encode()
@@ -189,6 +193,8 @@ def test_only_frontends_are_served_and_only_their_headers_are_believed(
             "xport": "1",
             "request_id": "forged-id",
             "user_agent": served.request.headers["User-Agent"],
+            "real_ip": None,  # other client-address headers are never passed on
+            "forwarded": None,
         }
 
         # Another machine proxy may reach the app other apps depend on (service traffic),
@@ -204,6 +210,7 @@ def test_only_frontends_are_served_and_only_their_headers_are_believed(
             str(port),
         )
         assert seen["request_id"] != "forged-id"
+        assert (seen["real_ip"], seen["forwarded"]) == (None, None)
 
         # The service port (apps on this host, untrusted): nothing the client sent about
         # where it came from is passed on.
@@ -215,6 +222,7 @@ def test_only_frontends_are_served_and_only_their_headers_are_believed(
         assert (seen["proto"], seen["xhost"]) == ("http", "beta.paas.test")
         assert seen["xport"] == str(service_port)
         assert seen["request_id"] != "forged-id"
+        assert (seen["real_ip"], seen["forwarded"]) == (None, None)
 
         # The stranger's requests never reached either app.
         assert len(alpha.seen) == 1 and len(beta.seen) == 2
@@ -315,6 +323,7 @@ def test_through_haproxy_and_nginx_the_app_sees_the_clients_host_and_frontend_he
             assert seen["proto"] == "https"
             assert seen["xhost"] == host
             assert seen["xport"] == str(https_port)
+            assert (seen["real_ip"], seen["forwarded"]) == (None, None)
 
             # HAProxy's checks of the machine reach the app with a User-Agent it can filter.
             deadline = time.monotonic() + 10

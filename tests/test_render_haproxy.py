@@ -17,7 +17,7 @@ from agent.errors import RenderError
 from agent.haproxy import HaproxyView, build_backend, build_view, endpoint, render_files
 from agent.render import default_template_dir, make_environment, render, template_dirs
 from common.names import InvalidName
-from common.wire import RouteApp, RouteServer, RoutingTable
+from common.wire import RouteApp, RouteOptions, RouteServer, RoutingTable
 
 CERT = Path("/var/lib/paas/tls/default.pem")
 SOCK = Path("/var/lib/paas/haproxy/admin.sock")
@@ -251,3 +251,22 @@ def _minimal_view() -> HaproxyView:
         cert_path=CERT,
         admin_socket=SOCK,
     ).view
+
+
+def test_client_address_and_scheme_headers_are_never_the_clients_word() -> None:
+    """Issue 12: every X-Forwarded-* is set by HAProxy, and the other headers frameworks read
+    as the client's address or scheme are deleted, on HTTPS and on plain-HTTP apps alike."""
+    plain = RouteApp(
+        name="plain",
+        domains=["plain.paas.test"],
+        servers=[],
+        routing=RouteOptions(https_redirect=False),
+    )
+    cfg = view_files(RoutingTable(index=1, apps=[plain]))["haproxy.cfg"]
+    https = cfg[cfg.index("frontend https") :]
+    http = cfg[cfg.index("frontend http\n") : cfg.index("frontend https")]
+    for name in ["Forwarded", "X-Real-IP", "True-Client-IP", "X-Forwarded-Prefix"]:
+        assert f"http-request del-header {name}\n" in https, name
+        assert f"http-request del-header {name} if plain_http\n" in http, name
+    for name in ["Proto", "Host", "Port", "For"]:
+        assert f"http-request set-header X-Forwarded-{name} " in https, name
