@@ -39,7 +39,6 @@ from common.tarstream import ArchiveLimit, ArchiveUnreadable, Limits, members, o
 
 MAX_MEMBERS = 20_000
 MAX_TOTAL_BYTES = 512 << 20  # unpacked, per release
-MAX_MEMBER_BYTES = MAX_TOTAL_BYTES
 COPY_CHUNK = 1 << 20
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -277,17 +276,18 @@ def unpack(
     dest: Path,
     *,
     max_members: int = MAX_MEMBERS,
-    max_member_bytes: int = MAX_MEMBER_BYTES,
+    max_member_bytes: int | None = None,
     max_total_bytes: int = MAX_TOTAL_BYTES,
 ) -> Path:
-    """Unpack `archive` into `dest` (which must not exist yet), atomically.
+    """Unpack `archive` into `dest` (which must not exist yet), atomically. One member may be
+    as large as the whole release unless `max_member_bytes` says less.
 
     Raises UnsafeArchive for a hostile, oversized or unreadable archive; `dest` is then not
     created and nothing is left beside it.
     """
     limits = Limits(
         max_members=max_members,
-        max_member_bytes=min(max_member_bytes, max_total_bytes),
+        max_member_bytes=min(max_member_bytes or max_total_bytes, max_total_bytes),
         max_total_bytes=max_total_bytes,
     )
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -161,3 +161,19 @@ def test_packed_apps_unpack_identically(tmp_path: Path) -> None:
             assert len(tree_of(ours)) >= 3
     finally:
         os.umask(old_umask)
+
+
+def test_names_the_os_refuses_are_a_clear_refusal(tmp_path: Path) -> None:
+    archive = _tar(tmp_path / "long.tar.gz", [_file("a" * 300)])
+    with pytest.raises(UnsafeArchive, match=r"could not be unpacked: .*File name too long"):
+        unpack(archive, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == [archive]
+
+
+def test_one_member_may_fill_a_larger_release(tmp_path: Path) -> None:
+    """An operator who allows bigger releases (agent setting release_max_mb) allows bigger
+    files too; a per-file cap is the caller's choice."""
+    archive = _tar(tmp_path / "one.tar.gz", [_file("blob", b"0" * 5000)])
+    assert (unpack(archive, tmp_path / "a", max_total_bytes=6000) / "blob").stat().st_size == 5000
+    with pytest.raises(UnsafeArchive, match="5000 bytes, more than the limit of 4000 bytes"):
+        unpack(archive, tmp_path / "b", max_total_bytes=6000, max_member_bytes=4000)
