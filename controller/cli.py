@@ -130,6 +130,7 @@ def serve(
     import uvicorn
 
     from controller.app import create_app
+    from controller.serving import WatchClosingServer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = RegistrySettings.load(
@@ -154,7 +155,8 @@ def serve(
             logging.getLogger("paas.registry").warning(
                 "no admin token yet: run 'paas-registry init --state-dir %s'", settings.state_dir
             )
-    uvicorn.run(app, **uvicorn_options(settings, on_overload=app.state.liveness.impaired))
+    options = uvicorn_options(settings, on_overload=app.state.liveness.impaired)
+    WatchClosingServer(uvicorn.Config(app, **options), notifier=app.state.ctx.notifier).run()
 
 
 def uvicorn_options(

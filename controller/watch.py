@@ -35,7 +35,11 @@ def parse_wait(text: str | None) -> float:
 
 
 class Notifier(Protocol):
+    closed: bool  # the process is shutting down: watches answer now instead of waiting
+
     def notify(self) -> None: ...
+
+    def close(self) -> None: ...
 
     def subscribe(self) -> asyncio.Future[None]: ...
 
@@ -48,6 +52,13 @@ class LocalNotifier:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiters: set[asyncio.Future[None]] = set()
+        self.closed = False
+
+    def close(self) -> None:
+        """At shutdown: every watch answers with the current revision at once, so the server
+        stops without waiting out (and then cancelling) long polls; agents simply re-watch."""
+        self.closed = True
+        self.notify()
 
     def subscribe(self) -> asyncio.Future[None]:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -125,11 +136,13 @@ async def wait_past(
         try:
             current = await run_in_threadpool(read)
             remaining = deadline - clock()
-            if index <= 0 or current != index or remaining <= 0:
+            if index <= 0 or current != index or remaining <= 0 or notifier.closed:
                 return current
             try:
                 await asyncio.wait_for(asyncio.shield(waiter), timeout=remaining)
             except TimeoutError:
+                return await run_in_threadpool(read)
+            if notifier.closed:
                 return await run_in_threadpool(read)
         finally:
             notifier.unsubscribe(waiter)
