@@ -69,6 +69,7 @@ class AppServer:
     read_timeout_s: int = 60  # proxy_read_timeout / proxy_send_timeout
     websocket: bool = True  # pass Upgrade through
     service: bool = False  # other apps depend on it: the cluster's machine proxies may connect
+    allowed: tuple[str, ...] = ()  # networks its location lets through (`allow`, then deny all)
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,7 @@ def build_view(
     except InvalidName as exc:
         raise RenderError(f"refused to render nginx config: {exc}") from exc
 
+    service_names = {svc.name for svc in service_servers}
     apps = tuple(
         AppServer(
             name=name,
@@ -165,7 +167,10 @@ def build_view(
             max_body_mb=options[name].max_body_mb,
             read_timeout_s=options[name].read_timeout_s,
             websocket=options[name].websocket,
-            service=name in {svc.name for svc in service_servers},
+            service=name in service_names,
+            allowed=tuple(
+                c.network for c in clients if c.role == "frontend" or name in service_names
+            ),
         )
         for name in sorted(domains)
         if domains[name]

@@ -182,6 +182,10 @@ def test_public_listener_serves_frontends_and_machines_for_service_apps_only() -
     assert shop.index("if ($paas_client != frontend) {") < shop.index("location /")
     users = text[text.index("server_name users.paas.test") :]
     assert users.index("if ($paas_client = deny) {") < users.index("location /")
+    assert "allow 10.0.0.2/32;\n            allow fd00::2/128;\n            deny all;" in shop
+    users_location = users[users.index("location /") :]
+    assert "allow 10.0.0.2/32;\n            allow 10.0.0.5/32;\n" in users_location
+    assert "deny all;" in users_location
     default = text[text.index("default_server;") :]
     assert default.index("return 403") < default.index("return 404")
 
