@@ -9,13 +9,16 @@ import asyncio
 import json
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
+import pytest
 
 from agent.machine import MachineAgent
 from agent.runrecords import stray_groups
 from agent.supervisor import Policy
+from tests.conftest import short_dir
 from tests.test_machine_agent import (
     SICK_PY,
     FakeRegistry,
@@ -26,6 +29,15 @@ from tests.test_machine_agent import (
     machine_settings,
     recorded_pid,
 )
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """Overrides pytest's: apps run as their own uids and must pass through every parent of
+    the state folder, but each pytest session on this machine resets /tmp/pytest-of-root to
+    0700, which would cut running apps off their folders mid-test."""
+    with short_dir("paas-agent-") as folder:
+        yield folder
 
 
 class KilledAgent(MachineAgent):

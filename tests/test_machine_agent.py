@@ -14,7 +14,7 @@ import signal
 import socket
 import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -25,6 +25,17 @@ from agent.render import default_template_dir
 from agent.settings import AgentSettings
 from agent.supervisor import Policy
 from common.wire import DesiredInstance, DesiredState, HostReport, InstanceReport
+from tests.conftest import short_dir
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """Overrides pytest's: apps run as their own uids and must pass through every parent of
+    the state folder, but each pytest session on this machine resets /tmp/pytest-of-root to
+    0700, which would cut running apps off their folders mid-test."""
+    with short_dir("paas-agent-") as folder:
+        yield folder
+
 
 APP_PY = """
 import os
