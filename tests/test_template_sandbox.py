@@ -8,6 +8,7 @@ while the agent runs is refused at the next render.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -22,6 +23,7 @@ from agent import haproxy, nginx
 from agent.cli import main as agent_main
 from agent.config_apply import ConfigApplier
 from agent.errors import RenderError
+from agent.machine_proxy import MachineProxy
 from agent.nginx_process import NginxProcess, default_worker_user
 from agent.render import (
     UnsafeTemplates,
@@ -30,7 +32,8 @@ from agent.render import (
     render,
     template_dirs,
 )
-from common.wire import DesiredInstance, RoutingTable
+from agent.settings import AgentSettings
+from common.wire import DesiredInstance, DesiredState, RoutingTable
 from tests.conftest import free_port
 
 NOBODY = 65534
@@ -258,3 +261,41 @@ def test_the_agent_refuses_to_start_with_one_clear_line(tmp_path: Path) -> None:
     assert "refusing operator template folder" in result.output
     assert "writable by group or others" in result.output
     assert "Traceback" not in result.output
+
+
+def test_the_machine_proxy_reports_a_sandbox_violation_and_keeps_serving(tmp_path: Path) -> None:
+    """The agent's own path: the payload is refused like any render failure (the host's
+    proxy_error says why), nothing runs, the live config and nginx stay as they were."""
+    marker = tmp_path / "pwned"
+    overrides = tmp_path / "templates"
+    overrides.mkdir()
+    settings = AgentSettings(
+        role="machine",
+        registry_url="http://registry.test",
+        join_token="join-secret",
+        name="m1",
+        state_dir=tmp_path / "state",
+        proxy_port=free_port(),
+        template_dir=overrides,
+    )
+    proxy = MachineProxy(settings, make_environment(template_dirs(overrides)))
+    try:
+        assert asyncio.run(proxy.apply({}, index=1))
+        assert proxy.error is None
+        live = proxy.process.conf.read_text()
+        good = (default_template_dir() / nginx.TEMPLATE).read_text()
+        (overrides / nginx.TEMPLATE).write_text(good + _payloads(marker)[0] + "\n")
+        proxy.follow(DesiredState(index=2, host="m1", instances=[], frontends=["127.0.0.2"]))
+        assert asyncio.run(proxy.apply({}, index=2))
+        assert proxy.error is not None and "template nginx.conf.j2 failed" in proxy.error
+        assert proxy.applied_index == 1
+        assert not marker.exists()
+        assert proxy.process.conf.read_text() == live
+        answer = httpx.get(
+            f"http://127.0.0.1:{settings.proxy_port}/",
+            headers={"Host": "x.paas.test"},
+            trust_env=False,
+        )
+        assert answer.status_code == 404
+    finally:
+        proxy.stop(grace_s=5.0)
