@@ -11,11 +11,13 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cli.local import LocalCluster
+from tests.conftest import short_dir
 from tests.e2e.helpers import REPO, answer_now, logs, paas
 from tests.e2e.request_loop import RequestLoop
 
@@ -31,6 +33,15 @@ while True:
         out.write(f"{os.environ.get('PAAS_RELEASE')} {os.getpid()} {os.environ.get('PORT')}\\n")
     time.sleep(0.2)
 """
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """Overrides pytest's: each app runs as its own uid, so the beats file lives in a folder
+    app users may write (sticky and world-writable, like /tmp), which the test reads."""
+    with short_dir("paas-workers-") as folder:
+        os.chmod(folder, 0o1777)
+        yield folder
 
 
 def make_app(
