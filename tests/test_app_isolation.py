@@ -20,6 +20,7 @@ import pytest
 
 from agent import procs
 from agent.errors import InstallError
+from agent.installer import Installer
 from agent.launcher import AppLauncher, instance_env
 from tests.isolation_support import isolated_state, wheel
 
@@ -208,4 +209,14 @@ def test_a_procfile_with_500_process_types_is_refused() -> None:
         with pytest.raises(InstallError, match="process types; an app may declare at most 16"):
             asyncio.run(installer.install(app="many", version=1, sha256=sha))
         assert not installer.release_dir("many", 1).exists()
+        assert list((state / "staging").iterdir()) == []
+
+
+def test_a_release_bigger_than_the_unpacked_limit_is_refused() -> None:
+    with isolated_state() as (state, users, _installer, store):
+        small = Installer(state, store.download, users=users, max_unpacked_bytes=64 << 10)
+        sha = store.add({"Procfile": "web: python app.py\n", "big.bin": b"\0" * (256 << 10)})
+        with pytest.raises(InstallError, match="more than the limit"):
+            asyncio.run(small.install(app="big", version=1, sha256=sha))
+        assert not small.release_dir("big", 1).exists()
         assert list((state / "staging").iterdir()) == []

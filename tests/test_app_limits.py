@@ -227,3 +227,33 @@ def test_a_port_taken_by_another_uid_is_not_routed(tmp_path: Path) -> None:
             assert f"listened on by uid(s) [{low + 1}]" in detail
         finally:
             thief.stop(grace_s=1.0)
+
+
+def test_instances_past_max_instances_are_refused_with_a_reason() -> None:
+    proxy_port = _free_port()
+
+    async def scenario(state: Path) -> None:
+        registry = FakeRegistry("m1")
+        sha = registry.add_artifact(
+            {"Procfile": "web: python app.py\n", "app.py": APP_PY.format(version="one")}
+        )
+        settings = machine_settings(state, proxy_port, max_instances=1)
+        agent = MachineAgent(settings, transport=registry.transport)
+        stop = asyncio.Event()
+        runner = asyncio.create_task(agent.run(stop))
+        try:
+            registry.set_desired([_desired(1, sha, serve=True), _desired(2, sha, serve=True)])
+            await registry.until("1 routed", lambda: _routed(registry, 1))
+            await registry.until(
+                "2 refused",
+                lambda: (
+                    registry.latest(2) is not None and registry.latest(2).state == "failed"  # type: ignore[union-attr]
+                ),
+            )
+            assert "at most 1 instances (max_instances)" in (registry.latest(2).error or "")  # type: ignore[union-attr]
+        finally:
+            stop.set()
+            await asyncio.wait_for(runner, timeout=30)
+
+    with short_dir("paas-cap-") as folder:
+        asyncio.run(scenario(folder / "state"))
