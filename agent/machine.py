@@ -344,7 +344,7 @@ class MachineAgent:
     async def reconcile(self, desired: DesiredState) -> None:
         """Diff desired instances (by id) against ours and act; idempotent."""
         self._desired_index = desired.index
-        self.proxy.services = tuple(desired.services)
+        self.proxy.follow(desired)
         wanted = {d.id: d for d in desired.instances}
         for iid, d in wanted.items():
             inst = self.instances.get(iid)

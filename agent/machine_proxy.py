@@ -57,7 +57,7 @@ class MachineProxy:
         self.routed: frozenset[int] = frozenset()
         # Issue 5: the cluster's service endpoints (from the desired state) this host listens on.
         self.services: tuple[ServiceRoute, ...] = ()
-        # Issue 12: the addresses of the cluster's frontends and machines (see `follow`).
+        # The addresses of the cluster's frontends and machines (see `follow`).
         self.frontends: tuple[str, ...] = ()
         self.machines: tuple[str, ...] = ()
         self.applied_index: int | None = None  # the desired index the live config reflects
