@@ -4,12 +4,13 @@ Served by uvicorn inside the agent's own event loop, on `address:api_port` (port
 port; the agent reports the port it got in every status report, so the registry always knows
 where to reach it).
 
-Who may call it: the registry, with `Authorization: Bearer <sha256 hex of this host's token>`.
-The registry stores exactly that hash and the agent computes it from the token it holds, so
-no new secret is handed out or stored, and re-joining (a new host token) retires the old one.
-A network observer who sees the hash still cannot act as the host towards the registry (that
-needs the token itself). `/metrics` needs no token, like every Prometheus exporter: bind
-the API to an address only the scraper and the registry reach.
+Who may call it: the registry, signing each request with this host's agent API key
+(common/agent_auth.py: HMAC of method, path, time and body hash, valid WINDOW_S, once). The
+key is derived from the host token the agent holds; the registry keeps it sealed with a key
+file outside its database, so neither registry.db (which holds sha256(host token), the old
+bearer credential) nor a backup nor a network observer can call this API, and re-joining (a
+new host token) retires the old key. `/metrics` needs no credential, like every Prometheus
+exporter: bind the API to an address only the scraper and the registry reach.
 
 Streams are NDJSON, one object per line; a blank line is sent every few seconds while
 nothing else is, so a caller that went away is noticed (the write fails) and its run is
@@ -20,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import logging
 import socket
 import time
@@ -42,6 +41,7 @@ from agent import metrics
 from agent.logs import LogFollowers, LogStore
 from agent.oneoff import run_streaming
 from agent.procs import AppUser
+from common.agent_auth import ReplayGuard, api_key, check
 from common.names import EnvKey, EnvValue, InvalidName, Sha256, check_app_name
 from common.streaming import NDJSON, ClosingStream, ndjson
 
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 2.0
 MAX_LINES = 10000
+MAX_BODY_BYTES = 1024 * 1024  # a run's argv is at most 64 KiB; a release phase adds its env
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ class AgentApi:
         self.run_target = run_target
         self.run_timeout_s = run_timeout_s
         self.release_target = release_target
+        self.replays = ReplayGuard()
         self.app = Starlette(
             routes=[
                 Route("/metrics", _metrics, methods=["GET"]),
@@ -129,18 +131,40 @@ class AgentApi:
 
     # ---- auth -------------------------------------------------------------------------------
 
-    def _refusal(self, request: Request) -> Response | None:
+    async def _verified_body(self, request: Request) -> bytes | Response:
+        """The request's body when the registry signed this request, else the refusal. The
+        body is read (bounded) before anything else: the signature covers it."""
         try:
             token = self.token_file.read_text().strip()
         except OSError:
             token = ""
         if not token:
             return JSONResponse({"detail": "this host has not joined the registry yet"}, 503)
-        expected = hashlib.sha256(token.encode()).hexdigest()
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), expected):
-            return JSONResponse({"detail": "missing or wrong registry credential"}, 401)
-        return None
+        header = request.headers.get("authorization", "")
+        if not header:
+            return JSONResponse({"detail": "missing registry signature"}, 401)
+        declared = request.headers.get("content-length", "0")
+        if not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
+            return JSONResponse({"detail": f"body larger than {MAX_BODY_BYTES} bytes"}, 413)
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                return JSONResponse({"detail": f"body larger than {MAX_BODY_BYTES} bytes"}, 413)
+        query = request.scope.get("query_string", b"")
+        target = request.scope.get("raw_path") or request.url.path.encode()
+        problem = check(
+            api_key(token),
+            header,
+            method=request.method,
+            target=target + (b"?" + query if query else b""),
+            body=body,
+            now=time.time(),
+            guard=self.replays,
+        )
+        if problem is not None:
+            return JSONResponse({"detail": problem}, 401)
+        return body
 
     def _app(self, request: Request) -> str:
         return check_app_name(request.path_params["app"])
@@ -148,9 +172,9 @@ class AgentApi:
     # ---- routes -------------------------------------------------------------------------------
 
     async def logs(self, request: Request) -> Response:
-        refused = self._refusal(request)
-        if refused is not None:
-            return refused
+        verified = await self._verified_body(request)
+        if isinstance(verified, Response):
+            return verified
         try:
             app = self._app(request)
             since_s = _number(request.query_params.get("since_s"), "since_s")
@@ -186,12 +210,12 @@ class AgentApi:
                     yield ndjson(entry.to_wire(self.host_name))
 
     async def run(self, request: Request) -> Response:
-        refused = self._refusal(request)
-        if refused is not None:
-            return refused
+        verified = await self._verified_body(request)
+        if isinstance(verified, Response):
+            return verified
         try:
             app = self._app(request)
-            body = RunRequest.model_validate_json(await request.body())
+            body = RunRequest.model_validate_json(verified)
         except (InvalidName, ValidationError) as exc:
             return JSONResponse({"detail": str(exc)}, 422)
         try:
@@ -208,14 +232,14 @@ class AgentApi:
     async def release_phase(self, request: Request) -> Response:
         """The one-off machinery for a release's `release:` command: `/bin/sh -c COMMAND` in
         the new release's folder, venv and config vars (installed here first if needed)."""
-        refused = self._refusal(request)
-        if refused is not None:
-            return refused
+        verified = await self._verified_body(request)
+        if isinstance(verified, Response):
+            return verified
         if self.release_target is None:
             return JSONResponse({"detail": "this host runs no release phases"}, 404)
         try:
             app = self._app(request)
-            body = ReleasePhaseRequest.model_validate_json(await request.body())
+            body = ReleasePhaseRequest.model_validate_json(verified)
         except (InvalidName, ValidationError) as exc:
             return JSONResponse({"detail": str(exc)}, 422)
         try:

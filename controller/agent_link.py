@@ -1,7 +1,7 @@
-"""How the registry reaches machine agents' APIs (logs, one-off runs): address, port, secret.
+"""How the registry reaches machine agents' APIs (logs, one-off runs): address, port, key.
 
-The credential is sha256(host token), which the registry stores anyway (see
-agent/api_server.py for why that is enough and what it protects).
+Every request is signed with the host's agent API key (common/agent_auth.py), which the
+database holds only sealed with the registry's key file (controller/agent_keys.py).
 """
 
 from __future__ import annotations
@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controller.auth import host_api_secret
+from common.agent_auth import SignedAuth
+from controller.agent_keys import SealError, unseal
 from controller.errors import Conflict, NotFound
 from controller.models import App, Host, Instance
 
@@ -25,11 +27,12 @@ CONNECT_TIMEOUT_S = 5.0
 class AgentLink:
     host: str
     url: str  # http://address:api_port
-    secret: str
+    key: bytes
 
     @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.secret}"}
+    def auth(self) -> SignedAuth:
+        """Pass as `auth=` on each request: it signs method, path, time and body."""
+        return SignedAuth(self.key)
 
 
 def _url(host: Host) -> str:
@@ -37,13 +40,21 @@ def _url(host: Host) -> str:
     return f"http://{address}:{host.api_port}"
 
 
-def link_for(session: Session, host: Host) -> AgentLink:
+def link_for(session: Session, host: Host, *, state_dir: Path) -> AgentLink:
     if host.role != "machine":
         raise Conflict(f"host {host.name} is a {host.role}, not a machine; it runs no apps")
-    secret = host_api_secret(session, host.name)
-    if host.api_port is None or secret is None:
+    if host.api_port is None:
         raise Conflict(f"host {host.name} has not reported an agent API yet (older agent?)")
-    return AgentLink(host=host.name, url=_url(host), secret=secret)
+    if host.api_key_sealed is None:
+        raise Conflict(
+            f"host {host.name} joined before signed agent API requests; an admin re-joins it"
+            " (see docs/operations.md) to reach its logs and runs"
+        )
+    try:
+        key = unseal(state_dir, host.name, host.api_key_sealed)
+    except SealError as exc:
+        raise Conflict(str(exc)) from exc
+    return AgentLink(host=host.name, url=_url(host), key=key)
 
 
 def app_hosts(session: Session, app: App, *, serving_first: bool = False) -> list[Host]:

@@ -94,15 +94,6 @@ def has_admin_token(session: Session) -> bool:
     return session.execute(select(Token.id).where(Token.kind == "admin")).first() is not None
 
 
-def host_api_secret(session: Session, host: str) -> str | None:
-    """The secret the registry shows a machine agent's API: sha256(host token), which the
-    registry stores and the agent computes from the token it holds. Nothing new to hand out,
-    and it changes (the old one stops working) whenever the host re-joins."""
-    return session.execute(
-        select(Token.sha256).where(Token.kind == "host", Token.host_name == host)
-    ).scalar_one_or_none()
-
-
 def bearer(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")

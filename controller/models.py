@@ -166,6 +166,9 @@ class Host(Base):
     memory_total_mb: Mapped[int | None] = mapped_column(Integer, default=None)
     memory_available_mb: Mapped[int | None] = mapped_column(Integer, default=None)
     load_1m: Mapped[float | None] = mapped_column(Float, default=None)
+    # Its agent API key (common/agent_auth.py), sealed with the registry's key file
+    # (controller/agent_keys.py); None: joined before signed agent requests.
+    api_key_sealed: Mapped[str | None] = mapped_column(Text, default=None)
 
     instances: Mapped[list[Instance]] = relationship(back_populates="host", order_by="Instance.id")
 

@@ -99,7 +99,7 @@ def _prepare(ctx: Context, app: str, version: int) -> PhaseRun | None:
         [host] = place_hosts(session, release.app, 1, process=RELEASE_PROCESS) or [None]
         if host is None:
             raise RegistryError(NO_HOST_ERROR)
-        link = link_for(session, host)
+        link = link_for(session, host, state_dir=ctx.settings.state_dir)
         left = (release.deadline_at - now()).total_seconds() if release.deadline_at else None
         payload: dict[str, object] = {
             "version": release.version,
@@ -119,9 +119,7 @@ async def _execute(run: PhaseRun, app: str) -> PhaseResult:
     error: str | None = None
     async with agent_client() as client:
         url = f"{run.link.url}/v1/release-phase/{app}"
-        async with client.stream(
-            "POST", url, json=run.payload, headers=run.link.headers
-        ) as response:
+        async with client.stream("POST", url, json=run.payload, auth=run.link.auth) as response:
             if response.status_code != 200:
                 message, not_installed = refusal(response.status_code, await response.aread())
                 return PhaseResult(1, "", refused=message, install_failed=not_installed)

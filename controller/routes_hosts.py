@@ -17,7 +17,9 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from common import wire
+from common.agent_auth import api_key
 from common.names import HostName
+from controller.agent_keys import seal
 from controller.auth import (
     Principal,
     check_own_host,
@@ -75,6 +77,8 @@ def join_host(
         was_down = host.state == "down"
         host.state, host.last_heartbeat = "up", now()
         token = issue_token(session, "host", host_name=body.name)
+        # The key this registry signs agent API requests with; not derivable from the row.
+        host.api_key_sealed = seal(ctx.settings.state_dir, body.name, api_key(token))
         if was_down:
             refill(session, now=now())
         bump(session, desired=True)

@@ -57,10 +57,11 @@ async def app_logs(
 
 
 def _links(ctx: Context, app: str, host: str | None) -> tuple[list[AgentLink], list[str]]:
+    state_dir = ctx.settings.state_dir
     with ctx.db.read() as session:
         row = get_app(session, app)
         if host is not None:
-            return [link_for(session, named_host(session, host))], []
+            return [link_for(session, named_host(session, host), state_dir=state_dir)], []
         hosts = app_hosts(session, row)
         if not hosts:  # nothing placed now: ask every machine, it may have old lines
             hosts = list(
@@ -71,7 +72,7 @@ def _links(ctx: Context, app: str, host: str | None) -> tuple[list[AgentLink], l
         links, problems = [], []
         for h in hosts:
             try:
-                links.append(link_for(session, h))
+                links.append(link_for(session, h, state_dir=state_dir))
             except RegistryError as exc:
                 problems.append(str(exc))
         return links, problems
@@ -153,7 +154,7 @@ async def _read(
 ) -> None:
     try:
         async with client.stream(
-            "GET", f"{link.url}{path}", params=params, headers=link.headers
+            "GET", f"{link.url}{path}", params=params, auth=link.auth
         ) as response:
             if response.status_code != 200:
                 body = (await response.aread()).decode(errors="replace")[:300]

@@ -59,10 +59,8 @@ async def run_command(
     client_cm = agent_client()
     client = await client_cm.__aenter__()
     try:
-        request = client.build_request(
-            "POST", f"{link.url}/v1/run/{app}", json=payload, headers=link.headers
-        )
-        response = await client.send(request, stream=True)
+        request = client.build_request("POST", f"{link.url}/v1/run/{app}", json=payload)
+        response = await client.send(request, auth=link.auth, stream=True)
     except httpx.HTTPError as exc:
         await client_cm.__aexit__(None, None, None)
         raise AgentUnavailable(f"host {link.host}'s agent is unreachable: {exc}") from exc
@@ -101,8 +99,8 @@ def _pick(ctx: Context, app: str, host: str | None) -> AgentLink:
     with ctx.db.read() as session:
         row = get_app(session, app)
         if host is not None:
-            return link_for(session, named_host(session, host))
+            return link_for(session, named_host(session, host), state_dir=ctx.settings.state_dir)
         hosts = app_hosts(session, row, serving_first=True)
         if not hosts:
             raise Conflict(f"app {app} has no instances on any host; deploy it first")
-        return link_for(session, hosts[0])
+        return link_for(session, hosts[0], state_dir=ctx.settings.state_dir)

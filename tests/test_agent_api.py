@@ -17,6 +17,7 @@ import psutil
 from agent.machine import MachineAgent
 from agent.settings import AgentSettings
 from agent.supervisor import Policy
+from common.agent_auth import SignedAuth, api_key
 from tests.prom import metric
 from tests.test_machine_agent import APP_PY, FakeRegistry, _desired, _free_port, _state
 
@@ -43,7 +44,8 @@ def _settings(tmp_path: Path) -> AgentSettings:
 
 def test_agent_api_serves_logs_runs_and_metrics(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
-    secret = hashlib.sha256(b"host-secret").hexdigest()
+    old_bearer = hashlib.sha256(b"host-secret").hexdigest()  # what registry.db holds
+    auth = SignedAuth(api_key("host-secret"))
 
     async def scenario() -> None:
         registry = FakeRegistry("m1")
@@ -71,12 +73,16 @@ def test_agent_api_serves_logs_runs_and_metrics(tmp_path: Path) -> None:
                 )
                 await registry.until("running", lambda: _state(registry, 1) == "running")
 
-                # Credential: none, a wrong one, then the right one.
+                # Credential: none, a wrong one, the old sha256 bearer (derivable from the
+                # registry's database), a signature by another key; then the right one.
                 assert (await http.get(f"{base}/v1/logs/hello")).status_code == 401
-                wrong = {"Authorization": "Bearer " + "0" * 64}
-                assert (await http.get(f"{base}/v1/logs/hello", headers=wrong)).status_code == 401
-                auth = {"Authorization": f"Bearer {secret}"}
-                bad = await http.get(f"{base}/v1/logs/Bad..Name", headers=auth)
+                for header in ("Bearer " + "0" * 64, f"Bearer {old_bearer}"):
+                    wrong = {"Authorization": header}
+                    got = await http.get(f"{base}/v1/logs/hello", headers=wrong)
+                    assert got.status_code == 401
+                other = SignedAuth(api_key("another-host-token"))
+                assert (await http.get(f"{base}/v1/logs/hello", auth=other)).status_code == 401
+                bad = await http.get(f"{base}/v1/logs/Bad..Name", auth=auth)
                 assert bad.status_code == 422
 
                 # Logs: the app's stdout and stderr, stamped, with the instance.
@@ -115,9 +121,7 @@ def test_agent_api_serves_logs_runs_and_metrics(tmp_path: Path) -> None:
                 assert out == "a; $(id) | b\n"
 
                 # Unknown app and missing command.
-                unknown = await http.post(
-                    f"{base}/v1/run/nope", json={"argv": ["true"]}, headers=auth
-                )
+                unknown = await http.post(f"{base}/v1/run/nope", json={"argv": ["true"]}, auth=auth)
                 assert unknown.status_code == 404
                 missing = await _run(http, base, auth, ["/nonexistent/cmd"])
                 assert missing[-1]["exit"] == 127
@@ -134,7 +138,7 @@ def test_agent_api_serves_logs_runs_and_metrics(tmp_path: Path) -> None:
                 marker = f"sleeper-{os.getpid()}"
                 body = {"argv": ["python", "-c", "import time; time.sleep(60)", marker]}
                 async with http.stream(
-                    "POST", f"{base}/v1/run/hello", json=body, headers=auth
+                    "POST", f"{base}/v1/run/hello", json=body, auth=auth
                 ) as response:
                     assert response.status_code == 200
                     await _wait_for(lambda: _running(marker), "the sleeper to start")
@@ -155,11 +159,11 @@ def test_agent_api_serves_logs_runs_and_metrics(tmp_path: Path) -> None:
 
 
 async def _until_lines(
-    http: httpx.AsyncClient, base: str, auth: dict[str, str], text: str
+    http: httpx.AsyncClient, base: str, auth: httpx.Auth, text: str
 ) -> list[dict]:
     deadline = time.monotonic() + 15
     while True:
-        response = await http.get(f"{base}/v1/logs/hello", headers=auth)
+        response = await http.get(f"{base}/v1/logs/hello", auth=auth)
         assert response.status_code == 200, response.text
         lines = [json.loads(line) for line in response.text.splitlines() if line.strip()]
         if any(item["line"] == text for item in lines) or time.monotonic() > deadline:
@@ -167,11 +171,9 @@ async def _until_lines(
         await asyncio.sleep(0.2)
 
 
-async def _first_followed(
-    http: httpx.AsyncClient, base: str, auth: dict[str, str], text: str
-) -> dict:
+async def _first_followed(http: httpx.AsyncClient, base: str, auth: httpx.Auth, text: str) -> dict:
     params = {"follow": "1", "lines": "0"}
-    async with http.stream("GET", f"{base}/v1/logs/hello", params=params, headers=auth) as resp:
+    async with http.stream("GET", f"{base}/v1/logs/hello", params=params, auth=auth) as resp:
         async for line in resp.aiter_lines():
             if line.strip():
                 item = json.loads(line)
@@ -183,12 +185,12 @@ async def _first_followed(
 async def _run(
     http: httpx.AsyncClient,
     base: str,
-    auth: dict[str, str],
+    auth: httpx.Auth,
     argv: list[str],
     timeout_s: float | None = None,
 ) -> list[dict]:
     body = {"argv": argv, "timeout_s": timeout_s}
-    response = await http.post(f"{base}/v1/run/hello", json=body, headers=auth)
+    response = await http.post(f"{base}/v1/run/hello", json=body, auth=auth)
     assert response.status_code == 200, response.text
     return [json.loads(line) for line in response.text.splitlines() if line.strip()]
 

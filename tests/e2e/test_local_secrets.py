@@ -1,6 +1,7 @@
 """Local mode as another local user: nothing in the state folder or on a command line lets
 `nobody` read a token, the database or a token hash (a host token's sha256 was the agent
-API's credential, so reading registry.db meant root through `POST /v1/run`).
+API's credential, so reading registry.db meant root through `POST /v1/run`). And even with
+the database in hand, the agent API now wants a fresh signature by the host's key.
 
 The attack runs for real: a subprocess as uid 65534 tries to read every file local mode
 writes and every cluster process's /proc/<pid>/cmdline, and must fail, while the cluster
@@ -12,13 +13,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
 from cli.local import LocalCluster
+from common.agent_auth import api_key, authorization
 from tests.conftest import running_cluster, short_dir
 
 pytestmark = pytest.mark.e2e
@@ -93,6 +98,7 @@ def check_nothing_leaks(cluster: LocalCluster) -> None:
         db.with_name("registry.db-shm"),
         state / "pids.json",
         state / "tokens.json",
+        state / "registry" / "agent-api.key",  # seals the agents' API keys in registry.db
         state / "machine-1" / "host-token",
         state / "frontend-1" / "host-token",
         *(cluster.log_path(name) for name in ("registry", "machine-1", "frontend-1")),
@@ -121,6 +127,8 @@ def check_nothing_leaks(cluster: LocalCluster) -> None:
         for secret in (join, admin, *host_hashes):
             assert secret not in cmdline, (pid, cmdline)
     assert any("paas-agent" in c for c in seen["cmdlines"].values())  # we did read them
+
+    check_agent_api_needs_a_fresh_signature(cluster)
 
     # The cluster still works.
     with cluster.client() as client:
@@ -152,3 +160,36 @@ def test_files_local_mode_writes_are_private(tmp_path: Path) -> None:
     fresh = LocalCluster(tmp_path / "new")
     fresh._record({})
     assert fresh.state_dir.stat().st_mode & 0o777 == 0o700
+
+
+def check_agent_api_needs_a_fresh_signature(cluster: LocalCluster) -> None:
+    """What registry.db gives (sha256 of a host token, the old bearer credential) no longer
+    opens the agent API; a signature by the host's key does, once, for that body only."""
+    state = cluster.state_dir
+    db = sqlite3.connect(f"file:{state / 'registry' / 'registry.db'}?mode=ro", uri=True)
+    hashes = [row[0] for row in db.execute("SELECT sha256 FROM tokens WHERE kind = 'host'")]
+    sealed = [row[0] for row in db.execute("SELECT api_key_sealed FROM hosts")]
+    db.close()
+    assert len(hashes) == 2 and all(sealed)
+    base = f"http://127.0.0.1:{cluster.ports.agent_api}"
+    run = {"argv": ["id"]}
+    with httpx.Client(base_url=base, trust_env=False, timeout=30) as http:
+        for value in [*hashes, *sealed]:
+            for header in (f"Bearer {value}", value):
+                refused = http.post("/v1/run/hello", json=run, headers={"Authorization": header})
+                assert refused.status_code == 401, refused.text
+        token = (state / "machine-1" / "host-token").read_text().strip()
+        key = api_key(token)
+        body = json.dumps(run).encode()
+        header = authorization(key, "GET", b"/v1/logs/hello?lines=5", b"", now=time.time())
+        first = http.get("/v1/logs/hello?lines=5", headers={"Authorization": header})
+        assert first.status_code == 200, first.text
+        replay = http.get("/v1/logs/hello?lines=5", headers={"Authorization": header})
+        assert replay.status_code == 401 and "already used" in replay.text
+        signed = authorization(key, "POST", b"/v1/run/hello", body, now=time.time())
+        tampered = json.dumps({"argv": ["sh", "-c", "id"]}).encode()
+        altered = http.post("/v1/run/hello", content=tampered, headers={"Authorization": signed})
+        assert altered.status_code == 401 and "wrong registry signature" in altered.text
+        stale = authorization(key, "POST", b"/v1/run/hello", body, now=time.time() - 120)
+        late = http.post("/v1/run/hello", content=body, headers={"Authorization": stale})
+        assert late.status_code == 401 and "validity window" in late.text
