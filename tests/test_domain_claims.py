@@ -1,4 +1,4 @@
-"""Who may claim which domain, over real HTTP against a registry served by uvicorn.
+"""Who may claim which domain, over real HTTP against a real `paas-registry serve`.
 
 A deploy token is held by a tenant: it claimed `*.com`, `*.co.uk` and `www.google.com` for
 its app. Now nobody claims a public suffix or a wildcard directly over one; a deploy token
@@ -13,21 +13,15 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
-from controller.app import create_app
-from controller.auth import issue_token
-from controller.settings import RegistrySettings
 from controller.testing import make_artifact, sha256_of
-from tests.conftest import free_port
+from tests.registry_proc import registry_process
 
 PAAS = str(Path(sys.executable).parent / "paas")
 PUBLIC = ["com", "*.com", "co.uk", "*.co.uk", "*.github.io", "github.io", "*.uk"]
@@ -46,23 +40,9 @@ class Served:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
-    settings = RegistrySettings(state_dir=tmp_path / "reg", domain="paas.test")
-    app = create_app(settings)
-    with app.state.ctx.db.write() as session:
-        admin = issue_token(session, "admin")
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "registry did not start"
-        time.sleep(0.02)
-    try:
-        yield Served(url=f"http://127.0.0.1:{port}", admin=admin)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
+    """A real `paas-registry serve` process (tests/registry_proc.py)."""
+    with registry_process(tmp_path, domain="paas.test") as registry:
+        yield Served(url=registry.url, admin=registry.admin_token)
 
 
 def _token(api: httpx.Client, app: str, domains: list[str] | None = None) -> str:

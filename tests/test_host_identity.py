@@ -6,12 +6,19 @@ token, address and role stay as they were.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from controller.testing import TestRegistry, test_registry
+from tests.registry_proc import registry_process
+
+PAAS = str(Path(sys.executable).parent / "paas")
 
 JOIN = "/v1/hosts/join"
 
@@ -91,3 +98,36 @@ def test_host_token_acts_only_for_its_own_host(reg: TestRegistry) -> None:
     assert (
         reg.client.post("/v1/hosts/ha/report", json={}, headers=reg.headers(a)).status_code == 204
     )
+
+
+def test_takeover_over_real_http_and_hosts_remove_cli(tmp_path: Path) -> None:
+    """The attack against a real `paas-registry serve`: the join token cannot re-join a live
+    frontend's name; `paas hosts:remove` (admin) frees it, then the join token may."""
+    with registry_process(tmp_path) as registry, httpx.Client(timeout=30) as http:
+        join = {"Authorization": f"Bearer {registry.join_token}"}
+        body = _body("frontend-1", role="frontend", address="127.0.0.2")
+        victim = http.post(f"{registry.url}{JOIN}", json=body, headers=join)
+        assert victim.status_code == 200
+        victim_auth = {"Authorization": f"Bearer {victim.json()['token']}"}
+        stolen = http.post(
+            f"{registry.url}{JOIN}", json={**body, "address": "6.6.6.6"}, headers=join
+        )
+        assert stolen.status_code == 409 and "already joined" in stolen.json()["detail"]
+        assert http.get(f"{registry.url}/v1/routing", headers=victim_auth).status_code == 200
+
+        env = {**os.environ, "PAAS_REGISTRY_URL": registry.url}
+        argv = [PAAS, "hosts:remove", "frontend-1", "--yes"]
+        as_join = subprocess.run(
+            argv, env={**env, "PAAS_TOKEN": registry.join_token},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert as_join.returncode != 0 and "403" in as_join.stderr
+        removed = subprocess.run(
+            argv, env={**env, "PAAS_TOKEN": registry.admin_token},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert removed.returncode == 0, removed.stderr
+        assert "removed host frontend-1" in removed.stdout
+        assert http.get(f"{registry.url}/v1/routing", headers=victim_auth).status_code == 401
+        again = http.post(f"{registry.url}{JOIN}", json=body, headers=join)
+        assert again.status_code == 200
