@@ -40,7 +40,9 @@ def cluster() -> Iterator[LocalCluster]:
         shutil.copytree(
             REPO / "examples" / "hello", app, ignore=shutil.ignore_patterns("__pycache__")
         )
-        (app / "paas.toml").write_text(f'[app]\nname = "{APP}"\nhealth_path = "/health"\n')
+        (app / "paas.toml").write_text(
+            f'[app]\nname = "{APP}"\nhealth_path = "/health"\nmin_healthy_s = 1\n'
+        )
         done = paas(started, "deploy", str(app), "--timeout", "120")
         assert done.returncode == 0, done.stdout + done.stderr + logs(started)
         try:
@@ -178,7 +180,9 @@ def test_hand_edited_broken_templates_are_reported_and_serving_continues(
     shutil.copytree(
         REPO / "examples" / "hello", other, ignore=shutil.ignore_patterns("__pycache__")
     )
-    (other / "paas.toml").write_text('[app]\nname = "other"\nhealth_path = "/health"\n')
+    (other / "paas.toml").write_text(
+        '[app]\nname = "other"\nhealth_path = "/health"\nmin_healthy_s = 1\n'
+    )
     deploy = None
     try:
         with RequestLoop(cluster, HOST, expect=GREETING) as loop:

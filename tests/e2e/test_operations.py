@@ -41,7 +41,9 @@ def ops_app(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> 
     shutil.copytree(
         REPO / "examples" / "hello", folder, ignore=shutil.ignore_patterns("__pycache__")
     )
-    (folder / "paas.toml").write_text(f'[app]\nname = "{APP}"\nhealth_path = "/health"\n')
+    (folder / "paas.toml").write_text(
+        f'[app]\nname = "{APP}"\nhealth_path = "/health"\nmin_healthy_s = 1\n'
+    )
     before = metric(registry_metrics(cluster), "paas_registry_deploys_total", result="succeeded")
     done = paas(cluster, "deploy", str(folder), "--timeout", "180")
     assert done.returncode == 0, done.stdout + done.stderr + logs(cluster)
@@ -156,12 +158,16 @@ def test_a_deploy_token_cannot_touch_another_app(
     shutil.copytree(
         REPO / "examples" / "hello", folder, ignore=shutil.ignore_patterns("__pycache__")
     )
-    (folder / "paas.toml").write_text(f'[app]\nname = "{ops_app}"\nhealth_path = "/health"\n')
+    (folder / "paas.toml").write_text(
+        f'[app]\nname = "{ops_app}"\nhealth_path = "/health"\nmin_healthy_s = 1\n'
+    )
     (folder / "version.txt").write_text("deployed with a deploy token\n")
     deployed = as_deployer("deploy", str(folder), "--timeout", "180")
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr + logs(cluster)
     assert "routed" in deployed.stdout
-    (folder / "paas.toml").write_text(f'[app]\nname = "{OTHER}"\nhealth_path = "/health"\n')
+    (folder / "paas.toml").write_text(
+        f'[app]\nname = "{OTHER}"\nhealth_path = "/health"\nmin_healthy_s = 1\n'
+    )
     refused_deploy = as_deployer("deploy", str(folder), "--timeout", "60")
     assert refused_deploy.returncode != 0 and "(403)" in refused_deploy.stderr
 

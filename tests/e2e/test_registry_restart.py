@@ -39,7 +39,9 @@ def own_cluster() -> Iterator[LocalCluster]:
 def app_copy(root: Path, *, slow_start_s: float = 0) -> Path:
     app = root / APP
     shutil.copytree(REPO / "examples" / "hello", app, ignore=shutil.ignore_patterns("__pycache__"))
-    (app / "paas.toml").write_text(f'[app]\nname = "{APP}"\nhealth_path = "/health"\n')
+    (app / "paas.toml").write_text(
+        f'[app]\nname = "{APP}"\nhealth_path = "/health"\nmin_healthy_s = 1\n'
+    )
     if slow_start_s:
         code = (app / "app.py").read_text()
         slow = code.replace(

@@ -3,8 +3,11 @@
 An app `faults` serves release 1; then a requirement that is not on PyPI, a process that exits
 at start and a health check that answers 500 are each deployed. Every one must fail with its
 reason (printed by `paas deploy`, which exits non-zero, and shown by `paas status`) while a
-request loop through the frontend sees release 1 answer every time. Last, a machine agent
-whose disk is full (a real 2 MiB tmpfs) fails a release cleanly the same way.
+request loop through the frontend sees release 1 answer every time. So must an app that
+passes its health checks and exits 5 s later (tests/e2e/apps/crashes-later): it is caught in
+its min_healthy_s window, before release 1 is stopped. A machine agent whose disk is full (a
+real 2 MiB tmpfs) fails a release cleanly the same way. Last, the release phase: a failed
+install before it is an install failure in plain text, and its output is shown.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ pytestmark = pytest.mark.e2e
 APP = "faults"
 HOST = f"{APP}.localhost"
 HEALTH_TIMEOUT_S = 3  # keeps the "health check never passes" case short
+MIN_HEALTHY_S = 1  # the health window of these test apps (users get 10 s by default)
+CRASHES_LATER = Path(__file__).parent / "apps" / "crashes-later"
 
 
 def app_copy(root: Path, name: str = APP) -> Path:
@@ -32,6 +37,7 @@ def app_copy(root: Path, name: str = APP) -> Path:
     shutil.copytree(REPO / "examples" / "hello", app, ignore=shutil.ignore_patterns("__pycache__"))
     (app / "paas.toml").write_text(
         f'[app]\nname = "{name}"\nhealth_path = "/health"\nhealth_timeout = {HEALTH_TIMEOUT_S}\n'
+        f"min_healthy_s = {MIN_HEALTHY_S}\n"
     )
     return app
 
@@ -111,6 +117,23 @@ def test_status_and_releases_show_the_failures(serving: LocalCluster) -> None:
     assert all(r["description"].startswith("deploy ") for r in releases)
 
 
+def test_process_that_crashes_after_it_was_healthy(serving: LocalCluster, tmp_path: Path) -> None:
+    """Healthy for 5 s, then exit 1: failed within its 8 s window, release 1 never stopped."""
+    app = tmp_path / "crashes-later"
+    shutil.copytree(CRASHES_LATER, app)
+    toml = (app / "paas.toml").read_text().replace('name = "crashes-later"', f'name = "{APP}"')
+    (app / "paas.toml").write_text(toml)
+    out = failing_deploy(serving, app)
+    assert "must stay healthy 8 s before the switch" in out, out
+    assert f"failed: release v5 of {APP}: instance " in out, out
+    assert " (web) on host machine-1 crashed (exited with status 1 while running)" in out, out
+    assert "did not stay healthy within 8 s before the switch; v1 keeps serving" in out, out
+    releases = json.loads(paas(serving, "releases", APP, "--json").stdout)
+    assert [(r["version"], r["status"]) for r in releases[:2]] == [(5, "failed"), (4, "failed")]
+    status = paas(serving, "status", APP).stdout
+    assert "release v1: active, stage routed" in status and "crashing" not in status, status
+
+
 @pytest.fixture
 def small_agent_disk(cluster: LocalCluster) -> Iterator[Path]:
     """The machine agent's folder for app `diskfull` on a 2 MiB tmpfs."""
@@ -136,3 +159,39 @@ def test_full_disk_on_the_agent(
     releases = small_agent_disk / "releases"
     assert sorted(p.name for p in releases.iterdir()) == ["1"]  # nothing half-unpacked
     answer_now(cluster, "diskfull.localhost", "(release 1)")
+
+
+def test_install_failure_before_the_release_phase_is_an_install_failure(
+    serving: LocalCluster, tmp_path: Path
+) -> None:
+    app = app_copy(tmp_path)
+    (app / "Procfile").write_text("web: python app.py\nrelease: echo migrate\n")
+    (app / "requirements.txt").write_text("paas-no-such-package-xyz==1.0\n")
+    out = failing_deploy(serving, app)
+    assert (
+        f"failed: release v6 of {APP}: install failed on host machine-1; the release phase"
+        " (`echo migrate`) did not run:\ninstalling the requirements failed"
+    ) in out, out
+    assert "paas-no-such-package-xyz was not found" in out, out
+    assert "(`echo migrate`) on host machine-1 exited" not in out, out  # it never ran
+    assert "answered 404" not in out, out
+    assert "\\n" not in out and '{"detail"' not in out, out  # plain text, not JSON
+
+
+def test_release_phase_output_is_shown_and_kept(serving: LocalCluster, tmp_path: Path) -> None:
+    """Last of the module: release 7 replaces release 1, with no failed request."""
+    app = app_copy(tmp_path)
+    (app / "Procfile").write_text(
+        "web: python app.py\nrelease: echo migrating the database; echo 3 migrations applied\n"
+    )
+    with RequestLoop(serving, HOST, expect=f"from {APP} (release ") as loop:
+        code, out = deploy(serving, app)
+    assert code == 0, out + logs(serving)
+    assert "  release> migrating the database\n  release> 3 migrations applied\n" in out, out
+    assert loop.sent >= 10 and not loop.failures, loop.summary()
+    answer_now(serving, HOST, "(release 7)")
+    shown = paas(serving, "releases", APP, "7")
+    assert shown.returncode == 0, shown.stderr
+    assert "release phase output:\n  migrating the database\n  3 migrations applied" in (
+        shown.stdout
+    ), shown.stdout

@@ -23,7 +23,9 @@ def version(root: Path, greeting: str) -> Path:
     shutil.copytree(REPO / "examples" / "hello", app, ignore=shutil.ignore_patterns("__pycache__"))
     code = (app / "app.py").read_text()
     (app / "app.py").write_text(code.replace('"Hello from', f'"{greeting} from'))
-    (app / "paas.toml").write_text(f'[app]\nname = "{APP}"\nhealth_path = "/health"\n')
+    (app / "paas.toml").write_text(
+        f'[app]\nname = "{APP}"\nhealth_path = "/health"\nmin_healthy_s = 1\n'
+    )
     return app
 
 

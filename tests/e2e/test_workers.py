@@ -49,7 +49,7 @@ def make_app(
 ) -> Path:
     app = root / APP
     shutil.copytree(REPO / "examples" / "hello", app, ignore=shutil.ignore_patterns("__pycache__"))
-    (app / "paas.toml").write_text(f'[app]\nname = "{APP}"\n')
+    (app / "paas.toml").write_text(f'[app]\nname = "{APP}"\nmin_healthy_s = 1\n')
     (app / "worker.py").write_text(WORKER)
     command = worker or f"python worker.py {beats}"
     procfile = f"web: python app.py\nworker: {command}\n"

@@ -65,7 +65,9 @@ def cluster(network: Network) -> Iterator[MultiHostCluster]:
             app.mkdir()
             (app / "Procfile").write_text("web: python app.py\n")
             (app / "app.py").write_text(APP_PY)
-            (app / "paas.toml").write_text(f'[app]\nname = "{APP}"\ninstances = 2\n')
+            (app / "paas.toml").write_text(
+                f'[app]\nname = "{APP}"\ninstances = 2\nmin_healthy_s = 1\n'
+            )
             done = paas(started, "deploy", str(app), "--timeout", "120")
             assert done.returncode == 0, done.stdout + done.stderr + started.logs()
             yield started
