@@ -20,7 +20,6 @@ from controller.app import create_app
 from controller.auth import issue_token
 from controller.settings import RegistrySettings
 
-
 DEFAULT_FILES = {"Procfile": "web: python app.py\n", "paas.toml": "min_healthy_s = 0\n"}
 
 
