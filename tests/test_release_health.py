@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from common.manifest import DEFAULT_MIN_HEALTHY_S, ManifestError, parse_manifest
 from common.wire import HostReport
 from controller.deploys import apply_report, expire_deadlines
 from controller.queries import get_host
@@ -234,3 +235,42 @@ def test_a_crash_is_forgotten_after_a_stable_run(reg: TestRegistry) -> None:
         assert not has_crash_loops(session, now=at(10 + CRASH_LOOP_S * 2))
     [instance] = reg.client.get("/v1/apps/shop/instances", headers=reg.admin).json()
     assert instance["crashes"] == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", (None, None)),
+        ("[app]\nmin_healthy_s = 2.5\nauto_rollback = false\n", (2.5, False)),
+        ("min_healthy_s = 0\nauto_rollback = true\n", (0.0, True)),
+    ],
+)
+def test_paas_toml_settings(text: str, expected: tuple[float | None, bool | None]) -> None:
+    manifest = parse_manifest(text)
+    assert (manifest.min_healthy_s, manifest.auto_rollback) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("min_healthy_s = -1\n", "min_healthy_s must be between 0 and 3600 seconds"),
+        ("min_healthy_s = 3601\n", "min_healthy_s must be between 0 and 3600 seconds"),
+        ('min_healthy_s = "10s"\n', "min_healthy_s must be a number of seconds"),
+        ("min_healthy_s = true\n", "min_healthy_s must be a number of seconds"),
+        ('auto_rollback = "yes"\n', "auto_rollback must be true or false"),
+    ],
+)
+def test_bad_paas_toml_settings_are_refused(text: str, message: str) -> None:
+    with pytest.raises(ManifestError, match=message):
+        parse_manifest(text)
+
+
+def test_the_default_window_is_10_s_and_a_deploy_without_the_key_keeps_the_apps(
+    reg: TestRegistry,
+) -> None:
+    reg.join("m1")
+    reg.create_app("shop")
+    first = reg.deploy("shop", {"Procfile": "web: python app.py\n"})
+    assert first["min_healthy_s"] == DEFAULT_MIN_HEALTHY_S == 10
+    assert reg.deploy("shop", files("two", "min_healthy_s = 2\n"))["min_healthy_s"] == 2
+    assert reg.deploy("shop", {"Procfile": "web: python app.py\n"})["min_healthy_s"] == 2
