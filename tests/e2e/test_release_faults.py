@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,7 +59,9 @@ def serving(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> 
 def failing_deploy(cluster: LocalCluster, app: Path) -> str:
     """Deploy `app` under load; it must fail, and release 1 must answer every request."""
     with RequestLoop(cluster, HOST, expect="(release 1)") as loop:
+        started = time.monotonic()
         code, out = deploy(cluster, app)
+    print(f"{app.name}: failed in {time.monotonic() - started:.1f} s; {loop.summary()}")  # -s
     assert code != 0, out
     assert loop.sent >= 10 and not loop.failures, loop.summary()
     assert "Traceback" not in out, out
