@@ -38,7 +38,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent import archive, procs
+from pydantic import BaseModel, ConfigDict
+
+from agent import archive, procs, statefile
 from agent.errors import InstallError, UnsafeArchive
 from agent.uids import AppFolders, AppUsers
 from common.manifest import MAX_PROCESS_TYPES, ManifestError, parse_procfile
@@ -90,6 +92,22 @@ class EnvironmentSpec:
     # The app's own requirements file, installed in place (cwd = its folder) so that its
     # relative `-r base.txt`, `-c constraints.txt`, `./wheels/x.whl` lines resolve.
     source: Path | None = None
+
+
+class _SavedSpec(BaseModel):
+    """An EnvironmentSpec computed while the release was still the agent's alone (staging),
+    so that later installs never read the app-owned copy as root to decide on its venv."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sha256: str
+    key: str
+    requirements: str | None
+    source: str | None  # relative to the release folder
+
+    def spec(self, release: Path) -> EnvironmentSpec:
+        source = release / self.source if self.source is not None else None
+        return EnvironmentSpec(key=self.key, requirements=self.requirements, source=source)
 
 
 def environment_spec(release_dir: Path, *, python_version: str | None = None) -> EnvironmentSpec:
@@ -309,9 +327,7 @@ class Installer:
                         raise
                     raise self._failure(exc, f"unpacking release {version} of {app}") from exc
                 log.info("unpacked %s release %d into %s", app, version, release)
-        spec = await asyncio.to_thread(
-            environment_spec, release, python_version=_python_identity(self._python)
-        )
+        spec = await asyncio.to_thread(self._spec, app, release, sha256)
         venv = folders.venvs / spec.key
         async with self._lock(f"venv:{app}:{spec.key}"):
             if _venv_ready(venv):
@@ -350,6 +366,32 @@ class Installer:
 
     # ---- venvs (blocking; run in a thread) ----------------------------------------------
 
+    def _spec_path(self, app: str, release: Path) -> Path:
+        return self.state_dir / "specs" / app / f"{release.name}.json"
+
+    def _spec(self, app: str, release: Path, sha256: str) -> EnvironmentSpec:
+        """The spec saved when the release was unpacked; computed now for older releases."""
+        saved = statefile.load(self._spec_path(app, release), _SavedSpec)
+        if saved is not None and saved.sha256 == sha256:
+            return saved.spec(release)
+        return self._save_spec(app, release, release, sha256)
+
+    def _save_spec(self, app: str, unpacked: Path, release: Path, sha256: str) -> EnvironmentSpec:
+        spec = environment_spec(unpacked, python_version=_python_identity(self._python))
+        source = spec.source.relative_to(unpacked).as_posix() if spec.source else None
+        path = self._spec_path(app, release)
+        path.parent.parent.mkdir(mode=0o700, exist_ok=True)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        statefile.save(
+            path,
+            _SavedSpec(sha256=sha256, key=spec.key, requirements=spec.requirements, source=source),
+        )
+        return EnvironmentSpec(
+            key=spec.key,
+            requirements=spec.requirements,
+            source=release / source if source is not None else None,
+        )
+
     def _unpack_release(
         self, artifact: Path, release: Path, sha256: str, *, uid: int | None
     ) -> None:
@@ -364,6 +406,7 @@ class Installer:
             _check_process_types(staged)
             # The marker is what makes a release folder usable (`_release_matches`): last.
             (staged / ".paas-artifact").write_text(sha256 + "\n")
+            self._save_spec(app, staged, release, sha256)  # read while only we can write
             if uid is not None:
                 _give_tree(staged, uid)
             os.chmod(staged, 0o700)

@@ -573,7 +573,10 @@ class MachineAgent:
                 remove_record(self.run_dir, iid)
                 del self.instances[iid]
                 if self.cgroups is not None:
-                    self.cgroups.remove(inst.desired.app, f"i{iid}")
+                    app = inst.desired.app
+                    self.cgroups.remove(app, f"i{iid}")
+                    if not any(i.desired.app == app for i in self.instances.values()):
+                        self.cgroups.remove(app)  # its build/run leaves too, once empty
                 self._reported = self._reported - {iid}
 
     # ---- nginx -------------------------------------------------------------------------------

@@ -70,7 +70,8 @@ def prepare(argv: Sequence[str], env: Mapping[str, str], user: AppUser | None) -
     wrapper gets an empty environment, the app's comes as JSON on a memfd."""
     if user is None:
         return Prepared(list(argv), dict(env))
-    fd = os.memfd_create("paas-env", 0)
+    # Close-on-exec: only this child gets it (pass_fds), never one forked meanwhile.
+    fd = os.memfd_create("paas-env", os.MFD_CLOEXEC)
     try:
         data = json.dumps(dict(env)).encode()
         view = memoryview(data)

@@ -220,3 +220,20 @@ def test_a_release_bigger_than_the_unpacked_limit_is_refused() -> None:
             asyncio.run(small.install(app="big", version=1, sha256=sha))
         assert not small.release_dir("big", 1).exists()
         assert list((state / "staging").iterdir()) == []
+
+
+def test_the_venv_spec_is_read_before_the_app_owns_its_release() -> None:
+    """What decides the venv is read while the release is the agent's alone (staging): the
+    app may later swap its requirements.txt for a link to the host token, and a restarted
+    agent still never reads through it."""
+    with isolated_state() as (state, users, installer, store):
+        sha = store.add({"Procfile": "web: python app.py\n", "requirements.txt": ""})
+        first = asyncio.run(installer.install(app="swap", version=1, sha256=sha))
+        requirements = first.path / "requirements.txt"
+        requirements.unlink()
+        requirements.symlink_to(state / "host-token")
+        restarted = Installer(state, store.download, users=users)
+        again = asyncio.run(restarted.install(app="swap", version=1, sha256=sha))
+        assert again.venv == first.venv
+        saved = (state / "specs" / "swap" / "1.json").read_text()
+        assert "TOP-SECRET" not in saved and sha in saved
