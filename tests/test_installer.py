@@ -13,8 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from agent.envspec import environment_spec, python_identity
 from agent.errors import InstallError, UnsafeArchive
-from agent.installer import Installer, _python_identity, environment_spec
+from agent.installer import Installer
 from tests.mounts import resize, tmpfs
 
 
@@ -88,7 +89,7 @@ def test_code_only_redeploy_reuses_the_venv(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     key = environment_spec(
-        tmp_path / "apps/shop/releases/1", python_version=_python_identity(installer._python)
+        tmp_path / "apps/shop/releases/1", python_version=python_identity(installer._python)
     ).key
     out = subprocess.run(
         [
