@@ -15,6 +15,7 @@ from sqlalchemy import JSON, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from controller.models import Base, UTCDateTime, utcnow
+from controller.secretbox import Sealed
 
 
 class Certificate(Base):
@@ -24,7 +25,7 @@ class Certificate(Base):
     app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
     chain_pem: Mapped[str] = mapped_column(Text)
-    key_pem: Mapped[str] = mapped_column(Text)
+    key_pem: Mapped[str] = mapped_column(Sealed("certificates.key_pem"))  # sealed at rest
     names: Mapped[list[str]] = mapped_column(JSON)
     not_after: Mapped[datetime] = mapped_column(UTCDateTime)
     source: Mapped[str] = mapped_column(String(16), default="user")
@@ -38,7 +39,7 @@ class AcmeAccount(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     directory_url: Mapped[str] = mapped_column(String(2000), unique=True)
-    key_pem: Mapped[str] = mapped_column(Text)
+    key_pem: Mapped[str] = mapped_column(Sealed("acme_accounts.key_pem"))  # sealed at rest
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from controller import secretbox
 from controller.auth import has_admin_token, issue_token, revoke_tokens
 from controller.db import Database, DatabaseCorrupt, PendingMigrations
 from controller.schema import SchemaTooNew
@@ -35,6 +36,7 @@ DATABASE_URL = click.option(
 def _open_database(settings: RegistrySettings, *, migrate: bool | None = None) -> Database:
     """The database, checked (and migrated when asked or on the embedded default)."""
     db = Database(settings.db_url)
+    secretbox.attach(db.engine, settings.keyring())
     try:
         db.prepare(migrate=settings.migrates_on_start if migrate is None else migrate)
     except (PendingMigrations, SchemaTooNew, DatabaseCorrupt) as exc:
@@ -55,6 +57,7 @@ def migrate(state_dir: Path | None, database_url: str | None, config_file: Path 
     if settings.database_url is None:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.db_url)
+    secretbox.attach(db.engine, settings.keyring())  # the revision sealing old rows needs it
     try:
         missing = schema.pending(db.engine)
         schema.upgrade(db.engine)

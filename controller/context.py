@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from controller import secretbox
 from controller.answer_cache import AnswerCache
 from controller.artifacts import ArtifactStore
 from controller.db import Database
@@ -45,6 +46,7 @@ class Context:
 def build_context(settings: RegistrySettings) -> Context:
     """Open (and on the embedded default migrate) the database; refuse pending revisions."""
     db = Database(settings.db_url)
+    secretbox.attach(db.engine, settings.keyring())  # before migrations: they seal old rows
     try:
         db.prepare(migrate=settings.migrates_on_start)
     except Exception:

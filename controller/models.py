@@ -19,6 +19,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from controller.secretbox import Sealed, SealedJSON
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -107,7 +109,8 @@ class Release(Base):
     artifact_sha256: Mapped[str] = mapped_column(String(64))
     processes: Mapped[dict[str, str]] = mapped_column(JSON)
     health_path: Mapped[str] = mapped_column(String(201))
-    config: Mapped[dict[str, str]] = mapped_column(JSON)
+    # Sealed at rest (controller/secretbox.py): a snapshot holds every config value.
+    config: Mapped[dict[str, str]] = mapped_column(SealedJSON("releases.config"))
     secret_keys: Mapped[list[str]] = mapped_column(JSON, default=list)
     status: Mapped[str] = mapped_column(String(16), default="deploying")
     error: Mapped[str | None] = mapped_column(Text, default=None)
@@ -139,7 +142,7 @@ class ConfigVar(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
     key: Mapped[str] = mapped_column(String(255))
-    value: Mapped[str] = mapped_column(Text)
+    value: Mapped[str] = mapped_column(Sealed("config_vars.value"))  # every value, sealed at rest
     secret: Mapped[bool] = mapped_column(default=False)
 
     app: Mapped[App] = relationship(back_populates="config_vars")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.names import check_domain
+
+if TYPE_CHECKING:
+    from controller.secretbox import Keyring
 
 
 class RegistrySettings(BaseSettings):
@@ -52,6 +55,10 @@ class RegistrySettings(BaseSettings):
     max_json_bytes: int = Field(default=1024 * 1024, ge=1)  # any body but an artifact upload
     token_rate_per_s: float = Field(default=50, gt=0)  # mutating requests per token...
     token_burst: int = Field(default=200, ge=1)  # ...with this many at once
+    # Issue 14: the keyring sealing secrets at rest (controller/secretbox.py): PAAS_SECRET_KEY
+    # (its text), else this file, else <state_dir>/secret.key (made 0600 on first use).
+    secret_key_file: Path | None = None
+    secret_key: SecretStr | None = Field(default=None, repr=False)
 
     @field_validator("domain")
     @classmethod
@@ -74,6 +81,12 @@ class RegistrySettings(BaseSettings):
         if self.migrate_on_start is not None:
             return self.migrate_on_start
         return self.database_url is None
+
+    def keyring(self) -> Keyring:
+        from controller.secretbox import keyring_for
+
+        key = self.secret_key.get_secret_value() if self.secret_key is not None else None
+        return keyring_for(self.state_dir, key=key, key_file=self.secret_key_file)
 
     @property
     def artifacts_dir(self) -> Path:
