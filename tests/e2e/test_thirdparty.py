@@ -56,10 +56,12 @@ make_server("0.0.0.0", int(os.environ["PORT"]), app).serve_forever()
 def test_django_like_app_with_heroku_procfile_deploys_and_serves(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:
-    wheels = tmp_path / "wheels"
-    wheels.mkdir()
-    _wheel(wheels, "tpgreeting", "1.0", "WORD = 'hello'\n")
     app = tmp_path / APP
+    # The wheels ship inside the app: its build runs as the app's own uid, which cannot read
+    # the test's (root's) folders.
+    wheels = app / "wheels"
+    wheels.mkdir(parents=True)
+    _wheel(wheels, "tpgreeting", "1.0", "WORD = 'hello'\n")
     (app / "requirements").mkdir(parents=True)
     (app / "app.py").write_text(APP_PY)
     (app / "manage.py").write_text("print('migrated')\n")  # the release phase runs it
@@ -70,7 +72,7 @@ def test_django_like_app_with_heroku_procfile_deploys_and_serves(
     (app / "runtime.txt").write_text("python-3.11.9\n")
     (app / "requirements.txt").write_text("-r requirements/base.txt\n")
     (app / "requirements" / "base.txt").write_text(
-        f"--no-index\n--find-links {wheels}\ntpgreeting==1.0\n"
+        "--no-index\n--find-links ../wheels\ntpgreeting==1.0\n"  # relative to this file
     )
 
     done = paas(cluster, "deploy", str(app), "--timeout", "120")
