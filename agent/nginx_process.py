@@ -4,6 +4,8 @@ nginx runs as a child of the agent in the foreground (`-g 'daemon off;'`), in it
 group, with every file under state_dir/nginx/ (prefix, config, pid, logs, temp), never
 touching /etc/nginx or the system service. When the agent runs as root the workers run as an
 unprivileged user; nginx itself chowns its temp folders to that user when it creates them.
+Workers that cannot reach the state folder buffer in SHARED_TEMP_ROOT/<id> instead: never in
+/tmp or /var/tmp, which systemd may replace (PrivateTmp) while an adopted nginx still runs.
 An nginx an earlier agent run left running (same prefix and config) is adopted, not
 restarted, so an agent restart (even after SIGKILL) drops no connection.
 """
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 VALIDATE_TIMEOUT_S = 10.0
 START_TIMEOUT_S = 5.0
 RELOAD_TIMEOUT_S = 5.0
+# Persistent, outside every agent's state: the machine unit's StateDirectory=paas-nginx.
+SHARED_TEMP_ROOT = Path("/var/lib/paas-nginx")
 
 
 def default_worker_user() -> str | None:
@@ -64,7 +68,7 @@ class NginxProcess:
     @property
     def temp_dir(self) -> Path:
         """Where workers buffer large bodies: under the prefix when the worker user can reach
-        it, else a root-owned folder in /var/tmp (state_dir may sit below a 0700 folder).
+        it, else SHARED_TEMP_ROOT/<id of the prefix> (the state folder is closed to www-data).
         nginx creates the folders inside 0700 and chowns them to the worker user."""
         if self._temp_dir is None:
             inside = self.prefix / "temp"
@@ -72,7 +76,7 @@ class NginxProcess:
                 self._temp_dir = inside
             else:
                 digest = hashlib.sha256(str(self.prefix.resolve()).encode()).hexdigest()[:12]
-                self._temp_dir = Path("/var/tmp") / f"paas-nginx-{digest}"
+                self._temp_dir = SHARED_TEMP_ROOT / digest
                 log.info(
                     "nginx workers (%s) cannot reach %s; their temp folders go to %s",
                     self.worker_user,
@@ -107,10 +111,14 @@ class NginxProcess:
 
     def prepare(self) -> None:
         """Create the folders; workers must be able to reach the temp folders."""
-        for folder in (self.prefix, self.conf_dir, self.prefix / "logs", self.temp_dir):
+        for folder in (self.prefix, self.conf_dir, self.prefix / "logs"):
             folder.mkdir(parents=True, exist_ok=True)
-        for folder in (self.prefix, self.temp_dir):
-            os.chmod(folder, 0o755)
+        os.chmod(self.prefix, 0o755)
+        if self.temp_dir.is_relative_to(self.prefix):
+            self.temp_dir.mkdir(exist_ok=True)
+            os.chmod(self.temp_dir, 0o755)
+            return
+        _prepare_shared_temp(self.temp_dir, self.worker_user)
 
     @property
     def running(self) -> bool:
@@ -297,6 +305,23 @@ class NginxProcess:
         if procs.pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _prepare_shared_temp(folder: Path, user: str | None) -> None:
+    """SHARED_TEMP_ROOT (root, 0711: enter, never list) / <id> (the worker user's, 0700).
+    Refuses a symlink or a folder of another user: the path must not lead elsewhere."""
+    folder.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+    os.chmod(folder.parent, 0o711)
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    info = folder.lstat()
+    entry = pwd.getpwnam(user) if user is not None else None
+    owners = {0} if entry is None else {0, entry.pw_uid}
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid not in owners:
+        raise ProxyError(f"{folder} is not a folder of root or {user}; remove it")
+    if entry is not None:
+        os.chown(folder, entry.pw_uid, entry.pw_gid)  # a root-only parent: no one swaps it
+    os.chmod(folder, 0o700)
 
 
 def _reachable_by(folder: Path, user: str) -> bool:

@@ -126,8 +126,16 @@ chmod 0644 /etc/paas/image.toml
 
 # ---- programs, units, log rotation ------------------------------------------------------------
 install -m 0755 "$UPLOAD/files/paas_firstboot.py" /usr/local/sbin/paas-firstboot
+install -m 0755 "$UPLOAD/files/paas-agent-stop-post" /usr/local/sbin/paas-agent-stop-post
 for unit in "$UPLOAD"/files/systemd/*.service; do
     install -m 0644 "$unit" "/etc/systemd/system/$(basename "$unit")"
+done
+# Drop-ins (paas-agent@machine.service.d/): what one instance of a template adds.
+for dropins in "$UPLOAD"/files/systemd/*.service.d; do
+    [ -d "$dropins" ] || continue
+    target="/etc/systemd/system/$(basename "$dropins")"
+    install -d -m 0755 "$target"
+    for conf in "$dropins"/*.conf; do install -m 0644 "$conf" "$target/$(basename "$conf")"; done
 done
 install -m 0644 "$UPLOAD/files/logrotate-paas" /etc/logrotate.d/paas
 if [ -f "$UPLOAD/README.md" ]; then install -m 0644 "$UPLOAD/README.md" /opt/paas/README.md; fi

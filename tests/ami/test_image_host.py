@@ -39,15 +39,12 @@ UNITS = ("paas-firstboot.service", "paas-registry.service", "paas-agent@machine.
          "paas-agent@frontend.service")  # fmt: skip
 
 
-def test_provisioned_image_boots_from_user_data_joins_and_serves(tmp_path: Path) -> None:
+def test_provisioned_image_boots_from_user_data_joins_and_serves(
+    tmp_path: Path, image_wheels: Path
+) -> None:
     require("debootstrap", "ip", "chroot", "mount", "tar", root=True)
     tar = rootfs.cached_root()
-    wheels = tmp_path / "wheels"
-    rootfs.run(
-        ["bash", str(REPO / "ami" / "build-wheels.sh"), str(wheels)],
-        timeout=600,
-        env={**os.environ, "PYTHON": sys.executable},
-    )
+    wheels = image_wheels
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     logs = tmp_path / "logs"
     logs.mkdir()
