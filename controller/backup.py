@@ -1,11 +1,17 @@
 """`paas-registry backup FILE` / `restore FILE`: one portable format for both backends.
 
-A backup is a `.tar.gz` holding `meta.json` (format, schema revision, row counts), one JSON-lines
+A backup is a sealed (controller/backup_seal.py: with the registry's secret key or a
+passphrase) `.tar.gz` holding `meta.json` (format, schema revision, row counts), one JSON-lines
 file per table and every artifact as `artifacts/<sha256>`. The same file restores into SQLite or
 PostgreSQL, so it is also how an embedded registry moves to PostgreSQL. Rows are read in one
 transaction (on PostgreSQL a REPEATABLE READ snapshot, on SQLite one WAL read transaction), so a
 backup taken while the registry runs is consistent; artifacts are immutable and written after
 the rows, so every artifact a backed-up release names is in the file.
+
+Rows are written with their plain values (the sealed columns opened) and sealed again under
+the target registry's key when restored, so the file moves between registries whatever their
+keys; it is unreadable without the key or passphrase that sealed it, which restore checks over
+the whole file before it touches the database.
 
 Restore refuses a database that holds anything unless `--force` (which empties it first); the
 registries using it should be stopped while it runs.
@@ -29,8 +35,9 @@ from sqlalchemy import Connection, Table, delete, func, select, text
 from sqlalchemy.types import JSON, DateTime, LargeBinary, TypeDecorator, TypeEngine
 
 from common.names import check_sha256
-from controller import schema
+from controller import schema, secretbox
 from controller.artifacts import ArtifactStore
+from controller.backup_seal import SealedWriter, SealError, open_sealed
 from controller.db import Database
 from controller.db_artifacts import DbArtifactStore
 
@@ -88,38 +95,51 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def backup(db: Database, store: Store, dest: Path) -> dict[str, Any]:
-    """Write the whole registry to `dest` (atomically: a temp file renamed at the end).
+def backup(
+    db: Database, store: Store, dest: Path, *, passphrase: bytes | None = None
+) -> dict[str, Any]:
+    """Write the whole registry to `dest` (atomically: a temp file renamed at the end), sealed
+    with the registry's secret key or with `passphrase`.
 
-    The file is 0600 from its creation on: it holds every token hash, secret and TLS key."""
+    The file is 0600 from its creation on: inside its seal are every token hash, secret and
+    TLS key."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.partial")
-    counts: dict[str, int] = {}
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
-            with db.engine.connect() as conn:
-                if db.is_postgres:
-                    conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
-                revision = sorted(schema.current(conn))
-                for table in _tables():
-                    counts[table.name] = _dump_table(conn, table, tar)
-            shas = store.all_sha256()
-            for sha in shas:
-                _add_artifact(tar, store, sha)
-            meta = {
-                "format": FORMAT,
-                "revision": revision,
-                "backend": db.engine.dialect.name,
-                "created_at": datetime.now(UTC).isoformat(),
-                "rows": counts,
-                "artifacts": len(shas),
-            }
-            _add_bytes(tar, "meta.json", json.dumps(meta, indent=2).encode())
+        with os.fdopen(fd, "wb") as raw:
+            keyring = secretbox.keyring_of(db.engine)
+            sealed = SealedWriter(raw, keyring=keyring, passphrase=passphrase)
+            with tarfile.open(fileobj=sealed, mode="w:gz") as tar:  # type: ignore[call-overload]
+                meta = _write_tar(db, store, tar)
+            sealed.close()
         tmp.replace(dest)
     finally:
         tmp.unlink(missing_ok=True)
+    return meta
+
+
+def _write_tar(db: Database, store: Store, tar: tarfile.TarFile) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    with db.engine.connect() as conn:
+        if db.is_postgres:
+            conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+        revision = sorted(schema.current(conn))
+        for table in _tables():
+            counts[table.name] = _dump_table(conn, table, tar)
+    shas = store.all_sha256()
+    for sha in shas:
+        _add_artifact(tar, store, sha)
+    meta = {
+        "format": FORMAT,
+        "revision": revision,
+        "backend": db.engine.dialect.name,
+        "created_at": datetime.now(UTC).isoformat(),
+        "rows": counts,
+        "artifacts": len(shas),
+    }
+    _add_bytes(tar, "meta.json", json.dumps(meta, indent=2).encode())
     return meta
 
 
@@ -158,35 +178,58 @@ def is_empty(db: Database, store: Store) -> bool:
     return not store.all_sha256()
 
 
-def restore(db: Database, store: Store, source: Path, *, force: bool = False) -> dict[str, Any]:
-    """Load `source` into the database (migrated to head first) and the artifact store."""
+def restore(
+    db: Database,
+    store: Store,
+    source: Path,
+    *,
+    force: bool = False,
+    passphrase: bytes | None = None,
+) -> dict[str, Any]:
+    """Load `source` into the database (migrated to head first) and the artifact store.
+
+    The whole file is unsealed and checked first: a wrong key or passphrase, or a damaged file,
+    is refused before anything is written."""
     try:
-        tar = tarfile.open(source, "r:gz")  # noqa: SIM115  (closed by the with below)
-    except (OSError, tarfile.TarError) as exc:
-        raise BackupError(f"{source} is not a registry backup: {exc}") from exc
-    with tar:
-        meta = _read_meta(tar)
-        schema.upgrade(db.engine)
-        if meta["revision"] != sorted(schema.heads()):
+        plain = open_sealed(source, keyring=secretbox.keyring_of(db.engine), passphrase=passphrase)
+    except OSError as exc:
+        raise BackupError(f"{source} cannot be read: {exc}") from exc
+    except SealError as exc:
+        raise BackupError(str(exc)) from exc
+    with plain:
+        try:
+            tar = tarfile.open(fileobj=plain, mode="r:gz")  # noqa: SIM115  (closed below)
+        except (OSError, tarfile.TarError) as exc:
+            raise BackupError(f"{source} is not a registry backup: {exc}") from exc
+        with tar:
+            return _restore_tar(db, store, tar, force=force)
+
+
+def _restore_tar(
+    db: Database, store: Store, tar: tarfile.TarFile, *, force: bool
+) -> dict[str, Any]:
+    meta = _read_meta(tar)
+    schema.upgrade(db.engine)
+    if meta["revision"] != sorted(schema.heads()):
+        raise BackupError(
+            f"the backup has schema revision {meta['revision']}, this registry"
+            f" {sorted(schema.heads())}: restore it with the version that made it"
+        )
+    if not is_empty(db, store):
+        if not force:
             raise BackupError(
-                f"the backup has schema revision {meta['revision']}, this registry"
-                f" {sorted(schema.heads())}: restore it with the version that made it"
+                "the target database is not empty; pass --force to replace its contents"
             )
-        if not is_empty(db, store):
-            if not force:
-                raise BackupError(
-                    "the target database is not empty; pass --force to replace its contents"
-                )
-            _empty(db, store)
-        with db.engine.begin() as conn:
-            conn.execute(delete(schema.target_metadata().tables["revision"]))
-            for table in _tables():
-                _load_table(conn, table, tar)
-            if db.is_postgres:
-                _reset_sequences(conn)
-        for member in tar.getmembers():
-            if member.name.startswith("artifacts/"):
-                _restore_artifact(tar, member, store)
+        _empty(db, store)
+    with db.engine.begin() as conn:
+        conn.execute(delete(schema.target_metadata().tables["revision"]))
+        for table in _tables():
+            _load_table(conn, table, tar)
+        if db.is_postgres:
+            _reset_sequences(conn)
+    for member in tar.getmembers():
+        if member.name.startswith("artifacts/"):
+            _restore_artifact(tar, member, store)
     return meta
 
 

@@ -202,17 +202,41 @@ def uvicorn_options(
     }
 
 
+PASSPHRASE_FILE = click.option(
+    "--passphrase-file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="Seal with the passphrase in this file instead of the registry's secret key.",
+)
+
+
+def _passphrase(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    passphrase = path.read_bytes().rstrip(b"\r\n")
+    if not passphrase:
+        raise click.ClickException(f"{path} holds no passphrase")
+    return passphrase
+
+
 @main.command()
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 @STATE_DIR
 @DATABASE_URL
 @CONFIG
+@PASSPHRASE_FILE
 def backup(
-    file: Path, state_dir: Path | None, database_url: str | None, config_file: Path | None
+    file: Path,
+    state_dir: Path | None,
+    database_url: str | None,
+    config_file: Path | None,
+    passphrase_file: Path | None,
 ) -> None:
-    """Write the whole registry (rows and artifacts) to FILE, a portable .tar.gz.
+    """Write the whole registry (rows and artifacts) to FILE, a sealed portable .tar.gz (0600).
 
-    Safe while the registry runs: rows come from one consistent snapshot.
+    Sealed with the registry's secret key (restore needs its key file) or, with
+    --passphrase-file, a passphrase. Safe while the registry runs: rows come from one
+    consistent snapshot.
     """
     from controller import backup as backups
     from controller.context import artifact_store_for
@@ -220,7 +244,9 @@ def backup(
     settings = RegistrySettings.load(config_file, state_dir=state_dir, database_url=database_url)
     db = _open_database(settings)
     try:
-        meta = backups.backup(db, artifact_store_for(settings, db), file)
+        meta = backups.backup(
+            db, artifact_store_for(settings, db), file, passphrase=_passphrase(passphrase_file)
+        )
     finally:
         db.dispose()
     rows = sum(meta["rows"].values())
@@ -233,15 +259,18 @@ def backup(
 @DATABASE_URL
 @CONFIG
 @click.option("--force", is_flag=True, help="Replace the contents of a database in use.")
+@PASSPHRASE_FILE
 def restore(
     file: Path,
     state_dir: Path | None,
     database_url: str | None,
     config_file: Path | None,
     force: bool,
+    passphrase_file: Path | None,
 ) -> None:
     """Load a backup FILE into the registry's database (either backend); stop the registries
-    first. Refuses a database that holds anything unless --force."""
+    first. Refuses a database that holds anything unless --force, and a file the secret key
+    (or --passphrase-file) does not open."""
     from controller import backup as backups
     from controller.context import artifact_store_for
 
@@ -250,10 +279,44 @@ def restore(
         settings.state_dir.mkdir(parents=True, exist_ok=True)
     db = _open_database(settings, migrate=True)
     try:
-        meta = backups.restore(db, artifact_store_for(settings, db), file, force=force)
+        meta = backups.restore(
+            db,
+            artifact_store_for(settings, db),
+            file,
+            force=force,
+            passphrase=_passphrase(passphrase_file),
+        )
     except backups.BackupError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
         db.dispose()
     rows = sum(meta["rows"].values())
     click.echo(f"restored {rows} rows and {meta['artifacts']} artifact(s) from {file}")
+
+
+@main.command("rotate-key")
+@STATE_DIR
+@DATABASE_URL
+@CONFIG
+@click.option("--drop-old", is_flag=True, help="Then keep only the new key (registries stopped).")
+def rotate_key(
+    state_dir: Path | None, database_url: str | None, config_file: Path | None, drop_old: bool
+) -> None:
+    """Seal every secret at rest under a new key; the old keys stay in the key file for reading
+    unless --drop-old. Replicas need the new key file (docs/operations.md)."""
+    from controller import key_rotation
+
+    settings = RegistrySettings.load(config_file, state_dir=state_dir, database_url=database_url)
+    db = _open_database(settings)
+    keyring = secretbox.keyring_of(db.engine)
+    try:
+        kid = key_rotation.add_new_key(keyring)
+        counts = key_rotation.reseal_all(db)
+        dropped = key_rotation.drop_old_keys(db, keyring) if drop_old else 0
+    except secretbox.SecretBoxError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        db.dispose()
+    click.echo(f"sealed {sum(counts.values())} value(s) under new key {kid} in {keyring.origin}")
+    if dropped:
+        click.echo(f"dropped {dropped} old key(s)")

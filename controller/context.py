@@ -49,6 +49,7 @@ def build_context(settings: RegistrySettings) -> Context:
     secretbox.attach(db.engine, settings.keyring())  # before migrations: they seal old rows
     try:
         db.prepare(migrate=settings.migrates_on_start)
+        secretbox.check_keyring(db.engine)
     except Exception:
         db.dispose()
         raise

@@ -233,3 +233,19 @@ SEALED_COLUMNS: tuple[tuple[str, str], ...] = (
     ("certificates", "key_pem"),
     ("acme_accounts", "key_pem"),
 )
+
+
+def check_keyring(engine: Engine) -> None:
+    """Open one stored value of each sealed column: a registry started with the wrong key file
+    (a replica with its own) is refused at start, before it seals anything with that key."""
+    from sqlalchemy import inspect, select
+
+    from controller.schema import target_metadata
+
+    tables = target_metadata().tables
+    present = set(inspect(engine).get_table_names())
+    with engine.connect() as conn:
+        for table_name, column_name in SEALED_COLUMNS:
+            if table_name in present:
+                column = tables[table_name].c[column_name]
+                conn.execute(select(column).where(column.is_not(None)).limit(1)).first()

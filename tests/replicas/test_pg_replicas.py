@@ -61,12 +61,16 @@ class Replicas:
             capture_output=True,
             text=True,
             timeout=120,
-            env=_child_env(),
+            env=self.registry_env(),
         )
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
 
-    def start(self, name: str, argv: list[str]) -> None:
+    def registry_env(self) -> dict[str, str]:
+        """Replicas share one secret keyring (docs/operations.md, "Secrets at rest")."""
+        return {**_child_env(), "PAAS_SECRET_KEY_FILE": str(self.root / "secret.key")}
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         log = (self.root / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
             argv,
@@ -74,7 +78,7 @@ class Replicas:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env=_child_env(),
+            env=env or _child_env(),
             cwd=self.root,
         )
         log.close()
@@ -90,6 +94,7 @@ class Replicas:
                 "--service-port-min", str(self.service_ports[0]),
                 "--service-port-max", str(self.service_ports[1]),
             ],
+            env=self.registry_env(),
         )  # fmt: skip
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
