@@ -148,11 +148,6 @@ class Installer:
     def artifacts_dir(self) -> Path:
         return self.state_dir / "artifacts"
 
-    @property
-    def staging_dir(self) -> Path:
-        """Where artifacts are unpacked before the app's uid gets them: the agent's only."""
-        return self.state_dir / "staging"
-
     def release_dir(self, app: str, version: int) -> Path:
         return self.users.folders(app).releases / str(int(version))
 
@@ -253,11 +248,11 @@ class Installer:
     def _unpack_release(
         self, artifact: Path, release: Path, sha256: str, *, uid: int | None
     ) -> None:
-        """Unpack where only the agent reads, check, hand to the app's uid, rename into place."""
-        self.staging_dir.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(self.staging_dir, 0o700)
+        """Unpack where only the agent reads, check, hand to the app's uid, rename into place
+        (the staging folder is on the app folder's filesystem, which may be a mount)."""
         app = release.parent.parent.name
-        staged = self.staging_dir / f"{app}.{release.name}.{os.getpid()}"
+        staging = self.users.folders(app).staging
+        staged = staging / f"{release.name}.{os.getpid()}"
         shutil.rmtree(staged, ignore_errors=True)
         try:
             archive.unpack(artifact, staged, max_total_bytes=self._max_unpacked_bytes)
@@ -273,7 +268,7 @@ class Installer:
             raise
         if release.exists() or release.is_symlink():
             # Same version, different artifact (a re-created registry): replace it.
-            old = self.staging_dir / f".{app}.{release.name}.{os.getpid()}.old"
+            old = staging / f".{release.name}.{os.getpid()}.old"
             shutil.rmtree(old, ignore_errors=True)
             os.rename(release, old)
             shutil.rmtree(old, ignore_errors=True)

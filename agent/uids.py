@@ -6,10 +6,13 @@ need no passwd entry, and are handed out per app name and kept in state_dir/uids
 A uid is never given to another app: a deleted app's uid stays reserved (with its files),
 and a uid is only taken when no process runs as it and no passwd entry names it.
 
-Each app gets state_dir/apps/<app>/ (0700, owned by its uid) with releases/, venvs/,
-home/, tmp/ and cache/ inside; the agent's own state around it is 0711 (apps may pass
-through to their folder, never list it) or 0700. When the agent is not root there is no
-uid to switch to: apps run as the agent's user, as before, and `isolated` is False.
+Each app gets state_dir/apps/<app>/ with releases/, venvs/, home/, tmp/ and cache/ inside,
+each owned by its uid and 0700. The app's folder itself stays the agent's (0711: its app
+passes through, lists nothing), so the agent's `.staging/` beside them (0700, where
+releases are unpacked on the same filesystem, which may be the app's own mount) cannot be
+renamed or swapped for a link by the app. The agent's own state around it is 0711 or 0700.
+When the agent is not root there is no uid to switch to: apps run as the agent's user, as
+before, and `isolated` is False.
 """
 
 from __future__ import annotations
@@ -68,6 +71,11 @@ class AppFolders:
     def cache(self) -> Path:
         return self.root / "cache"
 
+    @property
+    def staging(self) -> Path:
+        """The agent's, not the app's: releases are unpacked and checked here."""
+        return self.root / ".staging"
+
 
 def parse_uid_range(text: str) -> tuple[int, int]:
     """'70000-79999' -> (70000, 79999); refuses root, system uids and reversed bounds."""
@@ -115,11 +123,14 @@ class AppUsers:
             return self._allocate(check_app_name(app))
 
     def prepare(self, app: str) -> AppFolders:
-        """The app's folders, created and owned by its uid (0700). Idempotent."""
+        """The app's folders, created and owned by its uid (0700) in a folder of the agent's
+        (0711), and the agent's staging folder (0700). Idempotent."""
         folders = self.folders(app)
         uid = self.uid_of(app)
         self.apps_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
-        _own_dir(folders.root, uid)
+        ours = os.geteuid()
+        _own_dir(folders.root, ours, mode=0o711 if uid is not None else 0o700)
+        _own_dir(folders.staging, ours)
         for name in APP_SUBFOLDERS:
             _own_dir(folders.root / name, uid)
         return folders
@@ -160,8 +171,8 @@ def _has_passwd_entry(uid: int) -> bool:
     return True
 
 
-def _own_dir(path: Path, uid: int | None) -> None:
-    """mkdir + chown + chmod 0700 without following a symlink someone put there."""
+def _own_dir(path: Path, uid: int | None, *, mode: int = 0o700) -> None:
+    """mkdir + chown + chmod without following a symlink someone put there."""
     try:
         path.mkdir(mode=0o700, exist_ok=True)
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
@@ -170,7 +181,7 @@ def _own_dir(path: Path, uid: int | None) -> None:
     try:
         if uid is not None:
             os.fchown(fd, uid, uid)
-        os.fchmod(fd, 0o700)
+        os.fchmod(fd, mode)
     finally:
         os.close(fd)
 

@@ -95,10 +95,16 @@ def test_build_backend_runs_as_the_app_uid_and_cannot_touch_the_agent(
         assert report["cache"] == str(folders.cache / "uv")  # the app's own uv cache
         assert report["tmp"] == str(folders.tmp)
         # The app's folders are its own and closed to others; the agent's state is not listable.
+        for folder in (folders.releases, folders.venvs, folders.home, folders.tmp, folders.cache):
+            info = folder.stat()
+            assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (uid, 0o700), folder
+        # Around them the agent's: passable, not listable, and its staging not even that.
         info = folders.root.stat()
-        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (uid, 0o700)
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o711)
+        info = folders.staging.stat()
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o700)
         assert stat.S_IMODE(state.stat().st_mode) == 0o711
-        for private in ("logs", "run", "artifacts", "staging"):
+        for private in ("logs", "run", "artifacts"):
             assert stat.S_IMODE((state / private).stat().st_mode) == 0o700, private
 
 
@@ -209,7 +215,7 @@ def test_a_procfile_with_500_process_types_is_refused() -> None:
         with pytest.raises(InstallError, match="process types; an app may declare at most 16"):
             asyncio.run(installer.install(app="many", version=1, sha256=sha))
         assert not installer.release_dir("many", 1).exists()
-        assert list((state / "staging").iterdir()) == []
+        assert list((state / "apps" / "many" / ".staging").iterdir()) == []
 
 
 def test_a_release_bigger_than_the_unpacked_limit_is_refused() -> None:
@@ -219,7 +225,7 @@ def test_a_release_bigger_than_the_unpacked_limit_is_refused() -> None:
         with pytest.raises(InstallError, match="more than the limit"):
             asyncio.run(small.install(app="big", version=1, sha256=sha))
         assert not small.release_dir("big", 1).exists()
-        assert list((state / "staging").iterdir()) == []
+        assert list((state / "apps" / "big" / ".staging").iterdir()) == []
 
 
 def test_the_venv_spec_is_read_before_the_app_owns_its_release() -> None:

@@ -226,7 +226,7 @@ def test_full_disk_while_unpacking_fails_cleanly(tmp_path: Path) -> None:
         assert "unpacking release 1 of shop" in message
         releases = state / "apps" / "shop" / "releases"
         assert list(releases.iterdir()) == []  # no staged, temp or partial folder left
-        assert list((state / "staging").iterdir()) == []
+        assert list((state / "apps" / "shop" / ".staging").iterdir()) == []
         # The space is free again: a small release installs on the same disk.
         done = asyncio.run(installer.install(app="shop", version=2, sha256=small))
         assert (done.path / ".paas-artifact").is_file()
