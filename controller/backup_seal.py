@@ -153,12 +153,16 @@ def _unseal_chunks(
         if flag not in (0, 1) or size > CHUNK + 16:
             raise SealError(f"the backup is damaged at chunk {index}")
         sealed = fh.read(size)
+        if len(sealed) != size:
+            raise SealError(f"the backup is truncated (in chunk {index})")
         try:
             out.write(aead.decrypt(_nonce(index), sealed, aad + bytes([flag])))
         except InvalidTag as exc:
             if index == 0:
                 what = "passphrase" if passphrase is not None else "secret key"
-                raise SealError(f"the {what} given does not open this backup") from exc
+                raise SealError(
+                    f"the {what} given does not open this backup (or the file is damaged)"
+                ) from exc
             raise SealError(f"the backup is damaged at chunk {index}") from exc
         index += 1
         if flag == 1:
