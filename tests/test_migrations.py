@@ -116,3 +116,75 @@ def test_a_database_from_a_newer_registry_is_refused(engine: Engine) -> None:
     db.dispose()
     refused = CliRunner().invoke(registry_cli, ["migrate", "--database-url", url])
     assert refused.exit_code != 0 and "9999_future" in refused.output
+
+
+def test_clear_secrets_of_an_old_database_are_sealed_on_upgrade(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """A database at 0009 holds config values, a release snapshot, a TLS key and the ACME
+    account key in clear; after the upgrade none is left in clear and the registry reads them."""
+    import json
+
+    from controller.testing import test_registry
+
+    schema.upgrade(engine, "0009_agent_api_keys")
+    secret, key_pem = "old-clear-secret-5d1e", "-----BEGIN PRIVATE KEY-----\nOLDKEYBODY\n"
+    now = "2026-01-01 00:00:00"
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO apps (id, name, instances, health_path, created_at)"
+                " VALUES (1, 'shop', 0, '/', :now)"
+            ),
+            {"now": now},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO config_vars (app_id, key, value, secret)"
+                " VALUES (1, 'DB_PASSWORD', :v, true)"
+            ),
+            {"v": secret},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO releases (app_id, version, artifact_sha256, processes, health_path,"
+                " config, secret_keys, status, created_at) VALUES (1, 1, :sha, :procs, '/',"
+                " :config, '[\"DB_PASSWORD\"]', 'active', :now)"
+            ),
+            {
+                "sha": "0" * 64,
+                "procs": '{"web": "x"}',
+                "config": json.dumps({"DB_PASSWORD": secret}),
+                "now": now,
+            },
+        )
+        conn.execute(
+            text(
+                "INSERT INTO certificates (app_id, sha256, chain_pem, key_pem, names, not_after,"
+                " source, created_at) VALUES (1, :sha, 'CHAIN', :key, '[]', :now, 'user', :now)"
+            ),
+            {"sha": "1" * 64, "key": key_pem, "now": now},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO acme_accounts (directory_url, key_pem, created_at)"
+                " VALUES ('https://acme.invalid/dir', :key, :now)"
+            ),
+            {"key": key_pem + "ACCOUNT", "now": now},
+        )
+    url = engine.url.render_as_string(hide_password=False)
+    engine.dispose()
+    with test_registry(tmp_path / "reg", database_url=url, migrate_on_start=True) as reg:
+        config = reg.client.get("/v1/apps/shop/config?reveal=true", headers=reg.admin).json()
+        assert config["vars"] == {"DB_PASSWORD": secret}
+        [release] = reg.client.get("/v1/apps/shop/releases", headers=reg.admin).json()
+        assert release["version"] == 1
+    with engine.connect() as conn:
+        for table, column in (
+            ("config_vars", "value"),
+            ("releases", "config"),
+            ("certificates", "key_pem"),
+            ("acme_accounts", "key_pem"),
+        ):
+            stored = str(conn.execute(text(f"SELECT {column} FROM {table}")).scalar_one())
+            assert "sb1:" in stored and secret not in stored and "OLDKEYBODY" not in stored
