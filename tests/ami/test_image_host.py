@@ -69,6 +69,7 @@ def test_provisioned_image_boots_from_user_data_joins_and_serves(
                 agent = _boot(host, endpoint(imds), expect="written")
                 _wait_host_up(url, tokens["admin_token"], agent, host, link)
                 _deploy_hello(url, tokens["admin_token"], tmp_path)
+                _join_test_side_as_frontend(url, tokens["join_token"], link)
                 _assert_serves(host, link, agent)
                 _assert_apps_unprivileged(host)
                 _assert_logs_rotate(host)
@@ -218,9 +219,25 @@ def _wait_host_up(
     _until(up, what="the host to join", proc=agent, log=lambda: host.log_of(_agent_unit(host)))
     hosts = httpx.get(f"{url}/v1/hosts", headers={"Authorization": f"Bearer {admin}"}).json()
     # Named after the instance id, reachable on its private IPv4: the IMDS defaults.
-    assert [(h["name"], h["address"], h["role"]) for h in hosts] == [
+    assert [(h["name"], h["address"], h["role"]) for h in hosts if h["role"] == "machine"] == [
         (INSTANCE_ID, link.ns_addr, "machine")
     ]
+
+
+def _join_test_side_as_frontend(url: str, join_token: str, link: Link) -> None:
+    """The machine's nginx serves apps only to frontends' addresses: the test's end of the
+    veth joins as one (after the deploy, which would otherwise wait for it to route)."""
+    answer = httpx.post(
+        f"{url}/v1/hosts/join",
+        json={
+            "name": "test-edge",
+            "role": "frontend",
+            "address": link.host_addr,
+            "proxy_port": 443,
+        },
+        headers={"Authorization": f"Bearer {join_token}"},
+    )
+    assert answer.status_code == 200, answer.text
 
 
 def _deploy_hello(url: str, admin: str, tmp_path: Path) -> None:
@@ -261,7 +278,11 @@ def _assert_apps_unprivileged(host: ImageHost) -> None:
             seen["app"].add(uid)
         elif "nginx: worker" in cmdline:
             seen["nginx worker"].add(uid)
-    assert seen == {"app": {app_uid}, "nginx worker": {www_uid}}, seen
+    # The app runs under one unprivileged uid of its own (per-app uids) or paas-app.
+    assert len(seen["app"]) == 1 and not seen["app"] & {0, www_uid}, seen
+    (uid,) = seen["app"]
+    assert uid == app_uid or uid >= 1000, seen
+    assert seen["nginx worker"] == {www_uid}, seen
 
 
 def _assert_logs_rotate(host: ImageHost) -> None:
