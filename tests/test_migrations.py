@@ -188,3 +188,9 @@ def test_clear_secrets_of_an_old_database_are_sealed_on_upgrade(
         ):
             stored = str(conn.execute(text(f"SELECT {column} FROM {table}")).scalar_one())
             assert "sb1:" in stored and secret not in stored and "OLDKEYBODY" not in stored
+    if engine.dialect.name == "sqlite":  # nor in a freed page or the write-ahead log
+        database = Path(str(engine.url.database))
+        for path in (database, database.with_name(database.name + "-wal")):
+            if path.exists():
+                data = path.read_bytes()
+                assert secret.encode() not in data and b"OLDKEYBODY" not in data, path

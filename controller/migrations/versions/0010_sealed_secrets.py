@@ -49,6 +49,8 @@ def _opens(keyring: secretbox.Keyring, stored: Any, purpose: str) -> bool:
 
 def upgrade() -> None:
     bind = op.get_bind()
+    if bind.dialect.name == "sqlite":  # overwrite the clear cells freed by the updates
+        bind.exec_driver_sql("PRAGMA secure_delete = ON")
     for name, column, is_json in COLUMNS:
         table = _table(name, column, is_json)
         purpose = f"{name}.{column}"
