@@ -45,6 +45,7 @@ from agent.envspec import (
     read_text,
 )
 from agent.errors import InstallError, UnsafeArchive
+from agent.package_index import PackageIndex, redact
 from agent.uids import AppFolders, AppUsers
 from common.manifest import MAX_PROCESS_TYPES, ManifestError, parse_procfile
 from common.names import check_app_name, check_sha256
@@ -134,6 +135,7 @@ class Installer:
         timeout_s: float = INSTALL_TIMEOUT_S,
         max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
         build_cgroup: Callable[[str], tuple[Path, ...]] | None = None,
+        package_index: PackageIndex | None = None,
     ) -> None:
         self.state_dir = state_dir
         self._download = download
@@ -143,6 +145,7 @@ class Installer:
         self._max_unpacked_bytes = max_unpacked_bytes
         self._build_cgroup = build_cgroup  # app -> cgroup.procs files for its builds
         self._locks: dict[str, asyncio.Lock] = {}
+        self.package_index = package_index or PackageIndex()  # agent/package_index.py
 
     @property
     def artifacts_dir(self) -> Path:
@@ -336,11 +339,14 @@ class Installer:
             steps = [
                 [uv, "venv", "--quiet", "--relocatable", "--python", self._python, str(target)]
             ]
-            install = [uv, "pip", "install", "--python", python, "-r", str(source)]
+            install = [uv, "pip", "install", "--python", python, *self.package_index.uv_args()]
+            install += ["-r", str(source)]
+            env.update(self.package_index.uv_env())  # URLs in env, never in an argv
         else:
             steps = [[self._python, "-m", "venv", str(target)]]
             install = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
             install += ["-r", str(source)]
+            env.update(self.package_index.pip_env())
         if spec.requirements is not None and spec.source is None:
             # Written by the agent in the app's folder: created fresh (O_EXCL, no link
             # followed) and handed to the app's uid, which reads it.
@@ -360,14 +366,14 @@ class Installer:
                     output.append(result.output)
                 except procs.ProcessError as exc:
                     output.append(exc.output)
-                    text = "\n".join(output).strip()
+                    text = redact("\n".join(output).strip())  # no index credentials
                     # uv's "Using Python 3.11 environment at: <temp folder>" says nothing useful.
                     kept = [ln for ln in text.splitlines() if not ln.startswith("Using Python ")]
                     lines = "\n".join(kept[-TAIL_LINES:])
                     doing = (
                         "installing the requirements" if argv is install else "creating the venv"
                     )
-                    what = str(exc).replace(argv[0], Path(argv[0]).name)
+                    what = redact(str(exc).replace(argv[0], Path(argv[0]).name))
                     raise InstallError(f"{doing} failed ({what}):\n{lines}") from exc
         finally:
             requirements.unlink(missing_ok=True)

@@ -171,7 +171,9 @@ class MachineAgent:
             users=self.users,
             max_unpacked_bytes=self.settings.release_max_mb << 20,
             build_cgroup=self._build_cgroup,
+            package_index=self.settings.package_index,
         )
+        log.info("app builds use %s", self.settings.package_index.describe())
         self.ports = PortAllocator(*self.settings.port_bounds)
         self.health = HealthChecker()
         templates = make_environment(template_dirs(self.settings.operator_template_dir))

@@ -17,6 +17,13 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from agent.package_index import (
+    PackageIndex,
+    check_build_env,
+    check_location,
+    check_trusted_host,
+    check_url,
+)
 from agent.uids import parse_uid_range
 from common.failover import split_urls
 from common.names import check_address, check_domain, check_host_name, check_label
@@ -70,6 +77,39 @@ class AgentSettings(BaseSettings):
     # A worker (a non-web Procfile process: no port, no health check) counts as healthy once
     # its process has stayed up this long.
     worker_up_s: float = Field(default=1.0, gt=0, le=300)
+    # Issue 15: where app builds find packages (agent/package_index.py), for hosts behind a
+    # mirror or offline; passed to uv and pip explicitly (builds see a clean environment).
+    index_url: str | None = None
+    extra_index_urls: list[str] = []
+    find_links: list[str] = []  # folders (absolute paths) or URLs of wheels
+    trusted_hosts: list[str] = []  # TLS not verified: uv --allow-insecure-host
+    no_index: bool = False  # only find_links (offline)
+    build_env: dict[str, str] = {}  # more UV_* / PIP_* variables for builds
+
+    @field_validator("index_url")
+    @classmethod
+    def _index_url(cls, value: str | None) -> str | None:
+        return check_url(value, what="index_url") if value is not None else None
+
+    @field_validator("extra_index_urls")
+    @classmethod
+    def _extra_index_urls(cls, value: list[str]) -> list[str]:
+        return [check_url(url, what="extra_index_urls") for url in value]
+
+    @field_validator("find_links")
+    @classmethod
+    def _find_links(cls, value: list[str]) -> list[str]:
+        return [check_location(location) for location in value]
+
+    @field_validator("trusted_hosts")
+    @classmethod
+    def _trusted_hosts(cls, value: list[str]) -> list[str]:
+        return [check_trusted_host(host) for host in value]
+
+    @field_validator("build_env")
+    @classmethod
+    def _build_env(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_build_env(value)
 
     @field_validator("name")
     @classmethod
@@ -136,7 +176,20 @@ class AgentSettings(BaseSettings):
     @model_validator(mode="after")
     def _range(self) -> AgentSettings:
         parse_port_range(self.port_range)  # refuse a bad range at start, not at first use
+        self.package_index  # noqa: B018  the combination (no_index needs find_links)
         return self
+
+    @property
+    def package_index(self) -> PackageIndex:
+        """The index settings every build on this host uses."""
+        return PackageIndex(
+            index_url=self.index_url,
+            extra_index_urls=tuple(self.extra_index_urls),
+            find_links=tuple(self.find_links),
+            trusted_hosts=tuple(self.trusted_hosts),
+            no_index=self.no_index,
+            build_env=dict(self.build_env),
+        )
 
     @property
     def port_bounds(self) -> tuple[int, int]:
