@@ -34,7 +34,8 @@ Role = Literal["machine", "frontend"]
 class AgentSettings(BaseSettings):
     """Everything an agent needs to know about itself; one instance per process."""
 
-    model_config = SettingsConfigDict(env_prefix="PAAS_", extra="forbid")
+    # Errors name the setting, never echo its value: index URLs and join_token hold secrets.
+    model_config = SettingsConfigDict(env_prefix="PAAS_", extra="forbid", hide_input_in_errors=True)
 
     role: Role
     registry_url: str
