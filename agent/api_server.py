@@ -38,7 +38,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agent import metrics
-from agent.logs import LogFollowers, LogStore
+from agent.logs import LogFollowers, LogStore, is_health_check
 from agent.oneoff import run_streaming
 from agent.procs import AppUser
 from common.agent_auth import ReplayGuard, api_key, check
@@ -182,18 +182,21 @@ class AgentApi:
         except (InvalidName, ValueError) as exc:
             return JSONResponse({"detail": str(exc)}, 422)
         follow = request.query_params.get("follow") in ("1", "true")
+        health = request.query_params.get("health") in ("1", "true")  # health-check lines
         since = time.time() - since_s if since_s else None
         lines = min(lines, MAX_LINES) if lines else (None if since else 100)
         return ClosingStream(
-            self._log_stream(app, since=since, lines=lines, follow=follow),
+            self._log_stream(app, since=since, lines=lines, follow=follow, health=health),
             media_type=NDJSON,
         )
 
     async def _log_stream(
-        self, app: str, *, since: float | None, lines: int | None, follow: bool
+        self, app: str, *, since: float | None, lines: int | None, follow: bool, health: bool
     ) -> AsyncIterator[bytes]:
         with self.followers.follow(app) as queue:
-            past = await asyncio.to_thread(self.store.history, app, since=since, lines=lines)
+            past = await asyncio.to_thread(
+                self.store.history, app, since=since, lines=lines, health=health
+            )
             for entry in past:
                 yield ndjson(entry.to_wire(self.host_name))
             if not follow:
@@ -206,7 +209,7 @@ class AgentApi:
                 except TimeoutError:
                     yield b"\n"
                     continue
-                if entry.time > last:
+                if entry.time > last and (health or not is_health_check(entry.line)):
                     yield ndjson(entry.to_wire(self.host_name))
 
     async def run(self, request: Request) -> Response:

@@ -17,6 +17,12 @@ an agent restart), and rotates by size, copytruncate style:
 
 Each drained raw file has its offset kept in `<id>.offset`, so a restarted agent neither
 repeats nor skips lines.
+
+Health checks (the agent's, agent/health.py, and HAProxy's) send `User-Agent: paas-health/1`;
+an access log that records the User-Agent (gunicorn's, nginx's combined format) then shows
+about one check line per second per instance. Those lines are kept, but readers skip them
+unless asked (`health=True`), so `--lines 100` means a hundred lines of the app's own.
+Access logs without the User-Agent (uvicorn's, stdlib http.server's) cannot be told apart.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+HEALTH_CHECK_MARK = "paas-health/"  # the User-Agent of every health check we send
 PARTIAL_LINE_MAX = 64 * 1024  # a line without a newline longer than this is taken as is
 READ_CHUNK_MAX = 4 * 1024 * 1024  # per drain and file: a flood is caught up over ticks
 
@@ -54,6 +61,11 @@ class LogLine:
             "time": stamp.replace("+00:00", "Z"),
             "line": self.line,
         }
+
+
+def is_health_check(text: str) -> bool:
+    """A line an app logged for one of our health checks (its User-Agent is in it)."""
+    return HEALTH_CHECK_MARK in text
 
 
 def _format(stamp: float, text: str) -> str:
@@ -182,11 +194,21 @@ class LogStore:
         return sorted(int(name) for name in found if name.isdigit())
 
     def history(
-        self, app: str, *, since: float | None = None, lines: int | None = None
+        self,
+        app: str,
+        *,
+        since: float | None = None,
+        lines: int | None = None,
+        health: bool = True,
     ) -> list[LogLine]:
-        """The app's stamped lines on this host, merged by time, the last `lines` of them."""
+        """The app's stamped lines on this host, merged by time, the last `lines` of them;
+        without health-check lines unless `health`."""
         streams = [self._read_instance(app, iid, since) for iid in self.instances(app)]
-        merged = list(heapq.merge(*streams, key=lambda entry: entry.time))
+        merged = [
+            entry
+            for entry in heapq.merge(*streams, key=lambda entry: entry.time)
+            if health or not is_health_check(entry.line)
+        ]
         return merged[-lines:] if lines is not None and lines > 0 else merged
 
     def _read_instance(self, app: str, instance: int, since: float | None) -> Iterator[LogLine]:

@@ -1,4 +1,6 @@
-"""`paas logs APP [-f] [--host H] [--since 10m] [--lines N]`: the app's process output."""
+"""`paas logs APP [-f] [--host H] [--since 10m] [--lines N] [--health]`: the app's process
+output, without the access-log lines of health checks (User-Agent `paas-health/`) unless
+--health: the hosts leave them out, and so does this command for hosts that do not yet."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from common.names import check_app_name, check_host_name, parse_duration
 # (colours, cursor moves, window titles, OSC 52 clipboard writes), and 0x9b / 0x9d are CSI
 # and OSC on their own. Shown as visible escapes, so the sequence's text stays inert.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+HEALTH_CHECK_MARK = "paas-health/"  # the User-Agent of the agents' and HAProxy's checks
 
 
 def escape_controls(text: str) -> str:
@@ -40,13 +43,29 @@ def register(group: click.Group) -> None:
     @click.option(
         "--raw", is_flag=True, help="Pass terminal control sequences through (colours, titles...)."
     )
+    @click.option(
+        "--health",
+        "--all",
+        "health",
+        is_flag=True,
+        help="Also the access-log lines of health checks (hidden by default).",
+    )
     def logs(
-        app: str, follow: bool, host: str | None, since: str | None, lines: int, raw: bool
+        app: str,
+        follow: bool,
+        host: str | None,
+        since: str | None,
+        lines: int,
+        raw: bool,
+        health: bool,
     ) -> None:
         """Print APP's process logs from every host it runs on, oldest first. Terminal control
-        sequences in the output are shown escaped (\\x1b...) unless --raw."""
+        sequences in the output are shown escaped (\\x1b...) unless --raw. Lines logged for
+        health checks (User-Agent paas-health/) are left out unless --health."""
         check_app_name(app)
         params: dict[str, Any] = {"lines": lines, "follow": follow}
+        if health:
+            params["health"] = True
         if host is not None:
             params["host"] = check_host_name(host)
         if since is not None:
@@ -57,5 +76,7 @@ def register(group: click.Group) -> None:
                 if "error" in item:
                     click.echo(f"warning: {escape_controls(str(item['error']))}", err=True)
                 elif "line" in item:
+                    if not health and HEALTH_CHECK_MARK in str(item["line"]):
+                        continue
                     click.echo(format_line(item, raw=raw))
                     sys.stdout.flush()

@@ -45,11 +45,14 @@ async def app_logs(
     since: str | None = Query(None, description="e.g. 10m, 1h"),
     lines: int = Query(100, ge=0, le=MAX_LINES),
     follow: bool = Query(False),
+    health: bool = Query(False, description="also the lines of health checks (paas-health/)"),
     ctx: Context = Depends(get_ctx),
 ) -> ClosingStream:
     since_s = parse_duration(since) if since else None
     links, problems = await run_in_threadpool(_links, ctx, app, host)
     params: dict[str, Any] = {"lines": lines, "follow": "1" if follow else "0"}
+    if health:
+        params["health"] = "1"
     if since_s is not None:
         params["since_s"] = since_s
     stream = _merged(app, links, problems, params, lines=lines, follow=follow)
