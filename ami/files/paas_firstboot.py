@@ -36,6 +36,15 @@ TOKEN_RE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,512}$")
 APP_USER = "paas-app"
 REGISTRY_USER = "paas-registry"
 PAAS_BIN = Path("/opt/paas/venv/bin")
+# [package_index]: where a machine's app builds find packages (agent/package_index.py).
+INDEX_KEYS = (
+    "index_url",
+    "extra_index_urls",
+    "find_links",
+    "trusted_hosts",
+    "no_index",
+    "build_env",
+)
 
 
 class FirstbootError(Exception):
@@ -130,6 +139,7 @@ def parse_user_data(text: str) -> dict[str, Any] | None:
 def build_config(data: dict[str, Any], facts: Facts, *, etc: Path, default_role: str) -> HostConfig:
     """Check every value and fill the image's defaults; raises FirstbootError."""
     known = {"role", "registry_url", "join_token", "name", "address", "agent", "registry"}
+    known |= {"package_index"}  # a machine's [package_index], merged into its settings
     unknown = sorted(set(data) - known)
     if unknown:
         raise FirstbootError(f"unknown user-data keys {unknown}; allowed: {sorted(known)}")
@@ -144,6 +154,15 @@ def build_config(data: dict[str, Any], facts: Facts, *, etc: Path, default_role:
     if not TOKEN_RE.fullmatch(data["join_token"]):
         raise FirstbootError("join_token must be the token `paas-registry init` printed")
     extra = _table(data, "agent")
+    index = _table(data, "package_index")
+    if index and role != "machine":
+        raise FirstbootError("[package_index] is for machine hosts (they build the apps)")
+    unknown = sorted(set(index) - set(INDEX_KEYS))
+    if unknown:
+        raise FirstbootError(f"unknown [package_index] keys {unknown}; allowed: {list(INDEX_KEYS)}")
+    twice = sorted(set(index) & set(extra))
+    if twice:
+        raise FirstbootError(f"{twice} set in both [agent] and [package_index]; keep one")
     name = data.get("name") or facts.instance_id or socket.gethostname().split(".")[0].lower()
     address = data.get("address") or facts.local_ipv4
     if not address:
@@ -161,12 +180,13 @@ def build_config(data: dict[str, Any], facts: Facts, *, etc: Path, default_role:
     if role != "machine":
         values.update(http_port=80, https_port=443)
     values.update(extra)
+    values.update(index)
     _validate_agent(values)
     return HostConfig(role=role, path=etc / f"agent-{role}.toml", values=values)
 
 
 def _registry_config(data: dict[str, Any], *, etc: Path) -> HostConfig:
-    for key in ("registry_url", "join_token", "name", "address", "agent"):
+    for key in ("registry_url", "join_token", "name", "address", "agent", "package_index"):
         if key in data:
             raise FirstbootError(f"{key} is for agent hosts, not for a registry host")
     values: dict[str, Any] = {
