@@ -18,6 +18,7 @@ import jinja2
 
 from agent.errors import RenderError
 from agent.haproxy_slots import ServerView, assign_slots
+from agent.nginx import PROXY_CHECK_PATH
 from agent.options import checked_options
 from agent.render import render
 from common.names import (
@@ -66,7 +67,9 @@ class BackendView:
     # The Host HAProxy's HTTP health check sends to each machine's nginx (the app's cluster
     # domain): nginx answers 503 there when the host runs no healthy instance of the app.
     check_host: str = ""
-    check_path: str = "/"  # the app's health path (validated), so a check proves the app answers
+    # Answered by nginx itself (agent/nginx.py PROXY_CHECK_PATH), never by the app: a slow
+    # request to a single-worker app must not make HAProxy call the whole host dead.
+    check_path: str = PROXY_CHECK_PATH
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,14 @@ def endpoint(address: str, port: int) -> str:
     return f"ipv6@{address}:{port}" if is_v6 else f"{address}:{port}"
 
 
+def _proxy_check_path(app: RouteApp) -> str:
+    """The path HAProxy checks each machine with; the app's own health path is still
+    validated (a routing table carrying a hostile one is refused), but the agent on each
+    machine checks the app, not HAProxy."""
+    check_health_path(getattr(app, "health_path", None) or "/")
+    return PROXY_CHECK_PATH
+
+
 def check_path(value: str) -> str:
     if not _PATH_RE.fullmatch(value) or "/../" in f"{value}/":
         raise InvalidName(
@@ -154,7 +165,7 @@ def build_backend(app: RouteApp, previous: BackendView | None = None) -> Backend
         maintenance=options.maintenance,
         https_redirect=options.https_redirect,
         check_host=next((d for d in domains if not d.startswith("*.")), ""),
-        check_path=check_health_path(getattr(app, "health_path", None) or "/"),
+        check_path=_proxy_check_path(app),
     )
 
 

@@ -9,20 +9,41 @@ Which answers pass depends on whether the app named a health path:
 
 The request carries the app's own domain as `Host`: frameworks that check it (Django's
 ALLOWED_HOSTS) answer 400 to `Host: 127.0.0.1`. Redirects are not followed (a redirect to
-the login page still means the app answers), and the timeout is short: a check that hangs is
-a failed check.
+the login page still means the app answers).
+
+Busy is not dead (issue 15 item 1): a refused connection means nothing listens (`refused`),
+but a check that times out may only wait behind a slow request of a single-worker app
+(`timeout`); the agent then looks at the process and its socket before it calls it dead
+(agent/machine.py, agent/supervisor.py `Verdict`). The timeout is per app
+(DesiredInstance.health_check_timeout_s, default 5 s).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import httpx
 
 from common.names import check_health_path
 
-CHECK_TIMEOUT_S = 2.0
+CHECK_TIMEOUT_S = 5.0  # the default; each app may set its own (health_check_timeout_s)
+
+Outcome = Literal["pass", "fail", "refused", "timeout"]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    outcome: Outcome
+    detail: str  # ends up in the instance's error when it fails
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "pass"
+
+
 DEFAULT_HEALTH_PATH = "/"
 
 
@@ -79,31 +100,46 @@ class HealthChecker:
         )
 
     async def check(self, port: int, path: str, *, host: str | None = None) -> tuple[bool, str]:
-        """(passed, what happened) - the text ends up in the instance's error when it fails.
+        """(passed, what happened) - the text ends up in the instance's error when it fails."""
+        result = await self.probe(port, path, host=host)
+        return result.ok, result.detail
 
-        `host` (an already validated domain) is sent as the Host header when given."""
+    async def probe(
+        self, port: int, path: str, *, host: str | None = None, timeout_s: float | None = None
+    ) -> CheckResult:
+        """One check; `host` (an already validated domain) is sent as the Host header when
+        given, `timeout_s` overrides the client's timeout."""
         check_health_path(path)
         url = f"http://127.0.0.1:{int(port)}{path}"
         headers = {"User-Agent": "paas-health/1"}
         if host is not None:
             headers["Host"] = host
         shown = url if host is None else f"{url} (Host {host})"
+        timeout = httpx.USE_CLIENT_DEFAULT if timeout_s is None else httpx.Timeout(timeout_s)
         try:
-            response = await self._client.get(url, headers=headers)
+            response = await self._client.get(url, headers=headers, timeout=timeout)
         except httpx.ConnectError as exc:
             # The usual cause: the web command listens on its own port (`flask run`: 5000).
-            return False, (
-                f"health check {shown} failed: nothing accepts connections on port {int(port)}"
-                f" ({exc}); the web command must listen on $PORT (gunicorn reads it, uvicorn"
-                " needs --port $PORT)"
+            return CheckResult(
+                "refused",
+                (
+                    f"health check {shown} failed: nothing accepts connections on port {int(port)}"
+                    f" ({exc}); the web command must listen on $PORT (gunicorn reads it, uvicorn"
+                    " needs --port $PORT)"
+                ),
+            )
+        except httpx.TimeoutException as exc:
+            return CheckResult(
+                "timeout", f"health check {shown} got no answer: {exc.__class__.__name__}"
             )
         except httpx.HTTPError as exc:
-            return False, f"health check {shown} failed: {exc.__class__.__name__} {exc}".strip()
+            text = f"health check {shown} failed: {exc.__class__.__name__} {exc}".strip()
+            return CheckResult("fail", text)
         status = response.status_code
         if passes(status, path):
-            return True, f"health check {shown} answered {status}"
+            return CheckResult("pass", f"health check {shown} answered {status}")
         rule = "below 500" if path == DEFAULT_HEALTH_PATH else "2xx or 3xx"
-        return False, f"health check {shown} answered {status} (a pass is {rule})"
+        return CheckResult("fail", f"health check {shown} answered {status} (a pass is {rule})")
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -59,7 +59,7 @@ from agent.reporter import Reporter
 from agent.rewatch import unless_rewatched
 from agent.runrecords import recorder, remove_record
 from agent.settings import AgentSettings
-from agent.supervisor import Policy, Supervisor
+from agent.supervisor import Policy, Supervisor, Verdict
 from agent.uids import AppUsers, secure_state_dir
 from common.wire import DesiredInstance, DesiredState, HostReport
 
@@ -71,6 +71,15 @@ STARTING_TICK_S = 0.03
 NGINX_CHECK_S = 1.0
 LOG_COLLECT_S = 0.25  # instance logs are stamped at most this late (agent/logs.py)
 ADOPT_CHECK_S = 5.0  # an adopted instance gets this long to answer before nginx is rendered
+# Changes that only nginx or the supervisor's check policy read: applied without a restart.
+IN_PLACE_FIELDS = frozenset({"routing", "health_check_timeout_s", "health_threshold"})
+
+
+def needs_restart(old: DesiredInstance, new: DesiredInstance) -> bool:
+    """A changed definition (env, dependencies, command, memory...) needs a new process;
+    serve, domains and routing options only need an nginx reload, check settings nothing."""
+    a, b = definition(old), definition(new)
+    return any(a.get(k) != b.get(k) for k in set(a) | set(b) if k not in IN_PLACE_FIELDS)
 
 
 class MachineAgent:
@@ -93,6 +102,10 @@ class MachineAgent:
         self._reported: frozenset[int] = frozenset()  # departed ids reported stopped
         self._watch_index = -1  # the desired index the running watch waits past
         self._rewatch = asyncio.Event()  # a report showed the registry past that index
+        # Instance id -> the definition a running restart moves it to (newest wins).
+        self._restart_to: dict[int, DesiredInstance] = {}
+        # Replaced processes draining and stopping, with the port they free once stopped.
+        self._retiring: list[tuple[Supervisor, int | None]] = []
 
     @property
     def run_dir(self) -> Path:
@@ -366,11 +379,16 @@ class MachineAgent:
                 log.info("instance %d is wanted again", iid)
                 inst.removing = inst.stop_requested = False
                 inst.desired = d
-            elif definition(inst.desired) != definition(d):
+            elif iid in self._restart_to:
+                self._restart_to[iid] = d  # the running restart ends on the newest one
+            elif needs_restart(inst.desired, d):
                 log.info("instance %d changed its definition, restarting it", iid)
-                inst.task = asyncio.create_task(self._restart(inst, d))
+                self._restart_to[iid] = d
+                inst.task = asyncio.create_task(self._restart(inst))
             else:
                 inst.desired = d
+                if inst.supervisor is not None:
+                    inst.supervisor.policy = self._policy(d)
         for iid, inst in self.instances.items():
             if iid not in wanted and not inst.removing:
                 log.info("instance %d of %s left the desired state", iid, inst.desired.app)
@@ -454,8 +472,12 @@ class MachineAgent:
             user=self.installer.app_user(d.app),
             cgroup=cgroup,
         )
-        policy = replace(self.policy, start_timeout_s=d.health_timeout_s)
-        return Supervisor(f"{d.app}#{d.id}", launcher, policy=policy)
+        return Supervisor(f"{d.app}#{d.id}", launcher, policy=self._policy(d))
+
+    def _policy(self, d: DesiredInstance) -> Policy:
+        return replace(
+            self.policy, start_timeout_s=d.health_timeout_s, unhealthy_after=d.health_threshold
+        )
 
     def _app_env(
         self, app: str, config: dict[str, str], *, port: int | None, venv: Path
@@ -471,14 +493,124 @@ class MachineAgent:
             system_path=system_path(),
         )
 
-    async def _restart(self, inst: Instance, desired: DesiredInstance) -> None:
-        if inst.supervisor is not None:
-            inst.supervisor.stop(time.monotonic())
-            while inst.supervisor.transition(time.monotonic()) != "stopped":
+    async def _restart(self, inst: Instance) -> None:
+        """Move an instance to its changed definition (`_restart_to`), which may change again
+        meanwhile: a desired state that arrives during a restart updates the target instead
+        of starting a second restart on the same instance (two of them raced on one
+        supervisor, issue 15 item 3).
+
+        A running web instance is replaced side by side, so no request is dropped: the new
+        process starts on a new port, nginx switches to it once it passes its check, and
+        only then does the old one drain and stop. Anything else (a worker, an instance
+        that is not serving) is stopped and started again."""
+        iid = inst.desired.id
+        try:
+            while True:
+                target = self._restart_to[iid]
+                if not needs_restart(inst.desired, target):
+                    inst.desired = target
+                    return
+                sup = inst.supervisor
+                if (
+                    is_web(target)
+                    and inst.port is not None
+                    and sup is not None
+                    and sup.state == "running"
+                ):
+                    await self._replace(inst, target)
+                else:
+                    await self._stop_then_start(inst, target)
+        finally:
+            self._restart_to.pop(iid, None)
+            self._changed()
+
+    async def _stop_then_start(self, inst: Instance, desired: DesiredInstance) -> None:
+        sup = inst.supervisor
+        if sup is not None:
+            sup.stop(time.monotonic())
+            while sup.transition(time.monotonic()) != "stopped":
                 await asyncio.sleep(0.05)
         remove_record(self.run_dir, desired.id)
         inst.supervisor, inst.desired = None, desired
         await self._install_and_start(inst)
+
+    async def _replace(self, inst: Instance, desired: DesiredInstance) -> None:
+        """Start `desired` beside the running process, switch nginx to it, retire the old."""
+        d = desired
+        try:
+            release = await self.installer.install(
+                app=d.app, version=d.release, sha256=d.artifact_sha256
+            )
+        except AgentError as exc:
+            log.error(
+                "instance %d of %s: the changed definition failed to install, the running"
+                " process keeps serving: %s",
+                d.id,
+                d.app,
+                exc,
+            )
+            inst.desired = d
+            return
+        port = self.ports.acquire()
+        new = self._supervisor(d, release, port)
+        new.start(time.monotonic())
+        log.info("instance %d of %s: replacement started on port %d", d.id, d.app, port)
+        try:
+            while True:
+                now = time.monotonic()
+                state = new.transition(now)
+                if state == "running":
+                    break
+                if state == "fatal" or inst.removing:
+                    log.error(
+                        "instance %d of %s: the replacement did not become healthy, the"
+                        " running process keeps serving: %s",
+                        d.id,
+                        d.app,
+                        new.reason,
+                    )
+                    self._retire(new, port)
+                    inst.desired = d
+                    return
+                if new.health_due(now):
+                    new.mark_checked(now)
+                    await self._check(new, port, d.health_path, d.domains, d.app)
+                else:
+                    await asyncio.sleep(STARTING_TICK_S)
+        except BaseException:
+            self._retire(new, port)
+            raise
+        old, old_port = inst.supervisor, inst.port
+        inst.supervisor, inst.port, inst.desired = new, port, d
+        # The old process stops only once the live config sends nothing new to it.
+        while True:
+            await self.apply_nginx()
+            if inst.removing or self.proxy.routes_port(port):
+                break
+            await asyncio.sleep(TICK_S)
+        if old is not None:
+            log.info(
+                "instance %d of %s: switched to port %d, the old process drains",
+                d.id,
+                d.app,
+                port,
+            )
+            old.stop(time.monotonic(), drain_s=self.drain_s if inst.routed_once else 0.0)
+            self._retiring.append((old, old_port))
+
+    def _retire(self, sup: Supervisor, port: int | None) -> None:
+        sup.stop(time.monotonic())
+        self._retiring.append((sup, port))
+
+    def _tick_retiring(self, now: float) -> None:
+        """Drive replaced processes to `stopped` (drain, SIGTERM, SIGKILL); free their port."""
+        keep: list[tuple[Supervisor, int | None]] = []
+        for sup, port in self._retiring:
+            if sup.transition(now) == "stopped":
+                self.ports.release(port)
+            else:
+                keep.append((sup, port))
+        self._retiring = keep
 
     # ---- tick: supervise, health-check, route ------------------------------------------------
 
@@ -491,6 +623,7 @@ class MachineAgent:
             now = time.monotonic()
             for inst in list(self.instances.values()):
                 self._tick_instance(inst, now)
+            self._tick_retiring(now)
             await self.apply_nginx()
             self._stop_departed(now)
             self._forget_gone()
@@ -520,7 +653,14 @@ class MachineAgent:
                 sup.mark_checked(now)
                 d = inst.desired
                 inst.health_task = asyncio.create_task(
-                    self._check(sup, inst.port, d.health_path, d.domains, d.app)
+                    self._check(
+                        sup,
+                        inst.port,
+                        d.health_path,
+                        d.domains,
+                        d.app,
+                        timeout_s=d.health_check_timeout_s,
+                    )
                 )
         except Exception:
             log.exception("supervising instance %d failed", inst.desired.id)
@@ -547,6 +687,12 @@ class MachineAgent:
             f" uid {uid}: not routed"
         )
 
+    def _listening(self, app: str | None, port: int) -> bool:
+        """Something listens on `port`, and it is `app`'s own uid (when apps have uids)."""
+        owners = listener_uids(port)
+        uid = self.users.uid_of(app) if app is not None else None
+        return bool(owners) and (uid is None or owners == {uid})
+
     async def _check(
         self,
         sup: Supervisor,
@@ -554,12 +700,31 @@ class MachineAgent:
         path: str,
         domains: list[str] | None = None,
         app: str | None = None,
+        *,
+        timeout_s: float | None = None,
     ) -> None:
+        """One check of a web instance. Busy is not dead (issue 15 item 1): a refused
+        connection is dead at once; a timeout while the process lives and the app's uid
+        still listens on the port is "busy" (requests queue in the backlog meanwhile)."""
         generation = sup.generation
-        ok, detail = await self.health.check(port, path, host=check_host(domains or []))
+        result = await self.health.probe(
+            port, path, host=check_host(domains or []), timeout_s=timeout_s
+        )
+        ok, detail = result.ok, result.detail
+        verdict: Verdict = "fail"
+        if result.outcome == "refused":
+            verdict = "dead"
+        elif (
+            result.outcome == "timeout"
+            and sup.alive
+            and await asyncio.to_thread(self._listening, app, port)
+        ):
+            verdict = "busy"
         if ok and app is not None:
             ok, detail = await asyncio.to_thread(self._listener_is_the_app, app, port, detail)
-        sup.record_health(ok, time.monotonic(), generation=generation, detail=detail)
+        sup.record_health(
+            ok, time.monotonic(), generation=generation, detail=detail, verdict=verdict
+        )
         self._wake.set()
 
     def _forget_gone(self) -> None:

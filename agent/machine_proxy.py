@@ -55,6 +55,7 @@ class MachineProxy:
             reload=self.process.reload,
         )
         self.routed: frozenset[int] = frozenset()
+        self._live_ports: frozenset[int] = frozenset()  # the app ports the live config routes
         # Issue 5: the cluster's service endpoints (from the desired state) this host listens on.
         self.services: tuple[ServiceRoute, ...] = ()
         # The addresses of the cluster's frontends and machines (see `follow`).
@@ -141,10 +142,15 @@ class MachineProxy:
             if self._refusal is not None:
                 log.info("nginx config applied again; the proxy error is cleared")
             self.routed = view.routed_ids
+            self._live_ports = frozenset(p for app in view.apps for p in app.ports)
             self.applied_index = index
             self._refusal = None
             self._live_service_ports = frozenset(svc.port for svc in view.services)
             return True
+
+    def routes_port(self, port: int) -> bool:
+        """The live config sends traffic to `port` (a replaced instance's new process)."""
+        return port in self._live_ports
 
     def _claimable_services(self) -> tuple[ServiceRoute, ...]:
         """The service endpoints whose port nginx holds or can take; the others are left

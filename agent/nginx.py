@@ -45,6 +45,12 @@ class NginxPaths:
     temp: str  # client_body / proxy / fastcgi / uwsgi / scgi temp folders live in here
 
 
+# Issue 15 item 1: the path HAProxy checks each machine with (Host: the app's domain). nginx
+# answers it itself - 200 when it routes a healthy instance of the app, 503 when not - so a
+# check proves the host and its nginx are alive without queueing behind the app's requests
+# (a busy single-worker app is not a dead host; the agent's own checks judge the app).
+PROXY_CHECK_PATH = "/.paas/proxy-check"
+
 ClientRole = Literal["frontend", "machine"]
 _LOOPBACK = ("127.0.0.1", "::1")
 
@@ -93,6 +99,7 @@ class NginxView:
     apps: tuple[AppServer, ...]
     services: tuple[ServiceServer, ...] = ()
     clients: tuple[ProxyClient, ...] = ()  # empty: nobody may connect to the public listener
+    proxy_check_path: str = PROXY_CHECK_PATH  # answered by nginx itself, see above
 
     @property
     def routed_ids(self) -> frozenset[int]:

@@ -15,7 +15,12 @@
   failed starts, only once it stayed healthy for `stable_after_s` (supervisord's startsecs):
   an app that passes one check and then crashes every time still ends up fatal.
 - `unhealthy`: running, but its continuous health checks fail; the agent takes it out of the
-  proxy until a check passes again.
+  proxy until a check passes again. Not every failed check counts the same (`Verdict`): a
+  refused connection means nothing listens any more (dead: out at once); an answer that fails
+  counts towards `unhealthy_after`; a check that times out while the process lives and its
+  port listens is `busy` (a single worker serving a slow request: requests queue in the
+  kernel backlog and will be answered), which also counts towards `unhealthy_after` but keeps
+  the instance routed until then, and says "busy" in the instance's reason meanwhile.
 - `fatal`: gave up; the reason carries the last lines of the instance's log.
 - `adopt()`: a process an earlier agent run started enters `starting` like a spawned one; if
   it does not pass a check within the start timeout it is killed and replaced (back-off),
@@ -39,6 +44,8 @@ from agent.metrics import RESTARTS
 from common.wire import InstanceState
 
 log = logging.getLogger(__name__)
+
+Verdict = Literal["fail", "busy", "dead"]  # how a failed check failed (see above)
 
 State = Literal[
     "stopped", "starting", "running", "unhealthy", "backoff", "stopping", "exited", "fatal"
@@ -122,6 +129,7 @@ class Supervisor:
         self._next_start_at = 0.0
         self._next_check_at = 0.0
         self._failed_checks = 0
+        self._busy_checks = 0  # consecutive failed checks that were timeouts of a live process
         self._last_check_detail = ""
         self._term_at: float | None = None
         self._kill_at: float | None = None
@@ -232,13 +240,28 @@ class Supervisor:
     def health_due(self, now: float) -> bool:
         return self.state in ("starting", "running", "unhealthy") and now >= self._next_check_at
 
-    def record_health(self, ok: bool, now: float, *, generation: int, detail: str = "") -> None:
-        """Feed a health check result taken for process `generation`."""
+    @property
+    def busy(self) -> bool:
+        """Running, but its last check(s) timed out while it was alive and listening."""
+        return self.state == "running" and self._busy_checks > 0
+
+    def record_health(
+        self,
+        ok: bool,
+        now: float,
+        *,
+        generation: int,
+        detail: str = "",
+        verdict: Verdict = "fail",
+    ) -> None:
+        """Feed a health check result taken for process `generation`; `verdict` says how a
+        failed one failed."""
         if generation != self.generation or self.state not in ("starting", "running", "unhealthy"):
             return
         self._last_check_detail = detail
         if ok:
             self._failed_checks = 0
+            self._busy_checks = 0
             self.reason = None
             if self.state != "running":
                 if self.state == "starting":
@@ -254,7 +277,14 @@ class Supervisor:
             return
         self._next_check_at = now + self.policy.running_check_interval_s
         self._failed_checks += 1
-        if self.state == "running" and self._failed_checks >= self.policy.unhealthy_after:
+        self._busy_checks = self._busy_checks + 1 if verdict == "busy" else 0
+        if self.state != "running":
+            return
+        if verdict == "dead":
+            self.reason = detail or "health check refused"
+            log.warning("%s does not accept connections, out of service: %s", self.name, detail)
+            self._set("unhealthy")
+        elif self._failed_checks >= self.policy.unhealthy_after:
             self.reason = detail or "health check failed"
             log.warning(
                 "%s failed %d health checks in a row, out of service: %s",
@@ -263,6 +293,11 @@ class Supervisor:
                 self.reason,
             )
             self._set("unhealthy")
+        elif verdict == "busy":
+            self.reason = (
+                f"busy: {self._busy_checks} health check(s) in a row timed out while the process"
+                f" runs and listens (out of service after {self.policy.unhealthy_after}): {detail}"
+            )
 
     def mark_checked(self, now: float) -> None:
         """A check was launched: do not launch another before the result is in."""
@@ -286,6 +321,7 @@ class Supervisor:
         self.generation += 1
         self._handle = handle
         self._failed_checks = 0
+        self._busy_checks = 0
         self._last_check_detail = ""
         self._next_check_at = now
         self._started_at = now

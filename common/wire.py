@@ -301,6 +301,11 @@ class DesiredInstance(Model):
     )
     # paas.toml `memory`, per instance: the agent enforces it as a hard cgroup limit.
     memory_mb: int | None = Field(default=None, ge=1, le=1024 * 1024)
+    # Issue 15 item 1: a running instance's check waits this long for an answer; one that
+    # times out while the process lives and listens is "busy", and only this many failed
+    # checks in a row take it out of service (a refused connection does at once).
+    health_check_timeout_s: float = Field(default=5.0, ge=0.5, le=300.0)
+    health_threshold: int = Field(default=3, ge=1, le=100)
 
 
 class ServiceRoute(Model):

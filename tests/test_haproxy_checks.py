@@ -1,4 +1,4 @@
-"""HAProxy's health checks of each machine's nginx use the app's health path and Host."""
+"""HAProxy's health checks of each machine's nginx: a path nginx answers itself, the app's Host."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from agent.haproxy import build_backend, build_view, render_files
+from agent.nginx import PROXY_CHECK_PATH
 from agent.render import make_environment, template_dirs
 from common.names import InvalidName
 from common.wire import RouteApp, RouteServer, RoutingTable
@@ -27,7 +28,10 @@ def config_for(app: RouteApp) -> str:
     return render_files(make_environment(template_dirs(None)), built.view)["haproxy.cfg"]
 
 
-def test_check_uses_the_apps_health_path_and_cluster_domain() -> None:
+def test_check_asks_nginx_itself_with_the_apps_cluster_domain() -> None:
+    """Issue 15 item 1: HAProxy checks each machine's nginx at a path nginx answers itself,
+    never the app's health path: a slow request to a single-worker app queued the check
+    behind it, and two 1 s timeouts took the whole app offline."""
     app = RouteApp(
         name="shop",
         domains=["shop.paas.test", "*.shop.example"],
@@ -35,18 +39,31 @@ def test_check_uses_the_apps_health_path_and_cluster_domain() -> None:
         health_path="/healthz",
     )
     cfg = config_for(app)
-    assert "http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host shop.paas.test" in cfg
-    # Issue 15: apps can tell the checks from real traffic in their logs.
+    assert (
+        f"http-check send meth GET uri {PROXY_CHECK_PATH} ver HTTP/1.1 hdr Host shop.paas.test"
+        in cfg
+    )
+    assert "/healthz" not in cfg
+    # Issue 15: the checks are told from real traffic in logs.
     assert "hdr Host shop.paas.test hdr User-Agent paas-health/1\n" in cfg
-    assert "http-check expect ! rstatus ^5" in cfg
+    # nginx's own 200 (its 503 means no healthy instance there; 404/403 a wrong host).
+    assert "http-check expect status 200" in cfg
     # Second line: a dead machine is skipped by retries, a silent one after 1 s.
     for needle in ["option redispatch 1", "timeout connect 1s", "fastinter 250ms", "fall 2"]:
         assert needle in cfg, needle
 
 
-def test_default_health_path_is_root() -> None:
+def test_slow_requests_are_not_cut_and_do_not_meet_a_per_server_limit() -> None:
+    """An 8 s request waits for the app: the server timeout follows the app's read timeout,
+    and no server has a maxconn that would answer 503 while a single worker is busy."""
     cfg = config_for(RouteApp(name="shop", domains=["shop.paas.test"], servers=SERVERS))
-    assert "uri / ver HTTP/1.1 hdr Host shop.paas.test" in cfg
+    assert "timeout server 65s" in cfg
+    assert "maxconn" not in cfg.split("backend app_shop", 1)[1]
+
+
+def test_default_health_path_is_not_used_either() -> None:
+    cfg = config_for(RouteApp(name="shop", domains=["shop.paas.test"], servers=SERVERS))
+    assert f"uri {PROXY_CHECK_PATH} ver HTTP/1.1 hdr Host shop.paas.test" in cfg
 
 
 @pytest.mark.parametrize(

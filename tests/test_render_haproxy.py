@@ -88,9 +88,9 @@ def test_full_config_text() -> None:
         ' "app has no healthy instance"\n    balance roundrobin\n',
         "    option http-server-close\n",
         "    option httpchk\n",
-        "    http-check send meth GET uri / ver HTTP/1.1 hdr Host hello.paas.test"
+        "    http-check send meth GET uri /.paas/proxy-check ver HTTP/1.1 hdr Host hello.paas.test"
         " hdr User-Agent paas-health/1\n"
-        "    http-check expect ! rstatus ^5\n",
+        "    http-check expect status 200\n",
         "    option redispatch 1\n",
         "    default-server check inter 1s fastinter 250ms downinter 1s fall 2 rise 2",
         "    server s1 10.0.0.5:8081  # m1\n"

@@ -234,3 +234,25 @@ def test_headers_public_listener_passes_frontend_values_service_listener_sets_it
     assert "$http_x_forwarded" not in service and "$paas_" not in service.replace(
         "$paas_connection", ""
     )
+
+
+def test_proxy_check_is_answered_by_nginx_only_where_the_app_is_routed() -> None:
+    """Issue 15 item 1: HAProxy's check path is answered by nginx itself (a busy app is not a
+    dead host), after the frontend-only rule, and only in a block that routes instances;
+    an app with none here keeps answering 503, so the check marks this host down for it."""
+    text = _render(_view([_inst(1), _inst(2, app="blog")], {1: 20001}))
+    shop = text.split("server_name shop.paas.test", 1)[1].split("server_name", 1)[0]
+    blog = text.split("server_name blog.paas.test", 1)[1].split("server_name", 1)[0]
+    check = f"location = {nginx.PROXY_CHECK_PATH} {{"
+    assert check in shop
+    assert shop.index('return 403 "forbidden') < shop.index(check) < shop.index("location / {")
+    assert 'return 200 "ok\\n";' in shop.split(check, 1)[1].split("}", 1)[0]
+    assert check not in blog
+    assert 'return 503 "app blog has no running instance on this host' in blog
+
+
+def test_slow_requests_are_not_cut_by_nginx() -> None:
+    """An 8 s request (one sync worker) reaches its answer: the read timeout is the app's
+    (60 s unless its routing options say otherwise)."""
+    text = _render(_view([_inst(1)], {1: 20001}))
+    assert "proxy_read_timeout 60s;" in text
