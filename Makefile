@@ -52,3 +52,4 @@ bench: setup
 	@command -v wrk >/dev/null 2>&1 || { $(APT) update && $(APT) install -y wrk; }
 	$(BIN)/python bench/deploy.py
 	$(BIN)/python bench/reload_under_load.py
+	$(BIN)/python bench/hostile.py

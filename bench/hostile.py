@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 from bench import hostile_attacks as attacks  # noqa: E402
 from bench.ports import free_ports  # noqa: E402
 from bench.report import write_section  # noqa: E402
-from cli.local import MACHINE, REGISTRY, LocalCluster, Ports  # noqa: E402
+from cli.local import FRONTEND, MACHINE, REGISTRY, LocalCluster, Ports  # noqa: E402
 from tests.request_loop import RequestLoop  # noqa: E402
 
 PAAS = str(Path(sys.executable).parent / "paas")
@@ -55,6 +55,7 @@ SLOW_PROCESSES = 4
 BODY_MB, BODY_PARALLEL = 50, 4
 PROBE_EVERY_S = 0.1
 RSS_LIMIT_MB, P99_LIMIT_S = 300, 1.0
+AGENT_MISSES = ("registry unreachable", "unreachable (", "could not report")
 EDGE_LINE = re.compile(r"(\d+) (over the total connection cap|over the per-client connection cap"
                        r"|closed: headers not complete in time)")  # fmt: skip
 
@@ -190,6 +191,7 @@ class Phase:
     p99_s: float = 0.0
     max_s: float = 0.0
     edge: Counter[str] = field(default_factory=Counter)
+    agent_misses: int = 0  # agents' log lines: the registry could not be reached
 
     def passed(self) -> bool:
         return (
@@ -205,7 +207,14 @@ class Phase:
 class Bench:
     def __init__(self, cluster: LocalCluster, loops: list[RequestLoop], watch: Watch) -> None:
         self.cluster, self.loops, self.watch = cluster, loops, watch
-        self.log = cluster.log_path(REGISTRY)
+
+    def _log_sizes(self) -> dict[str, int]:
+        return {n: self.cluster.log_path(n).stat().st_size for n in (REGISTRY, MACHINE, FRONTEND)}
+
+    def _log_since(self, name: str, offset: int) -> str:
+        with self.cluster.log_path(name).open("rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode(errors="replace")
 
     def settle(self, baseline_fds: int) -> None:
         """Until the registry holds about as many descriptors as before the attack (≤ 30 s)."""
@@ -220,7 +229,7 @@ class Bench:
     def run(self, name: str, attack: Callable[[], dict[str, Any]]) -> Phase:
         print(f"{name} ...", flush=True)
         phase = Phase(name)
-        log_from = self.log.stat().st_size
+        logs_from = self._log_sizes()
         pids = run_records(self.cluster)
         sent = [loop.sent for loop in self.loops]
         baseline_fds = len(os.listdir(f"/proc/{self.watch.pid}/fd"))
@@ -239,9 +248,12 @@ class Bench:
             if t0 <= at <= t2:
                 phase.host_polls += 1
                 phase.hosts_down_seen |= {h for h, state in states.items() if state != "up"}
-        with self.log.open("rb") as fh:
-            fh.seek(log_from)
-            lines = fh.read().decode(errors="replace")
+        lines = self._log_since(REGISTRY, logs_from[REGISTRY])
+        for agent in (MACHINE, FRONTEND):
+            text = self._log_since(agent, logs_from[agent])
+            phase.agent_misses += sum(
+                1 for line in text.splitlines() if any(m in line for m in AGENT_MISSES)
+            )
         phase.marked_down_lines = lines.count(": marked down")
         for count, why in EDGE_LINE.findall(lines):
             phase.edge[why] += int(count)
@@ -268,7 +280,8 @@ def summary(p: Phase) -> str:
         f" of {p.instances}; registry RSS peak"
         f" {p.rss_peak_mb:.0f} MB, fds peak {p.fds_peak}; GET /v1/apps p50 {ms(p.p50_s)}"
         f" p99 {ms(p.p99_s)} max {ms(p.max_s)} ({sum(p.probe_failures.values())} of {p.probes}"
-        f" failed); attacker: {json.dumps(p.attacker)}"
+        f" failed); agents missed the registry {p.agent_misses}x;"
+        f" attacker: {json.dumps(p.attacker)}"
     )
 
 
@@ -350,7 +363,8 @@ def report(args: argparse.Namespace, phases: list[Phase], load: tuple[str, str])
         probes = dict(p.probe_failures.most_common(3))
         notes.append(
             f"- **{p.name}**: attacker {json.dumps(p.attacker)}; registry open descriptors at"
-            f" most {p.fds_peak}; edge log: {edge}"
+            f" most {p.fds_peak}; edge log: {edge}; agents' log lines about an unreachable"
+            f" registry: {p.agent_misses}"
             + (f"; app failures {failures}" if failures else "")
             + (f"; failed probes {probes}" if probes else "")
             + (f"; restarted {p.restarted}" if p.restarted else "")
