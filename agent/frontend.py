@@ -57,7 +57,7 @@ class FrontendAgent:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.settings = settings
-        self.client = RegistryClient(settings.registry_url, transport=transport)
+        self.client = RegistryClient.for_settings(settings, transport=transport)
         base = settings.state_dir / "haproxy"
         self.conf_dir = base / "conf"
         sockets = socket_dir(base)

@@ -169,7 +169,7 @@ class MachineAgent:
             if isolated
             else None
         )
-        self.client = RegistryClient(self.settings.registry_url, transport=self._transport)
+        self.client = RegistryClient.for_settings(self.settings, transport=self._transport)
         self.reporter = Reporter(
             self.client,
             self.settings.name,

@@ -5,6 +5,9 @@ family: `retryable` tells an outage (back off and keep serving) from a refusal (
 
 `base_url` may list several registry replicas (comma-separated): a request that cannot reach
 one goes to the next at once (common/failover.py), and a watch resumes there with its index.
+
+An https:// registry is verified by the settings' CA file or pinned certificate fingerprint
+on every connection, and http:// is refused off loopback (common/registry_tls.py).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from agent.errors import ArtifactMismatch, RegistryError
 from agent.settings import AgentSettings
 from common.failover import UrlRing, retry_status, retry_transport_error
 from common.names import check_host_name, check_sha256
+from common.registry_tls import RegistryTrust, async_transport
 from common.wire import (
     DesiredState,
     ErrorBody,
@@ -53,13 +57,31 @@ class RegistryClient:
         *,
         token: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        trust: RegistryTrust | None = None,
+        insecure_http: bool = False,
     ) -> None:
         self.registries = UrlRing(base_url)
         self.token = token
+        if transport is None:  # tests pass their own; real ones check URLs and verify TLS
+            transport = async_transport(
+                self.registries.urls, trust or RegistryTrust(), insecure_http=insecure_http
+            )
         self._http = httpx.AsyncClient(
             transport=transport,
             timeout=httpx.Timeout(REQUEST_TIMEOUT_S),
             follow_redirects=False,
+        )
+
+    @classmethod
+    def for_settings(
+        cls, settings: AgentSettings, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> RegistryClient:
+        """The agent's client: its registry URL(s), trusted as its settings say."""
+        return cls(
+            settings.registry_url,
+            transport=transport,
+            trust=settings.registry_trust,
+            insecure_http=settings.registry_insecure_http,
         )
 
     @property

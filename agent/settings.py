@@ -27,6 +27,7 @@ from agent.package_index import (
 from agent.uids import parse_uid_range
 from common.failover import split_urls
 from common.names import check_address, check_domain, check_host_name, check_label
+from common.registry_tls import RegistryTrust, check_urls, parse_pins
 
 Role = Literal["machine", "frontend"]
 
@@ -39,6 +40,11 @@ class AgentSettings(BaseSettings):
 
     role: Role
     registry_url: str
+    # Issue 14: an https:// registry proves itself by a CA file or the pinned sha256 of its
+    # certificate (common/registry_tls.py); http:// only on loopback unless the opt-in.
+    registry_ca: Path | None = None
+    registry_fingerprint: str | None = None
+    registry_insecure_http: bool = False
     join_token: str | None = None
     name: str
     address: str = "127.0.0.1"
@@ -78,6 +84,16 @@ class AgentSettings(BaseSettings):
     # A worker (a non-web Procfile process: no port, no health check) counts as healthy once
     # its process has stayed up this long.
     worker_up_s: float = Field(default=1.0, gt=0, le=300)
+    # Issue 15 item 7 (agent/janitor.py, agent/disk.py): release folders kept per app (plus
+    # those in use), unused venvs removed once this old, an app with no instance here for
+    # gone_app_s loses its folders (not its data); new releases are refused while free space
+    # is below min_free_mb or min_free_percent. disk_check_s: how often all this runs.
+    keep_releases: int = Field(default=5, ge=2, le=1000)
+    venv_min_age_s: float = Field(default=600.0, ge=0)
+    gone_app_s: float = Field(default=600.0, ge=0)
+    min_free_mb: int = Field(default=1024, ge=0)
+    min_free_percent: float = Field(default=5.0, ge=0, le=100)
+    disk_check_s: float = Field(default=60.0, gt=0)
     # Issue 15: where app builds find packages (agent/package_index.py), for hosts behind a
     # mirror or offline; passed to uv and pip explicitly (builds see a clean environment).
     index_url: str | None = None
@@ -135,6 +151,24 @@ class AgentSettings(BaseSettings):
             raise ValueError(f"registry_url {value!r} must start with http:// or https://")
         return ",".join(split_urls(value))
 
+    @field_validator("registry_fingerprint")
+    @classmethod
+    def _registry_fingerprint(cls, value: str | None) -> str | None:
+        return ",".join(parse_pins(value)) or None if value is not None else None
+
+    @model_validator(mode="after")
+    def _registry_trust(self) -> AgentSettings:
+        check_urls(
+            split_urls(self.registry_url),
+            self.registry_trust,
+            insecure_http=self.registry_insecure_http,
+        )
+        return self
+
+    @property
+    def registry_trust(self) -> RegistryTrust:
+        return RegistryTrust.of(ca_file=self.registry_ca, fingerprint=self.registry_fingerprint)
+
     @field_validator("run_as_user")
     @classmethod
     def _run_as_user(cls, value: str | None) -> str | None:
@@ -168,7 +202,7 @@ class AgentSettings(BaseSettings):
             raise ValueError("must be greater than 0")
         return value
 
-    @field_validator("state_dir", "template_dir", "tls_cert")
+    @field_validator("state_dir", "template_dir", "tls_cert", "registry_ca")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         # Absolute so that proxies started with another cwd find the same files.

@@ -17,8 +17,10 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from cli.errors import ApiError, RegistryUnreachable
+from cli import config
+from cli.errors import ApiError, ConfigError, RegistryUnreachable
 from common.failover import UrlRing, retry_status, retry_transport_error
+from common.registry_tls import RegistryTrust, RegistryTrustError, sync_transport
 from common.wire import (
     AcmeStatus,
     App,
@@ -68,8 +70,22 @@ def _detail(response: httpx.Response) -> str:
     return str(body)[:500]
 
 
+def registry_transport(
+    registries: UrlRing, trust: RegistryTrust | None, *, insecure_http: bool | None = None
+) -> httpx.BaseTransport:
+    """The verified transport (common/registry_tls.py) for these URLs; a refusal -> ConfigError."""
+    allow = config.insecure_http() if insecure_http is None else insecure_http
+    try:
+        return sync_transport(registries.urls, trust or RegistryTrust(), insecure_http=allow)
+    except RegistryTrustError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 class RegistryClient:
-    """One registry (or its replicas), one token. Pass `transport` in tests instead of patching."""
+    """One registry (or its replicas), one token. Pass `transport` in tests instead of patching.
+
+    Without one, the transport checks the URLs and verifies TLS by `trust` (a CA file or the
+    pinned fingerprint), so the token is never sent in clear or to an impostor."""
 
     def __init__(
         self,
@@ -78,8 +94,14 @@ class RegistryClient:
         *,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        trust: RegistryTrust | None = None,
     ) -> None:
-        self.registries = UrlRing(base_url)
+        try:
+            self.registries = UrlRing(base_url)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        if transport is None:
+            transport = registry_transport(self.registries, trust)
         self._http = httpx.Client(
             headers={"Authorization": f"Bearer {token}"} if token else {},
             timeout=timeout,

@@ -13,11 +13,28 @@ from pydantic import BaseModel, ValidationError
 
 from cli.errors import ConfigError
 from common.failover import split_urls
+from common.registry_tls import RegistryTrust, RegistryTrustError, parse_pins
 
 
 class Login(BaseModel):
     registry_url: str
     token: str
+    # How an https:// registry proves itself (common/registry_tls.py): the pinned SHA-256
+    # fingerprint(s) of its certificate, or a CA file. Saved by `paas login`.
+    registry_fingerprint: str | None = None
+    registry_ca: str | None = None
+
+    def trust(self) -> RegistryTrust:
+        try:
+            return RegistryTrust.of(ca_file=self.registry_ca, fingerprint=self.registry_fingerprint)
+        except RegistryTrustError as exc:
+            raise ConfigError(str(exc)) from exc
+
+
+def insecure_http(environ: dict[str, str] | None = None) -> bool:
+    """`PAAS_REGISTRY_INSECURE_HTTP=1`: allow http:// off loopback (a trusted test network)."""
+    env = os.environ if environ is None else environ
+    return env.get("PAAS_REGISTRY_INSECURE_HTTP", "") in {"1", "true", "yes"}
 
 
 def config_path(environ: dict[str, str] | None = None) -> Path:
@@ -44,13 +61,14 @@ def save(login: Login, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(login.model_dump_json(indent=2) + "\n")
+        fh.write(login.model_dump_json(indent=2, exclude_none=True) + "\n")
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
 
 
 def load(environ: dict[str, str] | None = None) -> Login:
-    """Env `PAAS_REGISTRY_URL` / `PAAS_TOKEN` override the saved login, field by field."""
+    """Env `PAAS_REGISTRY_URL` / `PAAS_TOKEN` / `PAAS_REGISTRY_FINGERPRINT` /
+    `PAAS_REGISTRY_CA` override the saved login, field by field."""
     env = os.environ if environ is None else environ
     saved = read_saved(config_path(env))
     url = env.get("PAAS_REGISTRY_URL") or (saved.registry_url if saved else "")
@@ -60,8 +78,13 @@ def load(environ: dict[str, str] | None = None) -> Login:
             "not logged in: run `paas login --registry URL --token TOKEN`"
             " (or set PAAS_REGISTRY_URL and PAAS_TOKEN)"
         )
+    pin = env.get("PAAS_REGISTRY_FINGERPRINT") or (saved.registry_fingerprint if saved else None)
+    ca = env.get("PAAS_REGISTRY_CA") or (saved.registry_ca if saved else None)
     try:  # one URL, or several registry replicas comma-separated (failover, issue 8)
         urls = split_urls(url)
+        pins = ",".join(parse_pins(pin)) or None
     except ValueError as exc:
         raise ConfigError(f"PAAS_REGISTRY_URL / the saved login: {exc}") from exc
-    return Login(registry_url=",".join(urls), token=token)
+    return Login(
+        registry_url=",".join(urls), token=token, registry_fingerprint=pins, registry_ca=ca
+    )

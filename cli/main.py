@@ -63,7 +63,7 @@ def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def client() -> RegistryClient:
     login = config.load()
-    return RegistryClient(login.registry_url, login.token)
+    return RegistryClient(login.registry_url, login.token, trust=login.trust())
 
 
 @click.group(cls=PaasGroup)
@@ -82,16 +82,39 @@ def main(ctx: click.Context, as_json: bool) -> None:
     help="Registry URL, or several replicas comma-separated (the CLI fails over).",
 )
 @click.option("--token", required=True, help="Admin token from `paas-registry init`.")
-def login(registry_url: str, token: str) -> None:
-    """Check a token against the registry, then save it."""
-    with RegistryClient(registry_url, token) as api:
+@click.option(
+    "--fingerprint",
+    default=None,
+    help="sha256:... of the registry's certificate (`paas-registry fingerprint`);"
+    " comma-separated for replicas with their own certificates.",
+)
+@click.option(
+    "--ca",
+    "ca_file",
+    type=click.Path(dir_okay=False, exists=True, resolve_path=True),
+    default=None,
+    help="CA file that signed the registry's certificate (instead of --fingerprint).",
+)
+def login(registry_url: str, token: str, fingerprint: str | None, ca_file: str | None) -> None:
+    """Check a token against the registry (an https:// one proven by --fingerprint or --ca),
+    then save all of it."""
+    trust = config.Login(
+        registry_url=registry_url, token=token, registry_fingerprint=fingerprint
+    ).trust()  # a malformed pin -> one clear line
+    saved = config.Login(
+        registry_url=registry_url.rstrip("/"),
+        token=token,
+        registry_fingerprint=",".join(trust.pins) or None,
+        registry_ca=ca_file,
+    )
+    with RegistryClient(registry_url, token, trust=saved.trust()) as api:
         try:
             api.list_apps()  # 401 -> "refused the token"; unreachable -> one clear line
         except ApiError as exc:
             if exc.status != 403:  # 403: a deploy-scoped token, valid for its one app
                 raise
     path = config.config_path()
-    config.save(config.Login(registry_url=registry_url.rstrip("/"), token=token), path)
+    config.save(saved, path)
     click.echo(f"logged in to {registry_url}; saved in {path}")
 
 

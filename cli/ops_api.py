@@ -15,9 +15,10 @@ from typing import Any
 import httpx
 
 from cli import config
-from cli.api import _detail, _reason
+from cli.api import _detail, _reason, registry_transport
 from cli.errors import ApiError, ConfigError, RegistryUnreachable
 from common.failover import UrlRing, retry_status, retry_transport_error
+from common.registry_tls import RegistryTrust
 
 
 class OpsClient:
@@ -28,11 +29,14 @@ class OpsClient:
         *,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        trust: RegistryTrust | None = None,
     ) -> None:
         try:
             self.registries = UrlRing(registry_url)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+        if transport is None:
+            transport = registry_transport(self.registries, trust)
         self._http = httpx.Client(
             headers={"Authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(timeout, read=None),
@@ -43,7 +47,7 @@ class OpsClient:
     @classmethod
     def from_login(cls) -> OpsClient:
         login = config.load()
-        return cls(login.registry_url, login.token)
+        return cls(login.registry_url, login.token, trust=login.trust())
 
     def close(self) -> None:
         self._http.close()

@@ -12,11 +12,12 @@ from typing import Any
 
 import click
 
-from controller import secretbox
+from controller import secretbox, tls_identity
 from controller.auth import has_admin_token, issue_token, revoke_tokens
 from controller.db import Database, DatabaseCorrupt, PendingMigrations
 from controller.schema import SchemaTooNew
 from controller.settings import RegistrySettings
+from controller.tls_identity import TlsIdentity
 
 
 @click.group()
@@ -26,11 +27,36 @@ def main() -> None:
 
 STATE_DIR = click.option("--state-dir", type=click.Path(path_type=Path), default=None)
 CONFIG = click.option("--config", "config_file", type=click.Path(path_type=Path, exists=True))
+TLS_CERT = click.option(
+    "--tls-cert",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="PEM certificate (chain) to serve HTTPS with (env PAAS_TLS_CERT).",
+)
+TLS_KEY = click.option(
+    "--tls-key",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="Its PEM private key (env PAAS_TLS_KEY).",
+)
 DATABASE_URL = click.option(
     "--database-url",
     default=None,
     help="postgresql+psycopg://USER@HOST:PORT/DB or sqlite:///PATH (default: the state dir).",
 )
+
+
+def _tls_identity(settings: RegistrySettings) -> TlsIdentity:
+    """The pair from files, else the one kept in (or first made in) the state folder."""
+    try:
+        return tls_identity.load_or_create(
+            settings.state_dir,
+            cert_file=settings.tls_cert,
+            key_file=settings.tls_key,
+            names=[settings.bind_host],
+        )
+    except tls_identity.TlsIdentityError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _open_database(settings: RegistrySettings, *, migrate: bool | None = None) -> Database:
@@ -75,17 +101,28 @@ def migrate(state_dir: Path | None, database_url: str | None, config_file: Path 
 @STATE_DIR
 @DATABASE_URL
 @CONFIG
+@TLS_CERT
+@TLS_KEY
 @click.option("--json", "as_json", is_flag=True, help="Print the tokens as JSON.")
 @click.option("--rotate", is_flag=True, help="Replace the admin and join tokens.")
 def init(
     state_dir: Path | None,
     database_url: str | None,
     config_file: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     as_json: bool,
     rotate: bool,
 ) -> None:
-    """Create the database and print the admin and join tokens (shown only once)."""
-    settings = RegistrySettings.load(config_file, state_dir=state_dir, database_url=database_url)
+    """Create the database and print the admin and join tokens (shown only once) and the
+    fingerprint of the registry's TLS certificate (made now unless given as files)."""
+    settings = RegistrySettings.load(
+        config_file,
+        state_dir=state_dir,
+        database_url=database_url,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     db = _open_database(settings)
     try:
@@ -101,11 +138,33 @@ def init(
             join = issue_token(session, "join")
     finally:
         db.dispose()
+    fingerprint = _tls_identity(settings).fingerprint
     if as_json:
-        click.echo(json.dumps({"admin_token": admin, "join_token": join}))
+        click.echo(
+            json.dumps(
+                {"admin_token": admin, "join_token": join, "registry_fingerprint": fingerprint}
+            )
+        )
     else:
         click.echo(f"admin token: {admin}")
         click.echo(f"join token: {join}")
+        click.echo(f"registry fingerprint: {fingerprint}")
+
+
+@main.command()
+@STATE_DIR
+@CONFIG
+@TLS_CERT
+@TLS_KEY
+def fingerprint(
+    state_dir: Path | None, config_file: Path | None, tls_cert: Path | None, tls_key: Path | None
+) -> None:
+    """Print the SHA-256 fingerprint of the registry's TLS certificate (what agents and
+    `paas login --fingerprint` pin); makes the self-signed one if there is none yet."""
+    settings = RegistrySettings.load(
+        config_file, state_dir=state_dir, tls_cert=tls_cert, tls_key=tls_key
+    )
+    click.echo(_tls_identity(settings).fingerprint)
 
 
 @main.command()
@@ -117,6 +176,14 @@ def init(
 @click.option("--public-https-port", type=int, default=None)
 @click.option("--service-port-min", type=int, default=None, help="First per-app service port.")
 @click.option("--service-port-max", type=int, default=None, help="Last per-app service port.")
+@TLS_CERT
+@TLS_KEY
+@click.option(
+    "--insecure-http",
+    is_flag=True,
+    default=None,
+    help="Plain HTTP off loopback: only behind a TLS-terminating proxy on this host.",
+)
 @CONFIG
 def serve(
     state_dir: Path | None,
@@ -127,9 +194,12 @@ def serve(
     public_https_port: int | None,
     service_port_min: int | None,
     service_port_max: int | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    insecure_http: bool | None,
     config_file: Path | None,
 ) -> None:
-    """Run the registry API."""
+    """Run the registry API: HTTPS off loopback (see --tls-cert), plain HTTP on loopback."""
     import uvicorn
 
     from controller.app import create_app
@@ -146,7 +216,11 @@ def serve(
         public_https_port=public_https_port,
         service_port_min=service_port_min,
         service_port_max=service_port_max,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        insecure_http=insecure_http or None,
     )
+    identity = _serving_identity(settings)
     try:
         app = create_app(settings)
     except DatabaseCorrupt as exc:
@@ -159,7 +233,31 @@ def serve(
                 "no admin token yet: run 'paas-registry init --state-dir %s'", settings.state_dir
             )
     options = uvicorn_options(settings, on_overload=app.state.liveness.impaired)
+    if identity is not None:
+        options.update(ssl_certfile=str(identity.cert_file), ssl_keyfile=str(identity.key_file))
     WatchClosingServer(uvicorn.Config(app, **options), notifier=app.state.ctx.notifier).run()
+
+
+def _serving_identity(settings: RegistrySettings) -> TlsIdentity | None:
+    """None: plain HTTP (loopback, or --insecure-http); else the certificate to serve, logged
+    with its fingerprint so an operator can hand the pin to agents and the CLI."""
+    log = logging.getLogger("paas.registry")
+    given = settings.tls_cert is not None or settings.tls_key is not None
+    if not given and not tls_identity.needs_tls(settings.bind_host):
+        log.info("plain HTTP on loopback %s", settings.bind_host)
+        return None
+    if not given and settings.insecure_http:
+        log.warning(
+            "plain HTTP on %s (--insecure-http): tokens cross the network in clear unless a"
+            " TLS-terminating proxy on this host is the only way in",
+            settings.bind_host,
+        )
+        return None
+    identity = _tls_identity(settings)
+    made = "made a self-signed certificate" if identity.generated else "certificate"
+    log.info("HTTPS on %s: %s %s", settings.bind_host, made, identity.cert_file)
+    click.echo(f"registry fingerprint: {identity.fingerprint}", err=True)
+    return identity
 
 
 def uvicorn_options(

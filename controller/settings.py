@@ -59,6 +59,12 @@ class RegistrySettings(BaseSettings):
     # (its text), else this file, else <state_dir>/secret.key (made 0600 on first use).
     secret_key_file: Path | None = None
     secret_key: SecretStr | None = Field(default=None, repr=False)
+    # Issue 14: TLS on the wire (controller/tls_identity.py). Off loopback the registry speaks
+    # HTTPS with this pair, else with a self-signed one made in <state_dir>/tls/ at first start;
+    # plain HTTP there only with insecure_http (behind a TLS-terminating proxy on the host).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    insecure_http: bool = False
 
     @field_validator("domain")
     @classmethod

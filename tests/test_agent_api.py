@@ -31,7 +31,7 @@ CHATTY_PY = APP_PY.replace(
 def _settings(tmp_path: Path) -> AgentSettings:
     return AgentSettings(
         role="machine",
-        registry_url="http://registry.test",
+        registry_url="http://127.0.0.1:9",
         join_token="join-secret",
         name="m1",
         state_dir=tmp_path / "state",

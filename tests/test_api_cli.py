@@ -20,7 +20,8 @@ def test_init_prints_tokens_once_and_rotates(tmp_path: Path) -> None:
     first = runner.invoke(main, ["init", "--state-dir", str(state), "--json"])
     assert first.exit_code == 0, first.output
     tokens = json.loads(first.output)
-    assert set(tokens) == {"admin_token", "join_token"}
+    assert set(tokens) == {"admin_token", "join_token", "registry_fingerprint"}
+    assert tokens["registry_fingerprint"].startswith("sha256:")  # the pin for agents and CLI
     assert tokens["admin_token"] not in (state / "registry.db").read_bytes().decode("latin-1")
 
     again = runner.invoke(main, ["init", "--state-dir", str(state)])

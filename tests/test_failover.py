@@ -31,12 +31,26 @@ def test_split_urls() -> None:
 
 
 def test_agent_settings_and_cli_config_take_lists(tmp_path: Path) -> None:
+    # Off loopback the agent needs https:// and a pin per replica (each may have its own cert).
+    pins = f"sha256:{'a' * 64}, sha256:{'b' * 64}"
+    secure_a, secure_b = A.replace("http:", "https:"), B.replace("http:", "https:")
     settings = AgentSettings(
-        role="frontend", registry_url=f"{A}/, {B}", name="f1", state_dir=tmp_path
+        role="frontend",
+        registry_url=f"{secure_a}/, {secure_b}",
+        registry_fingerprint=pins,
+        name="f1",
+        state_dir=tmp_path,
     )
-    assert settings.registry_url == f"{A},{B}"
+    assert settings.registry_url == f"{secure_a},{secure_b}"
+    assert settings.registry_trust.pins == (f"sha256:{'a' * 64}", f"sha256:{'b' * 64}")
     with pytest.raises(ValueError):
-        AgentSettings(role="frontend", registry_url=f"{A},b.test", name="f1", state_dir=tmp_path)
+        AgentSettings(
+            role="frontend",
+            registry_url=f"{secure_a},b.test",
+            registry_fingerprint=pins,
+            name="f1",
+            state_dir=tmp_path,
+        )
     env = {"PAAS_REGISTRY_URL": f"{A},{B}/", "PAAS_TOKEN": "t", "PAAS_CONFIG": str(tmp_path / "c")}
     assert load(env).registry_url == f"{A},{B}"
     with pytest.raises(ConfigError):

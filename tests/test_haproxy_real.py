@@ -45,7 +45,7 @@ def frontend_settings(state_dir: Path, **overrides: object) -> AgentSettings:
     http_port, https_port = free_ports(2)
     values: dict[str, object] = {
         "role": "frontend",
-        "registry_url": "http://registry.test",
+        "registry_url": "http://127.0.0.1:9",
         "join_token": "join-secret",
         "name": "front-1",
         "state_dir": state_dir,

@@ -186,7 +186,7 @@ def test_machine_agent_installs_routes_switches_and_reports_failures(tmp_path: P
     proxy_port = _free_port()
     settings = AgentSettings(
         role="machine",
-        registry_url="http://registry.test",
+        registry_url="http://127.0.0.1:9",
         join_token="join-secret",
         name="m1",
         state_dir=tmp_path / "state",
@@ -360,7 +360,7 @@ class Hammer:
 def machine_settings(state_dir: Path, proxy_port: int, **extra: object) -> AgentSettings:
     return AgentSettings(
         role="machine",
-        registry_url="http://registry.test",
+        registry_url="http://127.0.0.1:9",
         join_token="join-secret",
         name="m1",
         state_dir=state_dir,

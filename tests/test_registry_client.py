@@ -31,7 +31,7 @@ def make_client(handler, token: str | None = "host-tok") -> RegistryClient:
 def settings(tmp_path: Path, **extra: object) -> AgentSettings:
     values: dict[str, object] = {
         "role": "frontend",
-        "registry_url": "http://registry.test",
+        "registry_url": "http://127.0.0.1:9",
         "name": "front-1",
         "state_dir": tmp_path / "state",
         "https_port": 9443,
@@ -192,7 +192,8 @@ def test_backoff_grows_with_jitter_and_caps() -> None:
 def test_settings_precedence_and_validation(tmp_path: Path, monkeypatch) -> None:
     toml = tmp_path / "agent.toml"
     toml.write_text(
-        'role = "machine"\nregistry_url = "http://r:8070/"\nname = "m1"\n'
+        'role = "machine"\nregistry_url = "https://r:8070/"\nname = "m1"\n'
+        f'registry_fingerprint = "SHA256:{":".join(["AB"] * 32)}"\n'
         f'state_dir = "{tmp_path}/s"\nproxy_port = 9000\nhttp_port = 9001\n'
         '[labels]\nzone = "a"\n'
     )
@@ -200,7 +201,8 @@ def test_settings_precedence_and_validation(tmp_path: Path, monkeypatch) -> None
     monkeypatch.setenv("PAAS_HTTP_PORT", "9200")
     loaded = load_settings(toml, http_port=9300, name=None)
     assert loaded.role == "machine" and loaded.name == "m1"
-    assert loaded.registry_url == "http://r:8070"
+    assert loaded.registry_url == "https://r:8070"
+    assert loaded.registry_fingerprint == "sha256:" + "ab" * 32  # openssl's form, normalised
     assert loaded.proxy_port == 9100  # env beats file
     assert loaded.http_port == 9300  # CLI beats env
     assert loaded.labels == {"zone": "a"}
@@ -210,6 +212,10 @@ def test_settings_precedence_and_validation(tmp_path: Path, monkeypatch) -> None
         {"address": "1.2.3.4 evil"},
         {"port_range": "9-1"},
         {"labels": {"a b": "c"}},
+        {"registry_url": "http://198.18.0.5:8070"},  # tokens in clear off loopback
+        {"registry_url": "https://198.18.0.5:8070"},  # no pin and no CA: nothing to verify
+        {"registry_url": "https://r:1", "registry_fingerprint": "md5:" + "ab" * 16},
+        {"registry_url": "https://r:1", "registry_ca": str(tmp_path / "missing.pem")},
     ):
         with pytest.raises(ValueError):
             settings(tmp_path, **bad)

@@ -145,7 +145,7 @@ def proxy(tmp_path: Path) -> Iterator[MachineProxy]:
     (proxy_port,) = free_ports(1)
     settings = AgentSettings(
         role="machine",
-        registry_url="http://registry.test",
+        registry_url="http://127.0.0.1:9",
         join_token="join-secret",
         name="m1",
         state_dir=tmp_path / "state",

@@ -246,7 +246,7 @@ def test_the_agent_refuses_to_start_with_one_clear_line(tmp_path: Path) -> None:
             "--role",
             "machine",
             "--registry-url",
-            "http://registry.test",
+            "http://127.0.0.1:9",
             "--name",
             "m1",
             "--state-dir",
@@ -271,7 +271,7 @@ def test_the_machine_proxy_reports_a_sandbox_violation_and_keeps_serving(tmp_pat
     overrides.mkdir()
     settings = AgentSettings(
         role="machine",
-        registry_url="http://registry.test",
+        registry_url="http://127.0.0.1:9",
         join_token="join-secret",
         name="m1",
         state_dir=tmp_path / "state",

@@ -140,6 +140,7 @@ def build_config(data: dict[str, Any], facts: Facts, *, etc: Path, default_role:
     """Check every value and fill the image's defaults; raises FirstbootError."""
     known = {"role", "registry_url", "join_token", "name", "address", "agent", "registry"}
     known |= {"package_index"}  # a machine's [package_index], merged into its settings
+    known |= {"registry_fingerprint"}  # sha256:... of an https:// registry's certificate
     unknown = sorted(set(data) - known)
     if unknown:
         raise FirstbootError(f"unknown user-data keys {unknown}; allowed: {sorted(known)}")
@@ -175,6 +176,8 @@ def build_config(data: dict[str, Any], facts: Facts, *, etc: Path, default_role:
         "address": address,
         "state_dir": f"/var/lib/paas/{role}",
     }
+    if data.get("registry_fingerprint"):
+        values["registry_fingerprint"] = data["registry_fingerprint"]
     # A machine agent runs each app as its own uid (app_uids in the agent's settings): no
     # shared app user to name here (run_as_user is deprecated and ignored).
     if role != "machine":
@@ -186,7 +189,8 @@ def build_config(data: dict[str, Any], facts: Facts, *, etc: Path, default_role:
 
 
 def _registry_config(data: dict[str, Any], *, etc: Path) -> HostConfig:
-    for key in ("registry_url", "join_token", "name", "address", "agent", "package_index"):
+    agent_keys = ("registry_url", "registry_fingerprint", "join_token", "name", "address")
+    for key in (*agent_keys, "agent", "package_index"):
         if key in data:
             raise FirstbootError(f"{key} is for agent hosts, not for a registry host")
     values: dict[str, Any] = {

@@ -17,10 +17,12 @@ from tests.conftest import free_port
 
 SCRIPT = Path(__file__).resolve().parents[2] / "ami" / "files" / "paas_firstboot.py"
 JOIN = "Hnu88MajdDjKoVUG9Ar5VC8kaZAcNODaRpaDGnTAJsI"
+PIN = "sha256:" + "5e" * 32
 MACHINE = f"""
 # paas host configuration
 role = "machine"
-registry_url = "http://10.0.0.5:8070"
+registry_url = "https://10.0.0.5:8070"
+registry_fingerprint = "{PIN}"
 join_token = "{JOIN}"
 name = "web-1"
 address = "10.0.1.23"
@@ -57,7 +59,8 @@ def test_machine_user_data_becomes_agent_settings(
     assert stat.S_IMODE(path.stat().st_mode) == 0o600  # it holds the join token
     settings = load_settings(path)
     assert (settings.role, settings.name, settings.address) == ("machine", "web-1", "10.0.1.23")
-    assert settings.registry_url == "http://10.0.0.5:8070"
+    assert settings.registry_url == "https://10.0.0.5:8070"
+    assert settings.registry_fingerprint == PIN  # the agent pins the registry's certificate
     assert settings.join_token == JOIN
     assert settings.run_as_user is None  # deprecated: each app gets its own uid
     assert settings.app_uids == "70000-79999"
@@ -104,7 +107,9 @@ def test_hand_written_settings_of_another_role_are_kept(fb: ModuleType, tmp_path
         (MACHINE.replace('role = "machine"', 'role = "db"'), "role 'db' must be one of"),
         (MACHINE.replace('name = "web-1"', 'name = "Web_1"'), "invalid host name"),
         (MACHINE.replace('address = "10.0.1.23"', 'address = "a b"'), "invalid address"),
-        (MACHINE.replace("http://10.0.0.5", "ftp://10.0.0.5"), "must start with http"),
+        (MACHINE.replace("https://10.0.0.5", "ftp://10.0.0.5"), "must start with http"),
+        (MACHINE.replace("https://10.0.0.5", "http://10.0.0.5"), "refusing plain http://"),
+        (MACHINE.replace(PIN, "sha256:00"), "64 hex digits"),
         (MACHINE.replace(JOIN, 'x" \nrole = "frontend'), "not valid TOML"),
         (MACHINE.replace(JOIN, "short"), "join_token must be the token"),
         (MACHINE + "\nsecret = 1\n", "Extra inputs are not permitted"),  # an [agent] key
@@ -141,9 +146,9 @@ def test_values_cannot_inject_settings(
     settings check before anything is written; the writer keeps a quote inside its string
     and refuses control characters."""
     etc = tmp_path / "etc"
-    breakout = 'http://10.0.0.5:8070/"\\nrole = "frontend'
+    breakout = 'https://10.0.0.5:8070/"\\nrole = "frontend'
     tricky = MACHINE.replace(
-        'registry_url = "http://10.0.0.5:8070"', f"registry_url = '{breakout}'"
+        'registry_url = "https://10.0.0.5:8070"', f"registry_url = '{breakout}'"
     )
     assert _run(fb, etc, tricky, tmp_path) == 1
     assert "must look like http://HOST:PORT" in capsys.readouterr().err
@@ -187,7 +192,8 @@ def test_imdsv2_user_data_and_instance_defaults(fb: ModuleType, tmp_path: Path) 
     etc = tmp_path / "etc"
     (tmp_path / "etc").mkdir()
     (etc / "image.toml").write_text('role = "machine"\n')
-    user_data = f'registry_url = "http://10.0.0.5:8070"\njoin_token = "{JOIN}"\n'
+    user_data = f'registry_url = "https://10.0.0.5:8070"\njoin_token = "{JOIN}"\n'
+    user_data += f'registry_fingerprint = "{PIN}"\n'
     with fake_imds(
         "127.0.0.1", user_data=user_data, instance_id="i-0abc123", local_ipv4="10.0.1.7"
     ) as server:
