@@ -38,6 +38,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agent import metrics
+from agent.data_api import DataAccess, DataRoutes
 from agent.logs import LogFollowers, LogStore, is_health_check
 from agent.oneoff import run_streaming
 from agent.procs import AppUser
@@ -111,6 +112,7 @@ class AgentApi:
         run_target: Callable[[str], Awaitable[RunTarget]],
         run_timeout_s: float,
         release_target: ReleaseTarget | None = None,
+        data: Callable[[str], DataAccess] | None = None,
     ) -> None:
         self.host_name = host_name
         self.token_file = token_file
@@ -128,10 +130,17 @@ class AgentApi:
                 Route("/v1/release-phase/{app}", self.release_phase, methods=["POST"]),
             ]
         )
+        if data is not None:  # issue 15 item 6: PAAS_DATA_DIR export/import/delete
+            routes = DataRoutes(data, self._verified_body)
+            self.app.add_route("/v1/data/{app}", routes.export, methods=["GET"])
+            self.app.add_route("/v1/data/{app}", routes.import_, methods=["PUT"])
+            self.app.add_route("/v1/data/{app}", routes.delete, methods=["DELETE"])
 
     # ---- auth -------------------------------------------------------------------------------
 
-    async def _verified_body(self, request: Request) -> bytes | Response:
+    async def _verified_body(
+        self, request: Request, *, max_bytes: int = MAX_BODY_BYTES
+    ) -> bytes | Response:
         """The request's body when the registry signed this request, else the refusal. The
         body is read (bounded) before anything else: the signature covers it."""
         try:
@@ -144,13 +153,16 @@ class AgentApi:
         if not header:
             return JSONResponse({"detail": "missing registry signature"}, 401)
         declared = request.headers.get("content-length", "0")
-        if not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
-            return JSONResponse({"detail": f"body larger than {MAX_BODY_BYTES} bytes"}, 413)
-        body = b""
+        if not declared.isdigit() or int(declared) > max_bytes:
+            return JSONResponse({"detail": f"body larger than {max_bytes} bytes"}, 413)
+        chunks: list[bytes] = []
+        size = 0
         async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                return JSONResponse({"detail": f"body larger than {MAX_BODY_BYTES} bytes"}, 413)
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > max_bytes:
+                return JSONResponse({"detail": f"body larger than {max_bytes} bytes"}, 413)
+        body = b"".join(chunks)
         query = request.scope.get("query_string", b"")
         target = request.scope.get("raw_path") or request.url.path.encode()
         problem = check(

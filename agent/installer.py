@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent import archive, procs, statefile
+from agent import archive, datadir, disk, procs, statefile
 from agent.envspec import (
     EnvironmentSpec,
     SavedSpec,
@@ -85,6 +85,7 @@ class InstalledRelease:
     version: int
     path: Path  # the unpacked release: the instance's cwd
     venv: Path  # its virtualenv (bin/python, bin/<scripts>)
+    data: Path | None = None  # the app's data folder (PAAS_DATA_DIR), kept across releases
 
 
 def app_python(isolated: bool) -> str:
@@ -136,6 +137,8 @@ class Installer:
         max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
         build_cgroup: Callable[[str], tuple[Path, ...]] | None = None,
         package_index: PackageIndex | None = None,
+        min_free_mb: int = 0,
+        min_free_percent: float = 0.0,
     ) -> None:
         self.state_dir = state_dir
         self._download = download
@@ -146,6 +149,9 @@ class Installer:
         self._build_cgroup = build_cgroup  # app -> cgroup.procs files for its builds
         self._locks: dict[str, asyncio.Lock] = {}
         self.package_index = package_index or PackageIndex()  # agent/package_index.py
+        self.min_free_mb = min_free_mb
+        self.min_free_percent = min_free_percent
+        self.busy: dict[str, int] = {}  # app -> installs under way (GC leaves it alone)
 
     @property
     def artifacts_dir(self) -> Path:
@@ -158,16 +164,56 @@ class Installer:
         uid = self.users.uid_of(app)
         return procs.AppUser(uid=uid, gid=uid) if uid is not None else None
 
-    async def install(self, *, app: str, version: int, sha256: str) -> InstalledRelease:
-        """Download (cached by sha), unpack (cached by app+version), build or reuse the venv."""
+    async def install(
+        self, *, app: str, version: int, sha256: str, app_id: str | None = None
+    ) -> InstalledRelease:
+        """Download (cached by sha), unpack (cached by app+version), build or reuse the venv;
+        the app's data folder is made (and claimed for `app_id`) before anything runs."""
         check_sha256(sha256)
         check_app_name(app)
+        self.busy[app] = self.busy.get(app, 0) + 1
+        try:
+            return await self._install(app=app, version=version, sha256=sha256, app_id=app_id)
+        finally:
+            self.busy[app] -= 1
+            if not self.busy[app]:
+                del self.busy[app]
+
+    def check_room(self, app: str, version: int, sha256: str) -> None:
+        """Refuse a release not yet on this host when the disk is too full for it (before
+        it fills); one already unpacked here may start again."""
+        if not (self.min_free_mb or self.min_free_percent):
+            return
+        if _release_matches(self.release_dir(app, version), sha256):
+            return
+        free, total = disk.free_space(self.state_dir)
+        why = disk.low_disk(
+            free, total, min_free_mb=self.min_free_mb, min_free_percent=self.min_free_percent
+        )
+        if why is not None:
+            log.error("refusing release %d of %s: low on disk (%s)", version, app, why)
+            raise disk.LowDisk(
+                f"this host is low on disk ({why}, in {self.state_dir}): new releases are"
+                " refused before the disk fills. Free space or lower the threshold."
+            )
+
+    async def _install(
+        self, *, app: str, version: int, sha256: str, app_id: str | None
+    ) -> InstalledRelease:
+        await asyncio.to_thread(self.check_room, app, version, sha256)
         try:
             artifact = await self._fetch(sha256)
         except OSError as exc:
             raise self._failure(exc, f"storing artifact {sha256[:12]}") from exc
         try:
             folders = await asyncio.to_thread(self.users.prepare, app)
+            data = await asyncio.to_thread(
+                datadir.prepare_data,
+                folders,
+                uid=self.users.uid_of(app),
+                app_id=app_id,
+                state_dir=self.state_dir,
+            )
         except OSError as exc:
             raise self._failure(exc, f"preparing the folders of {app}") from exc
         release = self.release_dir(app, version)
@@ -196,7 +242,7 @@ class Installer:
                     if isinstance(exc, InstallError) and not _no_space(exc):
                         raise
                     raise self._failure(exc, "building the environment") from exc
-        return InstalledRelease(app=app, version=version, path=release, venv=venv)
+        return InstalledRelease(app=app, version=version, path=release, venv=venv, data=data)
 
     def _failure(self, exc: BaseException, doing: str) -> InstallError:
         if _no_space(exc):

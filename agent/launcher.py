@@ -29,6 +29,7 @@ def instance_env(
     system_path: str | None = None,
     tmp: Path | None = None,
     user: str | None = None,
+    data: Path | None = None,
 ) -> dict[str, str]:
     """The config vars, then ours on top (an app cannot override PORT, the venv, HOME, its
     temp folder or who it is).
@@ -36,7 +37,8 @@ def instance_env(
     `port` None: a worker, which gets no PORT (a config var named PORT is dropped too, so a
     worker never believes it should listen). `tmp`: the app's own temp folder (TMPDIR, TMP,
     TEMP), which outlives an agent restart, unlike a PrivateTmp. `user`: USER/LOGNAME, as an
-    app uid has no passwd entry (getpass.getuser() reads them)."""
+    app uid has no passwd entry (getpass.getuser() reads them). `data`: PAAS_DATA_DIR, the
+    app's data folder on this host, kept across releases (agent/datadir.py)."""
     env = dict(config)
     env.pop("PORT", None)
     if port is not None:
@@ -53,6 +55,10 @@ def instance_env(
         env.update(TMPDIR=str(tmp), TMP=str(tmp), TEMP=str(tmp))
     if user is not None:
         env.update(USER=user, LOGNAME=user)
+    if data is not None:
+        env["PAAS_DATA_DIR"] = str(data)
+    else:
+        env.pop("PAAS_DATA_DIR", None)
     env.pop("PYTHONHOME", None)
     return env
 

@@ -26,9 +26,16 @@ from pathlib import Path
 
 import httpx
 
-from agent import procs
+from agent import datadir, disk, procs
 from agent.adoption import adopt_instances
-from agent.api_server import AgentApi, ApiServer, ReleasePhaseRequest, RunTarget, UnknownApp
+from agent.api_server import (
+    AgentApi,
+    ApiServer,
+    DataAccess,
+    ReleasePhaseRequest,
+    RunTarget,
+    UnknownApp,
+)
 from agent.capacity import measure
 from agent.cgroups import Cgroups, LeafCgroup, Limits
 from agent.errors import AgentError, RegistryError
@@ -43,6 +50,7 @@ from agent.instances import (
     save_desired,
     snapshot,
 )
+from agent.janitor import Janitor
 from agent.launcher import AppLauncher, instance_env, system_path
 from agent.logs import LogFollowers, LogStore, collect_forever
 from agent.machine_proxy import MachineProxy
@@ -102,6 +110,7 @@ class MachineAgent:
         self._reported: frozenset[int] = frozenset()  # departed ids reported stopped
         self._watch_index = -1  # the desired index the running watch waits past
         self._rewatch = asyncio.Event()  # a report showed the registry past that index
+        self._disk: disk.DiskUsage | None = None  # sent with heartbeats (agent/disk.py)
         # Instance id -> the definition a running restart moves it to (newest wins).
         self._restart_to: dict[int, DesiredInstance] = {}
         # Replaced processes draining and stopping, with the port they free once stopped.
@@ -125,6 +134,7 @@ class MachineAgent:
                 asyncio.create_task(self._tick_loop(), name="tick"),
                 asyncio.create_task(self._registry_loop(stop), name="registry"),
                 asyncio.create_task(self.api_server.serve(), name="api"),
+                asyncio.create_task(self._disk_loop(), name="disk"),
                 asyncio.create_task(
                     collect_forever(
                         self.log_store,
@@ -185,6 +195,14 @@ class MachineAgent:
             max_unpacked_bytes=self.settings.release_max_mb << 20,
             build_cgroup=self._build_cgroup,
             package_index=self.settings.package_index,
+            min_free_mb=self.settings.min_free_mb,
+            min_free_percent=self.settings.min_free_percent,
+        )
+        self.janitor = Janitor(
+            self.installer,
+            keep_releases=self.settings.keep_releases,
+            venv_min_age_s=self.settings.venv_min_age_s,
+            gone_app_s=self.settings.gone_app_s,
         )
         log.info("app builds use %s", self.settings.package_index.describe())
         self.ports = PortAllocator(*self.settings.port_bounds)
@@ -204,6 +222,7 @@ class MachineAgent:
             run_target=self.run_target,
             run_timeout_s=self.settings.run_timeout_s,
             release_target=self.release_target,
+            data=self.data_access,
         )
         self.api_server = ApiServer(api, self.settings.address, self.settings.api_port)
         INSTANCE_STATES.states = lambda: [i.state for i in self.instances.values()]
@@ -428,7 +447,7 @@ class MachineAgent:
         self._changed()
         try:
             release = await self.installer.install(
-                app=d.app, version=d.release, sha256=d.artifact_sha256
+                app=d.app, version=d.release, sha256=d.artifact_sha256, app_id=_app_id(d.env)
             )
             if inst.removing:
                 inst.phase = "stopped"
@@ -491,6 +510,7 @@ class MachineAgent:
             tmp=folders.tmp,
             user=f"app-{app}",
             system_path=system_path(),
+            data=datadir.data_dir(folders),
         )
 
     async def _restart(self, inst: Instance) -> None:
@@ -539,7 +559,7 @@ class MachineAgent:
         d = desired
         try:
             release = await self.installer.install(
-                app=d.app, version=d.release, sha256=d.artifact_sha256
+                app=d.app, version=d.release, sha256=d.artifact_sha256, app_id=_app_id(d.env)
             )
         except AgentError as exc:
             log.error(
@@ -777,7 +797,27 @@ class MachineAgent:
             applied_index=self.proxy.applied_index,
             proxy_error=self.proxy.error,
         )
-        return report.model_copy(update={"api_port": self.api_server.port, "capacity": measure()})
+        capacity = measure(self._disk)
+        return report.model_copy(update={"api_port": self.api_server.port, "capacity": capacity})
+
+    # ---- disk hygiene (agent/janitor.py) --------------------------------------------------------
+
+    async def _disk_loop(self) -> None:
+        """Measure the disk and sweep old releases, venvs and artifacts, every disk_check_s."""
+        while True:
+            try:
+                in_use: dict[str, set[tuple[int, str]]] = {}
+                for inst in self.instances.values():
+                    d = inst.desired
+                    in_use.setdefault(d.app, set()).add((d.release, d.artifact_sha256))
+                await asyncio.to_thread(self.janitor.sweep, in_use, now=time.monotonic())
+                usage = await asyncio.to_thread(disk.measure, self.settings.state_dir)
+                if usage != self._disk:
+                    self._disk = usage
+                    self.reporter.soon()
+            except Exception:  # one bad pass must not stop the next, nor the agent
+                log.exception("disk hygiene pass failed")
+            await asyncio.sleep(self.settings.disk_check_s)
 
     # ---- one-off runs ------------------------------------------------------------------------
 
@@ -791,7 +831,7 @@ class MachineAgent:
         d = max(candidates, key=lambda c: (c.serve, c.release))
         try:
             release = await self.installer.install(
-                app=d.app, version=d.release, sha256=d.artifact_sha256
+                app=d.app, version=d.release, sha256=d.artifact_sha256, app_id=_app_id(d.env)
             )
         except AgentError as exc:
             raise UnknownApp(f"release {d.release} of {app} is not installed here: {exc}") from exc
@@ -804,7 +844,7 @@ class MachineAgent:
         instances placed here later reuse it), with the environment the registry sent."""
         try:
             release = await self.installer.install(
-                app=app, version=spec.version, sha256=spec.artifact_sha256
+                app=app, version=spec.version, sha256=spec.artifact_sha256, app_id=_app_id(spec.env)
             )
         except AgentError as exc:
             raise UnknownApp(
@@ -814,9 +854,23 @@ class MachineAgent:
         user = await asyncio.to_thread(self._run_user, app, self._app_memory(app))
         return RunTarget(cwd=release.path, env=env, user=user)
 
+    def data_access(self, app: str) -> DataAccess:
+        """What the agent API needs to export, import or delete `app`'s data here."""
+        return DataAccess(
+            folders=self.users.folders(app),
+            user=self.installer.app_user(app),
+            state_dir=self.settings.state_dir,
+        )
+
     def _report_sent(self, report: HostReport) -> None:
         """Departed instances reported stopped may now leave the table."""
         gone = {
             r.id for r in report.instances if r.state == "stopped" and self._gone_for_good(r.id)
         }
         self._reported = self._reported | gone
+
+
+def _app_id(env: dict[str, str]) -> str | None:
+    """The app's registry id (the registry sends it as PAAS_APP_ID): data is keyed by it."""
+    value = env.get("PAAS_APP_ID")
+    return value if value is not None and datadir.valid_app_id(value) else None

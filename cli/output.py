@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from cli.api import dump
-from common.wire import App, Host, InstanceView, Release
+from common.wire import App, Host, HostCapacity, InstanceView, Release
 
 if TYPE_CHECKING:  # rich is imported when a table is drawn: `paas deploy` starts faster
     from rich.console import Console
@@ -102,6 +102,7 @@ def hosts_table(hosts: Sequence[Host]) -> None:
             "CPUS",
             "MEMORY FREE/TOTAL",
             "LOAD",
+            "DISK STATE FREE/TOTAL",
             "HEARTBEAT",
             "PROXY ERROR",
         ],
@@ -126,9 +127,20 @@ def _capacity_cells(host: Host) -> list[object]:
     """CPUs, free/total memory and load from the host's last report; blanks before it sends any."""
     capacity = host.capacity
     if capacity is None:
-        return [None, None, None]
+        return [None, None, None, None]
     memory = f"{capacity.memory_available_mb}/{capacity.memory_total_mb} MiB"
-    return [capacity.cpu_count, memory, f"{capacity.load_1m:.2f}"]
+    return [capacity.cpu_count, memory, f"{capacity.load_1m:.2f}", _disk_cell(capacity)]
+
+
+def _disk_cell(capacity: HostCapacity) -> str | None:
+    """'412 MiB 70.1/251.9 GiB': what the agent's state folder holds, then free/total."""
+    if capacity.disk_total_mb is None or capacity.disk_free_mb is None:
+        return None
+    gib = 1024
+    return (
+        f"{capacity.state_disk_mb or 0} MiB"
+        f" {capacity.disk_free_mb / gib:.1f}/{capacity.disk_total_mb / gib:.1f} GiB"
+    )
 
 
 def instances_table(instances: Sequence[InstanceView]) -> None:

@@ -49,6 +49,9 @@ class Manifest:
     memory_mb: int | None = None  # memory = "256M" per instance; placement keeps hosts within it
     min_healthy_s: float | None = None  # seconds healthy before the switch; None: keep the app's
     auto_rollback: bool | None = None  # roll back a crash-looping release; None: keep the app's
+    # data = true: the app keeps data in PAAS_DATA_DIR, so it is pinned to the host that
+    # holds it (placement never moves it); None: keep the app's.
+    data: bool | None = None
 
 
 def parse_procfile(text: str) -> dict[str, str]:
@@ -133,6 +136,7 @@ _KEYS = {
     "memory",
     "min_healthy_s",
     "auto_rollback",
+    "data",
 }
 
 
@@ -168,6 +172,7 @@ def parse_manifest(text: str) -> Manifest:
         memory_mb=_memory(values.get("memory")),
         min_healthy_s=_min_healthy(values.get("min_healthy_s")),
         auto_rollback=_auto_rollback(values.get("auto_rollback")),
+        data=_data(values.get("data")),
     )
 
 
@@ -246,6 +251,12 @@ def _auto_rollback(value: object) -> bool | None:
     if value is None or isinstance(value, bool):
         return value
     raise ManifestError("paas.toml: auto_rollback must be true or false")
+
+
+def _data(value: object) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise ManifestError("paas.toml: data must be true or false (true pins the app to its host)")
 
 
 def _instances(value: object) -> int | None:

@@ -106,6 +106,8 @@ class App(Model):
     depends_on: list[AppName] = Field(default_factory=list)
     # Instances per worker process type that was scaled (a type not named runs 1).
     process_counts: dict[ProcessType, int] = Field(default_factory=dict)
+    # paas.toml `data = true`: the host holding its PAAS_DATA_DIR, which it is pinned to.
+    data_host: HostName | None = None
 
 
 class RouteOptions(Model):
@@ -347,6 +349,10 @@ class HostCapacity(Model):
     memory_total_mb: int = Field(ge=0, le=2**31 - 1)
     memory_available_mb: int = Field(ge=0, le=2**31 - 1)
     load_1m: float = Field(ge=0, le=1e6)  # 1-minute load average
+    # Issue 15 item 7: what the agent's state folder holds, and free/total space on its disk.
+    state_disk_mb: int | None = Field(default=None, ge=0, le=2**40)
+    disk_free_mb: int | None = Field(default=None, ge=0, le=2**40)
+    disk_total_mb: int | None = Field(default=None, ge=0, le=2**40)
 
 
 class HostReport(Model):

@@ -23,6 +23,7 @@ from controller import (
     routes_artifacts,
     routes_certs,
     routes_config,
+    routes_data,
     routes_domains,
     routes_hosts,
     routes_logs,
@@ -102,6 +103,7 @@ def create_app(settings: RegistrySettings) -> FastAPI:
     app.include_router(audit.router)
     app.include_router(routes_logs.router)
     app.include_router(routes_run.router)
+    app.include_router(routes_data.router)
     app.include_router(status.router)
     status.redact_access_log()
     app.add_route("/metrics", metrics.metrics_endpoint, methods=["GET"], include_in_schema=False)

@@ -73,6 +73,9 @@ def create_release(
         app.constraints = manifest.constraints
     if manifest.memory_mb is not None:
         app.memory_mb = manifest.memory_mb
+    if manifest.data is not None:
+        app.keeps_data = manifest.data
+    pin_data_host(session, app)
     if manifest.domains:
         add_domains(session, app, manifest.domains)
     if manifest.min_healthy_s is not None:
@@ -199,7 +202,9 @@ def _place_hosts(
     key = placement_key(app.name, process)
     if app.memory_mb:
         memory[key] = app.memory_mb
+    pin = app.data_host if app.keeps_data else None
     placed = place(
+        pinned={key: pin} if pin is not None else None,
         apps_wanting={key: count},
         hosts=[host_slot(h) for h in hosts],
         current=[(k, h) for k, h, _m in current],
@@ -209,6 +214,23 @@ def _place_hosts(
     )[key]
     by_name = {h.name: h for h in hosts}
     return [by_name[name] for name in placed]
+
+
+def pin_data_host(session: Session, app: App) -> None:
+    """An app that keeps data gets its host once, before its release phase or first
+    instance runs, and keeps it (a pin to a host that was removed is chosen again)."""
+    if not app.keeps_data:
+        return
+    if app.data_host is not None:
+        exists = session.execute(select(Host.id).where(Host.name == app.data_host)).first()
+        if exists is not None:
+            return
+        log.warning("app %s was pinned to removed host %s; choosing again", app.name, app.data_host)
+        app.data_host = None
+    [host] = _place_hosts(session, app, 1, staying=(), process="web") or [None]
+    if host is not None:
+        app.data_host = host.name
+        log.info("app %s keeps data: pinned to host %s", app.name, host.name)
 
 
 def host_slot(host: Host) -> HostSlot:

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -66,6 +67,10 @@ class App(Base):
     )
     # Issue 4: memory each instance needs (paas.toml memory = "256M"); None: not declared.
     memory_mb: Mapped[int | None] = mapped_column(Integer, default=None)
+    # Issue 15 item 6: paas.toml `data = true` pins the app to the host holding its
+    # PAAS_DATA_DIR (`data_host`, chosen at its first deploy).
+    keeps_data: Mapped[bool | None] = mapped_column(default=None)
+    data_host: Mapped[str | None] = mapped_column(String(63), default=None)
     # Instances per non-web Procfile process type (`paas ps:scale APP worker=2`); a type not
     # named here runs DEFAULT_WORKER_COUNT. The web count is `instances`.
     process_counts: Mapped[dict[str, int]] = mapped_column(
@@ -169,6 +174,10 @@ class Host(Base):
     memory_total_mb: Mapped[int | None] = mapped_column(Integer, default=None)
     memory_available_mb: Mapped[int | None] = mapped_column(Integer, default=None)
     load_1m: Mapped[float | None] = mapped_column(Float, default=None)
+    # Issue 15 item 7: the agent's state folder size and its disk's free/total (MiB).
+    state_disk_mb: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    disk_free_mb: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    disk_total_mb: Mapped[int | None] = mapped_column(BigInteger, default=None)
     # Its agent API key (common/agent_auth.py), sealed with the registry's key file
     # (controller/agent_keys.py); None: joined before signed agent requests.
     api_key_sealed: Mapped[str | None] = mapped_column(Text, default=None)

@@ -70,6 +70,7 @@ def place(
     staying: Mapping[str, Sequence[str]] | None = None,
     constraints: Mapping[str, Mapping[str, str]] | None = None,
     memory_mb: Mapping[str, int] | None = None,
+    pinned: Mapping[str, str] | None = None,
 ) -> dict[str, list[str]]:
     """Choose a host for every instance each app wants; one host name per instance.
 
@@ -82,7 +83,9 @@ def place(
     counts them too. `constraints` names, per app, labels a host must carry (`zone = "a"`).
     `memory_mb` is what each app declares per instance (paas.toml `memory = "256M"`): a host
     is never given more than its reported memory holds, and full hosts are skipped. An app
-    gets fewer hosts than it wants (maybe []) when no eligible host has room.
+    gets fewer hosts than it wants (maybe []) when no eligible host has room. `pinned` names,
+    per app, the one host it may run on (it keeps data there, paas.toml `data = true`): while
+    that host is down or full the app gets no host, never another one.
     """
     busy = {h.name: h.load_per_cpu or 0.0 for h in hosts}
     running = list(current)
@@ -95,6 +98,9 @@ def place(
         mine: Counter[str] = Counter((staying or {}).get(app, ()))
         wanted = (constraints or {}).get(app, {})
         eligible = sorted(h.name for h in hosts if fits(h, wanted))
+        pin = (pinned or {}).get(app)
+        if pin is not None:
+            eligible = [h for h in eligible if h == pin]
         app_need = need.get(app, 0)
         chosen: list[str] = []
         for _ in range(apps_wanting[app]):

@@ -8,6 +8,7 @@ from fastapi import APIRouter, BackgroundTasks, Body, Depends, Path, Query, Resp
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse
 
 from common import wire
 from common.manifest import ManifestError, parse_manifest, parse_procfile, require_web
@@ -22,8 +23,9 @@ from controller.models import App, Instance, Release
 from controller.queries import expire_if_due, get_app, now, watch
 from controller.release_phase import run_release_phase
 from controller.rollback import rollback
+from controller.routes_data import delete_everywhere
 from controller.services import assign_service_port, refuse_delete_if_needed, set_dependencies
-from controller.views import app_view, instance_view, release_view, up_frontends
+from controller.views import app_identity, app_view, instance_view, release_view, up_frontends
 
 router = APIRouter(prefix="/v1/apps", tags=["apps"], dependencies=[Depends(require_app_scope)])
 
@@ -116,16 +118,30 @@ def _scale_counts(row: App, body: wire.AppUpdate) -> bool:
 
 
 @router.delete("/{app}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_app(
-    app: AppName, force: bool = Query(False), ctx: Context = Depends(get_ctx)
+async def delete_app(
+    app: AppName,
+    force: bool = Query(False),
+    delete_data: bool = Query(False),
+    ctx: Context = Depends(get_ctx),
 ) -> Response:
-    """Refused (409) while other apps depend on it, unless `force=true`."""
-    with ctx.db.write() as session:
-        row = get_app(session, app)
-        refuse_delete_if_needed(session, app, force=force)
-        session.delete(row)
-        bump(session, desired=True)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    """Refused (409) while other apps depend on it, unless `force=true`. Its data folders
+    on the hosts stay (out of reach of any new app of the same name) unless `delete_data`:
+    then every machine host is asked to remove them, and the answer says which did."""
+
+    def delete() -> str:
+        with ctx.db.write() as session:
+            row = get_app(session, app)
+            refuse_delete_if_needed(session, app, force=force)
+            identity = app_identity(row)
+            session.delete(row)
+            bump(session, desired=True)
+        return identity
+
+    identity = await run_in_threadpool(delete)
+    if not delete_data:
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    hosts = await delete_everywhere(ctx, app, identity)
+    return JSONResponse({"data": hosts})
 
 
 @router.post("/{app}/releases", status_code=status.HTTP_201_CREATED, response_model=wire.Release)

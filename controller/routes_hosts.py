@@ -186,6 +186,10 @@ def record_capacity(host: Host, capacity: wire.HostCapacity) -> None:
     host.memory_total_mb = capacity.memory_total_mb
     host.memory_available_mb = capacity.memory_available_mb
     host.load_1m = capacity.load_1m
+    if capacity.disk_total_mb is not None:
+        host.state_disk_mb = capacity.state_disk_mb
+        host.disk_free_mb = capacity.disk_free_mb
+        host.disk_total_mb = capacity.disk_total_mb
 
 
 def _check_frontend(ctx: Context, host: str) -> None:

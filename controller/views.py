@@ -32,6 +32,7 @@ def app_view(app: App, settings: RegistrySettings) -> wire.App:
         service_port=app.service_port,
         depends_on=list(app.depends_on or []),
         process_counts=dict(app.process_counts or {}),
+        data_host=app.data_host if app.keeps_data else None,
     )
 
 
@@ -106,6 +107,9 @@ def _capacity(host: Host) -> wire.HostCapacity | None:
         memory_total_mb=host.memory_total_mb,
         memory_available_mb=host.memory_available_mb or 0,
         load_1m=host.load_1m or 0.0,
+        state_disk_mb=host.state_disk_mb,
+        disk_free_mb=host.disk_free_mb,
+        disk_total_mb=host.disk_total_mb,
     )
 
 
@@ -164,6 +168,13 @@ def proxy_clients(session: Session) -> tuple[list[str], list[str]]:
     )
 
 
+def app_identity(app: App) -> str:
+    """Which app this is, across deletes: the row id plus its creation time (SQLite may
+    give a new app the id of a deleted one), so a new app of the same name never gets the
+    data folder of a deleted one (agent/datadir.py)."""
+    return f"{app.id}-{int(app.created_at.timestamp() * 1_000_000)}"
+
+
 def release_env(
     release: Release, host: Host, ports: dict[str, int | None], settings: RegistrySettings
 ) -> dict[str, str]:
@@ -174,6 +185,7 @@ def release_env(
     env.update(release.config)
     env.update(
         PAAS_APP=app.name,
+        PAAS_APP_ID=app_identity(app),  # the agent keys the app's data folder by it
         PAAS_RELEASE=str(release.version),
         PAAS_HOST=host.name,
         PAAS_URL=settings.app_url(app.name),

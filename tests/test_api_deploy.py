@@ -63,6 +63,7 @@ def test_release_from_real_tarball_reads_procfile_and_manifest(reg: TestRegistry
     assert instance["command"] == "python -m shop --port $PORT"
     assert instance["serve"] is False and instance["health_path"] == "/health"
     assert instance["domains"] == ["shop.paas.test", "shop.example.com"]
+    assert instance["env"].pop("PAAS_APP_ID")[0].isdigit()  # keys its data folder on hosts
     assert instance["env"] == {
         "PAAS_APP": "shop",
         "PAAS_RELEASE": "1",

@@ -15,6 +15,10 @@ def capacity(total: int, available: int, *, cpus: int = 2, load: float = 0.1) ->
         "memory_total_mb": total,
         "memory_available_mb": available,
         "load_1m": load,
+        # Disk figures (issue 15 item 7) are optional: a report without them shows none.
+        "state_disk_mb": None,
+        "disk_free_mb": None,
+        "disk_total_mb": None,
     }
 
 
