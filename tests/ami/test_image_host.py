@@ -62,13 +62,15 @@ def test_provisioned_image_boots_from_user_data_joins_and_serves(
             _verify_units(host)
             registry, url, tokens = _start_registry(link, tmp_path / "registry")
             user_data = f'registry_url = "{url}"\njoin_token = "{tokens["join_token"]}"\n'
+            if tokens.get("registry_fingerprint"):  # an https:// registry: its pin
+                user_data += f'registry_fingerprint = "{tokens["registry_fingerprint"]}"\n'
             with fake_imds(
                 link.host_addr, user_data=user_data, instance_id=INSTANCE_ID,
                 local_ipv4=link.ns_addr,
             ) as imds:  # fmt: skip
                 agent = _boot(host, endpoint(imds), expect="written")
                 _wait_host_up(url, tokens["admin_token"], agent, host, link)
-                _deploy_hello(url, tokens["admin_token"], tmp_path)
+                _deploy_hello(url, tokens, tmp_path)
                 _join_test_side_as_frontend(url, tokens["join_token"], link)
                 _assert_serves(host, link, agent)
                 _assert_apps_unprivileged(host)
@@ -171,7 +173,9 @@ def _start_registry(link: Link, state: Path) -> tuple[subprocess.Popen[bytes], s
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-    url = f"http://{link.host_addr}:{port}"
+    # Not loopback: the registry serves HTTPS with the certificate `init` made (its pin).
+    scheme = "https" if tokens.get("registry_fingerprint") else "http"
+    url = f"{scheme}://{link.host_addr}:{port}"
     _until(lambda: _get(f"{url}/v1/health") == 200, what="the registry to answer", proc=proc)
     return proc, url, tokens
 
@@ -207,7 +211,9 @@ def _wait_host_up(
     """Up, and (with `since`) reported by this agent run, not by the one before it."""
 
     def up() -> bool:
-        response = httpx.get(f"{url}/v1/hosts", headers={"Authorization": f"Bearer {admin}"})
+        response = httpx.get(
+            f"{url}/v1/hosts", headers={"Authorization": f"Bearer {admin}"}, verify=False
+        )
         found = {h["name"]: h for h in response.json()}.get(INSTANCE_ID, {})
         if found.get("state") != "up":
             return False
@@ -217,7 +223,9 @@ def _wait_host_up(
         )
 
     _until(up, what="the host to join", proc=agent, log=lambda: host.log_of(_agent_unit(host)))
-    hosts = httpx.get(f"{url}/v1/hosts", headers={"Authorization": f"Bearer {admin}"}).json()
+    hosts = httpx.get(
+        f"{url}/v1/hosts", headers={"Authorization": f"Bearer {admin}"}, verify=False
+    ).json()
     # Named after the instance id, reachable on its private IPv4: the IMDS defaults.
     assert [(h["name"], h["address"], h["role"]) for h in hosts if h["role"] == "machine"] == [
         (INSTANCE_ID, link.ns_addr, "machine")
@@ -236,12 +244,14 @@ def _join_test_side_as_frontend(url: str, join_token: str, link: Link) -> None:
             "proxy_port": 443,
         },
         headers={"Authorization": f"Bearer {join_token}"},
+        verify=False,
     )
     assert answer.status_code == 200, answer.text
 
 
-def _deploy_hello(url: str, admin: str, tmp_path: Path) -> None:
-    env = {**os.environ, "PAAS_REGISTRY_URL": url, "PAAS_TOKEN": admin,
+def _deploy_hello(url: str, tokens: dict[str, str], tmp_path: Path) -> None:
+    env = {**os.environ, "PAAS_REGISTRY_URL": url, "PAAS_TOKEN": tokens["admin_token"],
+           "PAAS_REGISTRY_FINGERPRINT": tokens.get("registry_fingerprint", ""),
            "PAAS_CONFIG": str(tmp_path / "cli.json")}  # fmt: skip
     paas = str(BIN / "paas")
     rootfs.run([paas, "apps:create", "hello"], timeout=60, env=env)
@@ -320,7 +330,7 @@ def _registry_host(host: ImageHost, link: Link, imds_url: str) -> None:
     assert not host.path("/etc/paas/agent-machine.toml").exists()  # one role per host
     tokens = host.path("/etc/paas/registry-tokens.json")
     assert stat.S_IMODE(tokens.stat().st_mode) == 0o600
-    assert set(json.loads(tokens.read_text())) == {"admin_token", "join_token"}
+    assert {"admin_token", "join_token"} <= set(json.loads(tokens.read_text()))
     assert (
         host.path("/var/lib/paas/registry/registry.db").stat().st_uid
         == host.ids("paas-registry")[0]
@@ -328,8 +338,8 @@ def _registry_host(host: ImageHost, link: Link, imds_url: str) -> None:
     unit = host.unit("paas-registry.service")
     assert unit.user == "paas-registry"
     proc = host.start_unit(unit)
-    url = f"http://{link.ns_addr}:8070/v1/health"
-    _until(lambda: _get(url) == 200, what="the image's registry", proc=proc,
+    urls = [f"{scheme}://{link.ns_addr}:8070/v1/health" for scheme in ("https", "http")]
+    _until(lambda: 200 in map(_get, urls), what="the image's registry", proc=proc,
            log=lambda: host.log_of(unit))  # fmt: skip
     host.stop(proc, timeout=15)
 
@@ -339,7 +349,7 @@ def _registry_host(host: ImageHost, link: Link, imds_url: str) -> None:
 
 def _get(url: str) -> int:
     try:
-        return httpx.get(url, timeout=2).status_code
+        return httpx.get(url, timeout=2, verify=False).status_code
     except httpx.HTTPError:
         return 0
 
