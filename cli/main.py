@@ -15,6 +15,7 @@ from cli import (
     certs,
     config,
     config_verbs,
+    data,
     domains,
     hosts_verbs,
     logs,
@@ -27,6 +28,7 @@ from cli import (
 from cli.api import RegistryClient
 from cli.deploy import Deployer
 from cli.errors import ApiError, CliError, DeployFailed
+from cli.ops_api import OpsClient
 from common.names import InvalidName, check_app_name, check_domain
 from common.wire import AppCreate
 
@@ -150,11 +152,25 @@ def apps_create(name: str, domains: tuple[str, ...], instances: int, as_json: bo
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Really delete the app, its releases and instances.")
 @click.option("--force", is_flag=True, help="Delete even if other apps depend on it.")
-def apps_delete(name: str, yes: bool, force: bool) -> None:
-    """Delete an app (needs --yes)."""
+@click.option(
+    "--delete-data",
+    is_flag=True,
+    help="Also remove its data folders (PAAS_DATA_DIR) on every host; kept aside otherwise.",
+)
+def apps_delete(name: str, yes: bool, force: bool, delete_data: bool) -> None:
+    """Delete an app (needs --yes). Its data stays on the hosts, out of reach of any new app
+    of the same name, unless --delete-data."""
     check_app_name(name)
     if not yes:
         raise CliError(f"deleting {name} stops it and removes its releases; add --yes to confirm")
+    if delete_data:
+        params = {"delete_data": "true", **({"force": "true"} if force else {})}
+        with OpsClient.from_login() as ops:
+            answer = ops.call("DELETE", f"/v1/apps/{name}", params=params) or {}
+        click.echo(f"deleted app {name}")
+        for host, outcome in sorted((answer.get("data") or {}).items()):
+            click.echo(f"  data on {host}: {outcome}")
+        return
     with client() as api:
         api.force_delete_app(name) if force else api.delete_app(name)
     click.echo(f"deleted app {name}")
@@ -367,6 +383,7 @@ hosts_verbs.register(main)
 audit.register(main, json_option=json_option)
 logs.register(main)
 run.register(main)
+data.register(main)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -57,7 +57,13 @@ def register(
         check_app_name(app)
         with client() as api:
             found = api.list_instances(app)
-        output.print_json(found) if as_json else output.instances_table(found)
+            pinned = None if as_json else api.get_app(app).data_host
+        if as_json:
+            output.print_json(found)
+            return
+        if pinned is not None:  # paas.toml data = true: it never moves off its data's host
+            click.echo(f"pinned to {pinned} (data)")
+        output.instances_table(found)
 
     @group.command("ps:scale")
     @click.argument("app")
