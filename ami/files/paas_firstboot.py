@@ -321,7 +321,10 @@ def init_registry(config: HostConfig, *, etc: Path) -> None:
     fd = os.open(tokens, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(done.stdout)
-    print(f"paas-firstboot: registry initialised; admin and join tokens are in {tokens}")
+    print(
+        "paas-firstboot: registry initialised; admin and join tokens and the registry's"
+        f" certificate fingerprint are in {tokens}"
+    )
 
 
 # ---- command line --------------------------------------------------------------------------

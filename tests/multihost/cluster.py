@@ -24,6 +24,7 @@ import psutil
 
 from agent.runrecords import stray_groups
 from cli.api import RegistryClient
+from common.registry_tls import RegistryTrust, parse_pins
 from tests.multihost.net import Network, Node
 
 BIN = Path(sys.executable).parent
@@ -59,7 +60,12 @@ class MultiHostCluster:
 
     @property
     def registry_url(self) -> str:
-        return f"http://{self.network.nodes[REGISTRY].address}:{self.ports[REGISTRY]}"
+        return f"https://{self.network.nodes[REGISTRY].address}:{self.ports[REGISTRY]}"
+
+    @property
+    def trust(self) -> RegistryTrust:
+        """The registry's certificate pinned, as agents and the CLI pin it (issue 14)."""
+        return RegistryTrust(pins=parse_pins(self.tokens["registry_fingerprint"]))
 
     @property
     def https_url(self) -> str:
@@ -69,16 +75,24 @@ class MultiHostCluster:
         """For a `paas` subprocess that talks to this cluster."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("PAAS_")}
         env.update(PAAS_REGISTRY_URL=self.registry_url, PAAS_TOKEN=self.tokens["admin_token"])
+        env.update(PAAS_REGISTRY_FINGERPRINT=self.tokens["registry_fingerprint"])
         return env
 
     def routing(self) -> dict[str, set[str]]:
         """App -> the hosts the registry's routing table sends it to."""
         headers = {"Authorization": f"Bearer {self.tokens['admin_token']}"}
-        table = httpx.get(f"{self.registry_url}/v1/routing", headers=headers, timeout=5).json()
+        table = httpx.get(
+            f"{self.registry_url}/v1/routing",
+            headers=headers,
+            timeout=5,
+            verify=self.trust.ssl_context(),
+        ).json()
         return {a["name"]: {s["host"] for s in a["servers"]} for a in table["apps"]}
 
     def client(self) -> RegistryClient:
-        return RegistryClient(self.registry_url, self.tokens["admin_token"], timeout=5.0)
+        return RegistryClient(
+            self.registry_url, self.tokens["admin_token"], timeout=5.0, trust=self.trust
+        )
 
     def logs(self, lines: int = 30) -> str:
         parts = []
@@ -120,11 +134,17 @@ class MultiHostCluster:
                 self.domain,
                 "--public-https-port",
                 str(self.ports["https"]),
+                *("--tls-cert", str(reg_state / "tls" / "registry.crt")),
+                *("--tls-key", str(reg_state / "tls" / "registry.key")),
             ],
             PAAS_HEARTBEAT_TTL_S=str(TTL_S),
         )
+        context = self.trust.ssl_context()
         self._wait(
-            lambda: httpx.get(f"{self.registry_url}/v1/health", timeout=1).is_success, ready_s
+            lambda: (
+                httpx.get(f"{self.registry_url}/v1/health", timeout=1, verify=context).is_success
+            ),
+            ready_s,
         )
         for name in [FRONTEND, *self.machines]:
             self.start_agent(name)
@@ -152,7 +172,12 @@ class MultiHostCluster:
             # Issue 8: the agent's API (logs, runs, /metrics), the same port across restarts.
             self.ports.setdefault(f"{name}-api", free_port_on(node.address))
             argv += ["--api-port", str(self.ports[f"{name}-api"])]
-        self._spawn(name, argv, PAAS_HEARTBEAT_INTERVAL_S=str(HEARTBEAT_S))
+        self._spawn(
+            name,
+            argv,
+            PAAS_HEARTBEAT_INTERVAL_S=str(HEARTBEAT_S),
+            PAAS_REGISTRY_FINGERPRINT=self.tokens["registry_fingerprint"],
+        )
 
     def _child_env(self) -> dict[str, str]:
         return {k: v for k, v in os.environ.items() if not k.startswith("PAAS_")}
