@@ -219,3 +219,16 @@ def test_settings_precedence_and_validation(tmp_path: Path, monkeypatch) -> None
     ):
         with pytest.raises(ValueError):
             settings(tmp_path, **bad)
+
+
+def test_real_transport_refuses_clear_text_and_unverified_registries() -> None:
+    """The agent's own transport (no test transport injected): http:// off loopback and an
+    https:// registry with neither pin nor CA are refused before anything connects."""
+    from common.registry_tls import RegistryTrust, RegistryTrustError
+
+    with pytest.raises(RegistryTrustError, match="refusing plain http://"):
+        RegistryClient("http://198.18.0.5:8070")
+    with pytest.raises(RegistryTrustError, match="fingerprint"):
+        RegistryClient("https://198.18.0.5:8070")
+    RegistryClient("https://198.18.0.5:8070", trust=RegistryTrust(pins=("sha256:" + "ab" * 32,)))
+    RegistryClient("http://198.18.0.5:8070", insecure_http=True)  # the explicit opt-in
