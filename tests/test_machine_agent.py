@@ -484,3 +484,76 @@ def test_refused_nginx_template_keeps_the_old_release_serving_and_recovers_by_it
             await asyncio.wait_for(runner, timeout=30)
 
     asyncio.run(scenario())
+
+
+def test_changed_definition_replaces_the_instance_without_a_failed_request(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 15 item 3: the registry changes a running instance's environment (depends_on
+    adds a <NAME>_URL) and changes it again while the first restart is under way. The agent
+    replaces the process side by side (new port, nginx switched, old one drained), ends on
+    the newest definition, never raises (the `_restart` AttributeError), and nginx answers
+    every request meanwhile. A routing-option change restarts nothing."""
+    proxy_port = _free_port()
+    state = tmp_path / "state"
+
+    async def scenario() -> None:
+        registry = FakeRegistry("m1")
+        sha = registry.add_artifact({"Procfile": "web: python app.py\n", "app.py": SICK_PY})
+        never = str(tmp_path / "never")
+
+        def version(name: str, **extra: object) -> DesiredInstance:
+            d = _desired(1, sha, serve=True, env={"SICK_FLAG": never, "PAAS_RELEASE": name})
+            return d.model_copy(update=extra)
+
+        agent = MachineAgent(
+            machine_settings(state, proxy_port),
+            transport=registry.transport,
+            policy=Policy(stop_grace_s=3),
+            drain_s=0.2,
+        )
+        stop = asyncio.Event()
+        runner = asyncio.create_task(agent.run(stop))
+        try:
+            registry.set_desired([version("a")])
+            await registry.until("routed", lambda: _routed(registry, 1))
+            first_pid = recorded_pid(state, 1)
+            async with Hammer(proxy_port, "hello.paas.test") as load:
+                registry.set_desired(
+                    [
+                        version(
+                            "b",
+                            env={
+                                "SICK_FLAG": never,
+                                "PAAS_RELEASE": "b",
+                                "USERS_URL": "http://127.0.0.1:1",
+                            },
+                        )
+                    ]
+                )
+                await registry.until("restart under way", lambda: 1 in agent._restart_to)
+                registry.set_desired([version("c")])
+                await registry.until("c serves", lambda: "c" in load.bodies)
+                await registry.until("restart done", lambda: 1 not in agent._restart_to)
+                await registry.until("old processes gone", lambda: agent._retiring == [])
+                final_pid = recorded_pid(state, 1)
+                routing = version("c").routing.model_copy(update={"max_body_mb": 5})
+                registry.set_desired([version("c", routing=routing)])
+                await registry.until(
+                    "routing applied", lambda: "client_max_body_size 5m;" in nginx_conf(state)
+                )
+            assert load.sent > 10 and load.failures == [], load.failures[:5]
+            assert recorded_pid(state, 1) == final_pid != first_pid
+            with pytest.raises(ProcessLookupError):
+                os.kill(first_pid, 0)
+            assert _state(registry, 1) == "running" and _routed(registry, 1)
+            assert not [r for r in caplog.records if r.exc_info], "the agent raised"
+        finally:
+            stop.set()
+            await asyncio.wait_for(runner, timeout=30)
+
+    asyncio.run(scenario())
+
+
+def nginx_conf(state: Path) -> str:
+    return (state / "nginx" / "conf" / "nginx.conf").read_text()
