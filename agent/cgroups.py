@@ -7,11 +7,15 @@ Layout, under the cgroup the agent itself runs in (read from /proc/self/cgroup):
 
 (<id> names the agent's state folder, so agents side by side on one machine never share.)
 
-- cgroup v2 (Debian 12 under systemd with Delegate=yes): one hierarchy. A cgroup with
-  processes cannot enable controllers for its children (the no-internal-processes rule), so
-  the agent first moves every process of its own cgroup (itself, nginx) into a leaf child
-  `agent/`, then enables memory, pids and cpu below. A restarted agent that finds itself in
-  `agent/` uses the parent.
+- cgroup v2 (Debian 12 under systemd): one hierarchy. The apps' folder is made at the top
+  of the hierarchy, `/sys/fs/cgroup/paas-<id>/` (as Nomad makes `nomad.slice`), not inside
+  the agent's unit: a unit whose cgroup enables controllers for children may hold no process
+  itself (the no-internal-processes rule), so systemd 252 could not put a restarted agent
+  back into it (EBUSY) while adopted apps still live below it. Apps outside the unit also
+  outlive any agent restart. Only when the top is not writable does the agent fall back to
+  its own (delegated, Delegate=yes) cgroup: it moves every process there (itself, nginx)
+  into a leaf child `agent/` and enables memory, pids and cpu below; a restarted agent that
+  finds itself in `agent/` uses the parent.
 - cgroup v1 (this test machine): one hierarchy per controller (/sys/fs/cgroup/memory,
   pids, cpu). The memory limit is set on the leaf, pids and CPU on the app's cgroup.
 
@@ -108,6 +112,10 @@ class Cgroups:
         if path is None:
             raise CgroupError("no cgroup v2 entry in /proc/self/cgroup")
         own = root / path.lstrip("/")
+        if own != root:
+            top = cls._top_level_v2(root, name)
+            if top is not None:
+                return cls(2, {"unified": top})
         base = own.parent if own.name == AGENT_LEAF and (own.parent / name).is_dir() else own
         available = (base / "cgroup.controllers").read_text().split()
         missing = [c for c in V2_CONTROLLERS if c not in available]
@@ -125,6 +133,24 @@ class Cgroups:
         _enable(apps)
         log.info("app cgroups (v2) under %s", apps)
         return cls(2, {"unified": apps})
+
+    @staticmethod
+    def _top_level_v2(root: Path, name: str) -> Path | None:
+        """`<root>/<name>` with memory, pids and cpu enabled below it, or None when the top of
+        the hierarchy lacks them or is not ours to write (a read-only cgroupfs)."""
+        available = (root / "cgroup.controllers").read_text().split()
+        if any(c not in available for c in V2_CONTROLLERS):
+            return None
+        try:
+            _enable(root)  # the root cgroup may hold processes and still enable controllers
+            top = root / name
+            top.mkdir(exist_ok=True)
+            _enable(top)
+        except OSError as exc:
+            log.info("cannot use %s for app cgroups (%s); trying the agent's own", root, exc)
+            return None
+        log.info("app cgroups (v2) under %s", top)
+        return top
 
     @classmethod
     def _setup_v1(cls, root: Path, lines: list[str], name: str) -> Cgroups:

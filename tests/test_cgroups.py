@@ -46,10 +46,32 @@ def test_v1_cgroups_go_below_the_agents_own_cgroup_in_each_hierarchy(tmp_path: P
     assert (tmp_path / "cpu/paas-x/shop/cpu.shares").read_text() == "512"
 
 
-def test_v2_moves_the_agent_into_a_leaf_before_enabling_controllers(tmp_path: Path) -> None:
+def test_v2_apps_go_to_the_top_of_the_hierarchy_outside_the_agents_unit(tmp_path: Path) -> None:
+    """A unit cgroup that enables controllers may hold no process, so systemd could not put
+    a restarted agent back into it: the apps live at the top, as Nomad's nomad.slice does."""
     proc = tmp_path / "self-cgroup"
     proc.write_text("0::/system.slice/paas-agent.service\n")
     _touch(tmp_path / "cgroup.controllers", "cpuset cpu io memory pids\n")
+    _touch(tmp_path / "cgroup.subtree_control", "cpu memory\n")
+    unit = tmp_path / "system.slice/paas-agent.service"
+    _touch(unit / "cgroup.procs", "100\n")
+    _touch(unit / "cgroup.subtree_control")
+    _touch(tmp_path / "paas-x/cgroup.subtree_control")
+    cgroups = Cgroups.detect("paas-x", root=tmp_path, proc_self=proc)
+    assert cgroups is not None and cgroups.version == 2
+    assert cgroups.bases == {"unified": tmp_path / "paas-x"}
+    assert (tmp_path / "cgroup.subtree_control").read_text() == "+pids"  # only what was missing
+    assert (tmp_path / "paas-x/cgroup.subtree_control").read_text() == "+memory +pids +cpu"
+    assert (unit / "cgroup.subtree_control").read_text() == ""  # the unit is left alone
+    assert not (unit / "agent").exists()
+
+
+def test_v2_falls_back_to_the_agents_delegated_cgroup(tmp_path: Path) -> None:
+    """The top of the hierarchy lacks the controllers (or is read-only): the agent's own
+    delegated cgroup, with itself moved into a leaf first."""
+    proc = tmp_path / "self-cgroup"
+    proc.write_text("0::/system.slice/paas-agent.service\n")
+    _touch(tmp_path / "cgroup.controllers", "cpuset cpu io pids\n")
     unit = tmp_path / "system.slice/paas-agent.service"
     _touch(unit / "cgroup.controllers", "cpu memory pids\n")
     _touch(unit / "cgroup.procs", "100\n200\n")
