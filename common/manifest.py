@@ -25,6 +25,14 @@ MAX_MANIFEST_DEPTH = 32  # nested arrays/tables in paas.toml; tomllib recurses p
 DEFAULT_HEALTH_TIMEOUT_S = 30.0  # a new instance must pass its health check within this
 MIN_HEALTH_TIMEOUT_S = 1.0
 MAX_HEALTH_TIMEOUT_S = 3600.0
+# Issue 15 item 1: a running instance's check that gets no answer within
+# health_check_timeout while its process lives and listens is "busy"; it leaves the proxy only
+# after health_threshold failed checks in a row (a refused connection: at once).
+DEFAULT_HEALTH_CHECK_TIMEOUT_S = 5.0
+MIN_HEALTH_CHECK_TIMEOUT_S = 0.5
+MAX_HEALTH_CHECK_TIMEOUT_S = 300.0
+DEFAULT_HEALTH_THRESHOLD = 3
+MAX_HEALTH_THRESHOLD = 100
 # A new release's instances must stay healthy this long before the previous release's
 # instances are stopped (Nomad's min_healthy_time); 0 switches as soon as they are healthy.
 DEFAULT_MIN_HEALTHY_S = 10.0
@@ -41,6 +49,8 @@ class Manifest:
 
     health_path: str | None = None
     health_timeout: float | None = None  # seconds; None: the app's (or the default) value
+    health_check_timeout: float | None = None  # seconds; None: keep the app's
+    health_threshold: int | None = None  # failed checks in a row; None: keep the app's
     name: str | None = None  # the app name `paas deploy` uses; the registry only checks it
     instances: int | None = None
     domains: list[str] = field(default_factory=list)
@@ -129,6 +139,8 @@ _KEYS = {
     "name",
     "health_path",
     "health_timeout",
+    "health_check_timeout",
+    "health_threshold",
     "instances",
     "domains",
     "depends_on",
@@ -165,6 +177,8 @@ def parse_manifest(text: str) -> Manifest:
         name=_name(values.get("name")),
         health_path=_health_path(values.get("health_path")),
         health_timeout=_health_timeout(values.get("health_timeout")),
+        health_check_timeout=_health_check_timeout(values.get("health_check_timeout")),
+        health_threshold=_health_threshold(values.get("health_threshold")),
         instances=_instances(values.get("instances")),
         domains=_domains(values.get("domains")),
         depends_on=_depends_on(values.get("depends_on"), values.get("name")),
@@ -233,6 +247,34 @@ def _health_timeout(value: object) -> float | None:
             f" and {MAX_HEALTH_TIMEOUT_S:g} seconds"
         )
     return float(value)
+
+
+def _health_check_timeout(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ManifestError("paas.toml: health_check_timeout must be a number of seconds such as 5")
+    if not MIN_HEALTH_CHECK_TIMEOUT_S <= value <= MAX_HEALTH_CHECK_TIMEOUT_S:
+        raise ManifestError(
+            f"paas.toml: health_check_timeout must be between {MIN_HEALTH_CHECK_TIMEOUT_S:g}"
+            f" and {MAX_HEALTH_CHECK_TIMEOUT_S:g} seconds"
+        )
+    return float(value)
+
+
+def _health_threshold(value: object) -> int | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not 1 <= value <= MAX_HEALTH_THRESHOLD
+    ):
+        raise ManifestError(
+            f"paas.toml: health_threshold must be a whole number from 1 to {MAX_HEALTH_THRESHOLD}"
+            " (failed health checks in a row before an instance is taken out of service)"
+        )
+    return value
 
 
 def _min_healthy(value: object) -> float | None:

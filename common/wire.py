@@ -13,8 +13,13 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from common.manifest import (
+    DEFAULT_HEALTH_CHECK_TIMEOUT_S,
+    DEFAULT_HEALTH_THRESHOLD,
     DEFAULT_HEALTH_TIMEOUT_S,
+    MAX_HEALTH_CHECK_TIMEOUT_S,
+    MAX_HEALTH_THRESHOLD,
     MAX_HEALTH_TIMEOUT_S,
+    MIN_HEALTH_CHECK_TIMEOUT_S,
     MIN_HEALTH_TIMEOUT_S,
 )
 from common.names import (
@@ -305,9 +310,14 @@ class DesiredInstance(Model):
     memory_mb: int | None = Field(default=None, ge=1, le=1024 * 1024)
     # Issue 15 item 1: a running instance's check waits this long for an answer; one that
     # times out while the process lives and listens is "busy", and only this many failed
-    # checks in a row take it out of service (a refused connection does at once).
-    health_check_timeout_s: float = Field(default=5.0, ge=0.5, le=300.0)
-    health_threshold: int = Field(default=3, ge=1, le=100)
+    # checks in a row take it out of service (a refused connection does at once). paas.toml
+    # [app] health_check_timeout / health_threshold.
+    health_check_timeout_s: float = Field(
+        default=DEFAULT_HEALTH_CHECK_TIMEOUT_S,
+        ge=MIN_HEALTH_CHECK_TIMEOUT_S,
+        le=MAX_HEALTH_CHECK_TIMEOUT_S,
+    )
+    health_threshold: int = Field(default=DEFAULT_HEALTH_THRESHOLD, ge=1, le=MAX_HEALTH_THRESHOLD)
 
 
 class ServiceRoute(Model):

@@ -82,6 +82,10 @@ def create_release(
         app.min_healthy_s = manifest.min_healthy_s
     if manifest.auto_rollback is not None:
         app.auto_rollback = manifest.auto_rollback
+    if manifest.health_check_timeout is not None:
+        app.health_check_timeout_s = manifest.health_check_timeout
+    if manifest.health_threshold is not None:
+        app.health_threshold = manifest.health_threshold
     version = max((r.version for r in app.releases), default=0) + 1
     for other in app.releases:
         if other.status == "deploying":

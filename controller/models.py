@@ -79,6 +79,9 @@ class App(Base):
     # paas.toml [app] min_healthy_s / auto_rollback; None: never declared (the defaults).
     min_healthy_s: Mapped[float | None] = mapped_column(Float, default=None)
     auto_rollback: Mapped[bool | None] = mapped_column(default=None)
+    # paas.toml [app] health_check_timeout / health_threshold (issue 15 item 1); None: defaults.
+    health_check_timeout_s: Mapped[float | None] = mapped_column(Float, default=None)
+    health_threshold: Mapped[int | None] = mapped_column(default=None)
 
     domains: Mapped[list[Domain]] = relationship(
         back_populates="app", cascade="all, delete-orphan", order_by="Domain.id"

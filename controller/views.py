@@ -6,6 +6,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from common import wire
+from common.manifest import DEFAULT_HEALTH_CHECK_TIMEOUT_S, DEFAULT_HEALTH_THRESHOLD
 from controller.acme_challenges import route_challenges
 from controller.certs import route_certs
 from controller.deploys import release_stage, serving_hosts
@@ -145,6 +146,8 @@ def desired_state(
                 serve=instance.serve,
                 routing=options_for(session, app),
                 memory_mb=app.memory_mb or None,
+                health_check_timeout_s=app.health_check_timeout_s or DEFAULT_HEALTH_CHECK_TIMEOUT_S,
+                health_threshold=app.health_threshold or DEFAULT_HEALTH_THRESHOLD,
             )
         )
     frontends, machines = proxy_clients(session) if host.role == "machine" else ([], [])
