@@ -32,6 +32,7 @@ import shutil
 import stat
 import sys
 import tempfile
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +153,7 @@ class Installer:
         self.min_free_mb = min_free_mb
         self.min_free_percent = min_free_percent
         self.busy: dict[str, int] = {}  # app -> installs under way (GC leaves it alone)
+        self.sweep_lock = threading.Lock()  # held by a GC pass (agent/janitor.py)
 
     @property
     def artifacts_dir(self) -> Path:
@@ -173,11 +175,16 @@ class Installer:
         check_app_name(app)
         self.busy[app] = self.busy.get(app, 0) + 1
         try:
+            await asyncio.to_thread(self._after_sweep)  # the next sweep sees `busy`
             return await self._install(app=app, version=version, sha256=sha256, app_id=app_id)
         finally:
             self.busy[app] -= 1
             if not self.busy[app]:
                 del self.busy[app]
+
+    def _after_sweep(self) -> None:
+        with self.sweep_lock:
+            pass
 
     def check_room(self, app: str, version: int, sha256: str) -> None:
         """Refuse a release not yet on this host when the disk is too full for it (before

@@ -62,9 +62,18 @@ class Janitor:
     def apps_dir(self) -> Path:
         return self.installer.users.apps_dir
 
+    def touch(self, app: str, now: float) -> None:
+        """`app` did something here without an instance (a release phase, a run)."""
+        self._last_seen[app] = now
+
     def sweep(self, in_use: Mapping[str, set[tuple[int, str]]], *, now: float) -> Swept:
         """One pass. `in_use`: app -> {(version, artifact sha256)} of every instance here.
-        Blocking (run it in a thread); each step is idempotent."""
+        Blocking (run it in a thread); each step is idempotent. Installs wait for a pass to
+        end (`sweep_lock`), and a pass skips the apps being installed."""
+        with self.installer.sweep_lock:
+            return self._sweep(in_use, now=now)
+
+    def _sweep(self, in_use: Mapping[str, set[tuple[int, str]]], *, now: float) -> Swept:
         swept = Swept()
         kept_shas: set[str] = {sha for uses in in_use.values() for _, sha in uses}
         apps = sorted(p.name for p in self.apps_dir.iterdir()) if self.apps_dir.is_dir() else []

@@ -850,6 +850,7 @@ class MachineAgent:
             raise UnknownApp(
                 f"release {spec.version} of {app} could not be installed: {exc}"
             ) from exc
+        self.janitor.touch(app, time.monotonic())  # no instance here yet: not gone
         env = self._app_env(app, spec.env, port=None, venv=release.venv)  # not routed
         user = await asyncio.to_thread(self._run_user, app, self._app_memory(app))
         return RunTarget(cwd=release.path, env=env, user=user)

@@ -33,6 +33,7 @@ from controller import (
     status,
 )
 from controller.acme import AcmeRunner, acme_loop
+from controller.artifact_gc import artifact_gc_loop
 from controller.context import Context, build_context
 from controller.errors import RegistryError
 from controller.heartbeats import heartbeat_tick
@@ -63,6 +64,7 @@ def create_app(settings: RegistrySettings) -> FastAPI:
             asyncio.create_task(heartbeat_tick(ctx, liveness), name="heartbeats"),
         ]
         tasks.append(asyncio.create_task(acme_loop(ctx, acme_runner), name="acme"))
+        tasks.append(asyncio.create_task(artifact_gc_loop(ctx), name="artifact-gc"))
         try:
             yield
         finally:

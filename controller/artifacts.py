@@ -40,7 +40,14 @@ class ArtifactStore:
         return self.root / sha256[:2] / sha256
 
     def exists(self, sha256: str) -> bool:
-        return self.path_for(sha256).is_file()
+        """Also marks it as just wanted (mtime): a deploy that found it stored (HEAD) and
+        is about to release it gets the whole GC grace period (controller/artifact_gc.py)."""
+        path = self.path_for(sha256)
+        if not path.is_file():
+            return False
+        with contextlib.suppress(OSError):
+            os.utime(path)
+        return True
 
     def size(self, sha256: str) -> int:
         path = self.path_for(sha256)
@@ -156,6 +163,18 @@ class ArtifactStore:
 
     def delete_all(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def stored_before(self, cutoff: float) -> list[str]:
+        """Artifacts last stored or asked about before `cutoff` (unix time)."""
+        found = []
+        for sha in self.all_sha256():
+            with contextlib.suppress(OSError):
+                if self.path_for(sha).stat().st_mtime < cutoff:
+                    found.append(sha)
+        return found
+
+    def remove(self, sha256: str) -> None:
+        self.path_for(sha256).unlink(missing_ok=True)
 
 
 def _read_file(f: BinaryIO) -> Iterator[bytes]:

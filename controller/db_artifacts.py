@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import delete, select
@@ -129,6 +130,19 @@ class DbArtifactStore:
         with self.db.engine.begin() as conn:
             conn.execute(delete(ArtifactChunk))
             conn.execute(delete(StoredArtifact))
+
+    def stored_before(self, cutoff: float) -> list[str]:
+        """Artifacts stored before `cutoff` (unix time)."""
+        moment = datetime.fromtimestamp(cutoff, tz=UTC)
+        with self.db.read() as session:
+            query = select(StoredArtifact.sha256).where(StoredArtifact.created_at < moment)
+            return list(session.execute(query).scalars())
+
+    def remove(self, sha256: str) -> None:
+        check_sha256(sha256)
+        with self.db.engine.begin() as conn:
+            conn.execute(delete(ArtifactChunk).where(ArtifactChunk.sha256 == sha256))
+            conn.execute(delete(StoredArtifact).where(StoredArtifact.sha256 == sha256))
 
     def remove_partial_uploads(self) -> int:
         return 0  # uploads are spooled to temp files that vanish with the process

@@ -30,6 +30,10 @@ class RegistrySettings(BaseSettings):
     domain: str = "localhost"  # the cluster domain: every app answers on <app>.<domain>
     public_https_port: int = Field(default=443, ge=1, le=65535)  # only for URLs shown to users
     max_artifact_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    # Issue 15 item 7 (controller/artifact_gc.py): artifacts no release names are removed once
+    # older than the grace period (an upload waits for its release that long), checked this often.
+    artifact_gc_grace_s: float = Field(default=3600, ge=0)
+    artifact_gc_interval_s: float = Field(default=600, gt=0)
     deploy_timeout_s: float = Field(default=300, gt=0)
     heartbeat_ttl_s: float = Field(default=30, gt=0)
     # Issue 5: the range the fixed per-app service ports (127.0.0.1:<port> on every host) come from.
