@@ -203,7 +203,7 @@ def serve(
     import uvicorn
 
     from controller.app import create_app
-    from controller.serving import WatchClosingServer
+    from controller.tls_serving import TlsBoundedServer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = RegistrySettings.load(
@@ -235,7 +235,11 @@ def serve(
     options = uvicorn_options(settings, on_overload=app.state.liveness.impaired)
     if identity is not None:
         options.update(ssl_certfile=str(identity.cert_file), ssl_keyfile=str(identity.key_file))
-    WatchClosingServer(uvicorn.Config(app, **options), notifier=app.state.ctx.notifier).run()
+    TlsBoundedServer(
+        uvicorn.Config(app, **options),
+        notifier=app.state.ctx.notifier,
+        handshake_timeout_s=settings.header_timeout_s,
+    ).run()
 
 
 def _serving_identity(settings: RegistrySettings) -> TlsIdentity | None:

@@ -77,6 +77,7 @@ def registry(
     port: int | None = None,
     tls: bool = False,
     name: str = "registry",
+    env: dict[str, str] | None = None,
 ) -> Iterator[Registry]:
     """`paas-registry init` (its cert made unless --tls-cert/--tls-key in `args`) and
     `serve`; `tls`: serve the state folder's own cert even on loopback."""
@@ -96,7 +97,11 @@ def registry(
             "--host", host, "--port", str(port), *args]  # fmt: skip
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [*(wrap or []), *argv], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            [*(wrap or []), *argv],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
         )
     scheme = "http" if "--insecure-http" in args else "https"
     reg = Registry(
@@ -396,3 +401,22 @@ def test_non_loopback_registry_speaks_only_tls(tmp_path: Path, ns_node: object) 
     with registry(tmp_path, host=address, wrap=wrap, args=insecure, name="plain") as plain:
         assert httpx.get(f"{plain.url}/v1/health", timeout=3).is_success
         assert "--insecure-http" in plain.log.read_text()
+
+
+def test_a_handshake_that_never_comes_is_cut_at_the_header_timeout(tmp_path: Path) -> None:
+    """asyncio would hold a connection that never starts TLS for 60 s, before the edge limits
+    see it; the registry gives the handshake its header timeout instead."""
+    with registry(tmp_path, tls=True, env={"PAAS_HEADER_TIMEOUT_S": "1"}) as reg:
+        port = int(reg.url.rsplit(":", 1)[1])
+        silent = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(20)]
+        started = time.monotonic()
+        try:
+            for sock in silent:
+                assert sock.recv(1) == b""  # closed by the registry
+            held = time.monotonic() - started
+        finally:
+            for sock in silent:
+                sock.close()
+        assert held < 5, f"held {held:.1f} s"
+        with _pinned(reg) as client:  # and the registry still answers
+            assert client.get(f"{reg.url}/v1/health").is_success
