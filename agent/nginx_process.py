@@ -110,10 +110,14 @@ class NginxProcess:
         )
 
     def prepare(self) -> None:
-        """Create the folders; workers must be able to reach the temp folders."""
+        """Create the folders; workers must be able to reach the temp folders, and nothing
+        else: the master (root) opens the config and the logs, which name every app's requests,
+        so apps on the host may not list or read them."""
         for folder in (self.prefix, self.conf_dir, self.prefix / "logs"):
             folder.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.prefix, 0o755)
+        os.chmod(self.prefix, 0o711)
+        os.chmod(self.conf_dir, 0o700)
+        os.chmod(self.prefix / "logs", 0o700)
         if self.temp_dir.is_relative_to(self.prefix):
             self.temp_dir.mkdir(exist_ok=True)
             os.chmod(self.temp_dir, 0o755)
