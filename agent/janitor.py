@@ -133,6 +133,10 @@ class Janitor:
         return shas
 
     def _prune_artifacts(self, kept: set[str]) -> int:
+        """Cached artifacts no kept release uses; none while any install is under way (its
+        artifact is downloaded before its release exists)."""
+        if self.installer.busy:
+            return 0
         root = self.installer.artifacts_dir
         removed = 0
         try:
@@ -143,14 +147,9 @@ class Janitor:
             sha = path.name.removesuffix(".tar.gz")
             if sha in kept or not path.name.endswith(".tar.gz"):
                 continue
-            if any(key.startswith("artifact:") for key in self._locked()):
-                return removed  # a download is under way; next pass
             path.unlink(missing_ok=True)
             removed += 1
         return removed
-
-    def _locked(self) -> list[str]:
-        return [key for key, lock in self.installer._locks.items() if lock.locked()]
 
     def _remove_app(self, app: str) -> bool:
         """An app gone from this host: kill its uid's processes, remove all but its data."""
