@@ -246,8 +246,11 @@ def _send_body(port: int, n: int, size: int) -> tuple[str, int]:
 def oversized(
     port: int, total_mb: int, body_mb: int, parallel: int, duration_s: float, out: Any
 ) -> None:
-    """`total_mb` in bodies of `body_mb`, spread evenly over `duration_s`, `parallel` at once."""
-    bodies = max(1, total_mb // body_mb)
+    """`total_mb` in bodies of `body_mb` (the last one the rest), spread evenly over
+    `duration_s`, `parallel` at once."""
+    whole, rest = divmod(total_mb, body_mb)
+    sizes_mb = [body_mb] * whole + ([rest] if rest else [])
+    bodies = len(sizes_mb)
     start = time.monotonic()
     outcomes: Counter[str] = Counter()
     taken = 0
@@ -257,7 +260,7 @@ def oversized(
         nonlocal taken
         time.sleep(max(0.0, start + n * duration_s / bodies - time.monotonic()))
         try:
-            outcome, sent = _send_body(port, n, body_mb * MiB)
+            outcome, sent = _send_body(port, n, sizes_mb[n] * MiB)
         except OSError as exc:
             outcome, sent = f"no connection ({type(exc).__name__})", 0
         with lock:
@@ -270,7 +273,7 @@ def oversized(
     out.put(
         {
             "bodies": bodies,
-            "offered_mb": bodies * body_mb,
+            "offered_mb": sum(sizes_mb),
             "taken_mb": round(taken / MiB, 1),
             "outcomes": dict(outcomes),
             "seconds": round(time.monotonic() - start, 1),
