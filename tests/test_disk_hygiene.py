@@ -292,3 +292,58 @@ def test_registry_collects_unreferenced_artifacts_after_the_grace(tmp_path: Path
         assert collect_artifacts(ctx, grace_s=0, now=time.time() + 1) == [orphan]
         assert not ctx.artifacts.exists(orphan) and ctx.artifacts.exists(used)
         assert reg.client.head(f"/v1/artifacts/{orphan}", headers=reg.admin).status_code == 404
+
+
+# ---- the agent API's data routes ------------------------------------------------------------
+
+
+def test_data_routes_need_the_registry_signature_and_bound_imports(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from agent.api_server import AgentApi
+    from agent.data_api import MAX_IMPORT_BYTES, DataAccess
+    from agent.logs import LogFollowers, LogStore
+    from common.agent_auth import SignedAuth, api_key
+
+    state = tmp_path / "state"
+    users = _users(state)
+    folders = users.prepare("shop")
+    uid = users.uid_of("shop")
+    data = datadir.prepare_data(folders, uid=uid, app_id="3-3", state_dir=state)
+    (data / "rows").write_text("1")
+    token = tmp_path / "host-token"
+    token.write_text("host-secret")
+
+    async def no_runs(app: str) -> object:
+        raise AssertionError("not called")
+
+    api = AgentApi(
+        host_name="m1",
+        token_file=token,
+        store=LogStore(tmp_path / "logs"),
+        followers=LogFollowers(),
+        run_target=no_runs,  # type: ignore[arg-type]
+        run_timeout_s=5,
+        data=lambda app: DataAccess(
+            folders=users.folders(app),
+            user=AppUser(uid=uid, gid=uid) if uid is not None else None,
+            state_dir=state,
+        ),
+    )
+    good, other = SignedAuth(api_key("host-secret")), SignedAuth(api_key("another-host"))
+    with TestClient(api.app) as http:
+        assert http.get("/v1/data/shop").status_code == 401
+        assert http.get("/v1/data/shop", auth=other).status_code == 401
+        assert http.delete("/v1/data/shop", params={"app_id": "3-3"}).status_code == 401
+        too_big = {"content-length": str(MAX_IMPORT_BYTES + 1)}
+        refused = http.put("/v1/data/shop", content=b"x", headers=too_big, auth=good)
+        assert refused.status_code in (401, 413)  # refused before the body is read
+        assert http.get("/v1/data/Bad..Name", auth=good).status_code == 422
+        bad_id = http.delete("/v1/data/shop", params={"app_id": "../x"}, auth=good)
+        assert bad_id.status_code == 422
+        exported = http.get("/v1/data/shop", auth=good)
+        assert exported.status_code == 200
+        with tarfile.open(fileobj=io.BytesIO(exported.content)) as archive:
+            assert "./rows" in archive.getnames()
+        assert (data / "rows").read_text() == "1"  # nothing changed by the refusals
+        assert list(folders.staging.iterdir()) == []  # the export's temp file is gone
