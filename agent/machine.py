@@ -65,7 +65,7 @@ from agent.registry_client import (
 from agent.render import make_environment, template_dirs
 from agent.reporter import Reporter
 from agent.rewatch import unless_rewatched
-from agent.runrecords import recorder, remove_record
+from agent.runrecords import RunRecord, read_records, recorder, remove_record, write_record
 from agent.settings import AgentSettings
 from agent.supervisor import Policy, Supervisor, Verdict
 from agent.uids import AppUsers, secure_state_dir
@@ -571,6 +571,9 @@ class MachineAgent:
             )
             inst.desired = d
             return
+        # The new process's spawn overwrites the instance's run record; a failed replacement
+        # puts the old one back, so a restarted agent adopts the process still serving.
+        previous = next((r for r in read_records(self.run_dir) if r.instance.id == d.id), None)
         port = self.ports.acquire()
         new = self._supervisor(d, release, port)
         new.start(time.monotonic())
@@ -589,7 +592,7 @@ class MachineAgent:
                         d.app,
                         new.reason,
                     )
-                    self._retire(new, port)
+                    self._retire(new, port, previous)
                     inst.desired = d
                     return
                 if new.health_due(now):
@@ -598,7 +601,7 @@ class MachineAgent:
                 else:
                     await asyncio.sleep(STARTING_TICK_S)
         except BaseException:
-            self._retire(new, port)
+            self._retire(new, port, previous)
             raise
         old, old_port = inst.supervisor, inst.port
         inst.supervisor, inst.port, inst.desired = new, port, d
@@ -618,9 +621,12 @@ class MachineAgent:
             old.stop(time.monotonic(), drain_s=self.drain_s if inst.routed_once else 0.0)
             self._retiring.append((old, old_port))
 
-    def _retire(self, sup: Supervisor, port: int | None) -> None:
+    def _retire(self, sup: Supervisor, port: int | None, record: RunRecord | None) -> None:
+        """Stop a replacement that will not serve; the old process's run record returns."""
         sup.stop(time.monotonic())
         self._retiring.append((sup, port))
+        if record is not None:
+            write_record(self.run_dir, record)
 
     def _tick_retiring(self, now: float) -> None:
         """Drive replaced processes to `stopped` (drain, SIGTERM, SIGKILL); free their port."""

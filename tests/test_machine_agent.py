@@ -557,3 +557,45 @@ def test_changed_definition_replaces_the_instance_without_a_failed_request(
 
 def nginx_conf(state: Path) -> str:
     return (state / "nginx" / "conf" / "nginx.conf").read_text()
+
+
+def test_failed_replacement_keeps_the_old_process_serving_and_recorded(tmp_path: Path) -> None:
+    """A changed definition whose new process crashes: the running one keeps serving every
+    request, and its run record is back (a restarted agent adopts it, not the dead one)."""
+    proxy_port = _free_port()
+    state = tmp_path / "state"
+
+    async def scenario() -> None:
+        registry = FakeRegistry("m1")
+        files = {"Procfile": "web: python app.py\n", "app.py": SICK_PY, "crash.py": CRASH_PY}
+        sha = registry.add_artifact(files)
+        env = {"SICK_FLAG": str(tmp_path / "never"), "PAAS_RELEASE": "a"}
+        agent = MachineAgent(
+            machine_settings(state, proxy_port),
+            transport=registry.transport,
+            policy=Policy(backoff_base_s=0.05, max_failed_starts=1, stop_grace_s=3),
+            drain_s=0.2,
+        )
+        stop = asyncio.Event()
+        runner = asyncio.create_task(agent.run(stop))
+        try:
+            registry.set_desired([_desired(1, sha, serve=True, env=env)])
+            await registry.until("routed", lambda: _routed(registry, 1))
+            serving = recorded_pid(state, 1)
+            async with Hammer(proxy_port, "hello.paas.test") as load:
+                broken = _desired(1, sha, serve=True, env=env, command="python crash.py")
+                registry.set_desired([broken])
+                await registry.until("restart under way", lambda: 1 in agent._restart_to)
+                await registry.until("restart given up", lambda: 1 not in agent._restart_to)
+                await registry.until("replacement gone", lambda: agent._retiring == [])
+                sent = load.sent
+                await registry.until("requests after it", lambda: load.sent > sent + 10)
+            assert load.failures == [], load.failures[:5]
+            assert load.bodies == {"a"}
+            assert recorded_pid(state, 1) == serving
+            os.kill(serving, 0)  # still alive
+        finally:
+            stop.set()
+            await asyncio.wait_for(runner, timeout=30)
+
+    asyncio.run(scenario())
