@@ -391,8 +391,8 @@ def report(args: argparse.Namespace, phases: list[Phase], load: tuple[str, str])
         probes = dict(p.api.failures.most_common(3))
         notes.append(
             f"- **{p.name}**: attacker {json.dumps(p.attacker)}; registry open descriptors at"
-            f" most {p.fds_peak}; edge log: {edge}; agents' log lines about an unreachable"
-            f" registry: {p.agent_misses}"
+            f" most {p.fds_peak}; edge log (a line per 1,000 refusals): {edge};"
+            f" agents' log lines about an unreachable registry: {p.agent_misses}"
             + (f"; app failures {failures}" if failures else "")
             + (
                 f"; failed new-connection probes {probes}, answered ones p99"
