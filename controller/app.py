@@ -129,6 +129,8 @@ def request_limits(settings: RegistrySettings) -> RequestLimits:
         body_idle_timeout_s=settings.body_idle_timeout_s,
         token_rate_per_s=settings.token_rate_per_s,
         token_burst=settings.token_burst,
+        max_uploads_per_token=settings.max_uploads_per_token,
+        max_uploads=settings.max_uploads,
     )
 
 

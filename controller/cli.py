@@ -282,13 +282,16 @@ def uvicorn_options(
         max_connections=settings.max_connections,
         per_client=settings.max_connections_per_client,
         nofile=nofile,
+        pending=settings.max_pending_connections,
     )
     gate = ConnectionGate(limits, on_overload=lambda: on_overload(time.monotonic()))
     logging.getLogger("paas.registry").info(
-        "edge: at most %d connections (%d per client address), headers within %g s,"
+        "edge: at most %d connections (%d per client address, %d waiting for headers),"
+        " headers within %g s,"
         " idle keep-alive %g s, open-file limit %d",
         limits.max_connections,
         limits.max_connections_per_client,
+        limits.max_pending,
         limits.header_timeout_s,
         settings.keepalive_timeout_s,
         nofile,

@@ -9,7 +9,6 @@ artifact never sits in memory.
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from common.names import check_sha256
 from controller.artifact_models import ArtifactChunk, StoredArtifact
 from controller.artifact_scan import read_app_files_from
+from controller.artifacts import spool
 from controller.db import Database
 from controller.errors import Invalid, NotFound, TooLarge
 from controller.models import utcnow
@@ -74,21 +74,22 @@ class DbArtifactStore:
             async for _ in chunks:  # idempotent re-upload: drain the body, keep the stored copy
                 pass
             return await run_in_threadpool(self.size, sha256)
-        with tempfile.TemporaryFile(dir=self.spool_dir) as spool:
-            digest = hashlib.sha256()
-            received = 0
+        received = 0
+
+        async def counted() -> AsyncIterator[bytes]:
+            nonlocal received
             async for chunk in chunks:
                 received += len(chunk)
                 if received > self.max_bytes:
                     raise TooLarge(f"artifact is larger than the limit of {self.max_bytes} bytes")
-                digest.update(chunk)
-                spool.write(chunk)
-            if digest.hexdigest() != sha256:
-                raise Invalid(
-                    f"artifact body hashes to {digest.hexdigest()}, not {sha256}; nothing stored"
-                )
-            spool.seek(0)
-            await run_in_threadpool(self._store, sha256, spool, received)
+                yield chunk
+
+        with tempfile.TemporaryFile(dir=self.spool_dir) as copy:
+            got = await spool(counted(), copy)  # hashed and written off the event loop
+            if got != sha256:
+                raise Invalid(f"artifact body hashes to {got}, not {sha256}; nothing stored")
+            copy.seek(0)
+            await run_in_threadpool(self._store, sha256, copy, received)
         return received
 
     def save_file(self, sha256: str, path: Path) -> None:

@@ -6,7 +6,10 @@ is arriving: a client that connects and trickles (or never sends) its headers ho
 descriptor for ever, and 20,000 of them exhausted the registry's open-file limit (issue 14).
 `guarded_protocol` is uvicorn's own h11 protocol plus three checks:
 
-- a connection over the total cap or over its client address's cap is aborted at once;
+- a connection over its client address's cap is aborted at once; one arriving when the
+  pending connections (no request head yet) or all connections are at their cap evicts the
+  oldest pending connection instead (`ConnectionGate`): slow sockets spread over many
+  addresses never lock legitimate newcomers out, and never evict a connection being served;
 - the request line and headers must be complete within `header_timeout_s` of the connection
   (or of the first byte of a later request on a kept-alive connection), else it is closed;
 - refusals are logged one line per `LOG_EVERY` refusals (or per `LOG_INTERVAL_S`), never one
@@ -21,7 +24,7 @@ import asyncio
 import logging
 import resource
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,6 +43,7 @@ class ConnectionLimits:
     header_timeout_s: float
     max_connections: int
     max_connections_per_client: int
+    max_pending: int  # connections still waiting for their first request head
 
 
 class RefusalLog:
@@ -72,60 +76,134 @@ class RefusalLog:
             self._last_line = now
 
 
+# The gate sees a connection only once its TCP (and TLS) handshake is done, and a real client's
+# request head follows in that same flight: milliseconds on any path, whatever the round trip.
+# So evicting a connection that waited longer than this for its head cannot cut off a host's
+# report (barring a lost packet, which costs one report, not a TTL of them), and the registry
+# still hears its hosts: no host-loss grace. Evicting a younger one could: the pending cap is
+# overrun faster than clients can send heads, which counts as "hosts may not get through".
+FAIR_HEAD_WAIT_S = 0.05
+
+
+@dataclass
+class _Conn:
+    client: str
+    since: float
+    close: Callable[[], None]
+    pending: bool = True
+
+
 class ConnectionGate:
-    """Open connections in total and per client address; shared by every connection."""
+    """Open connections in total and per client address, and those still waiting for their
+    first request head (pending); shared by every connection. Pure: the clock is passed in.
+
+    A newcomer over its address's cap is refused. A newcomer at the pending cap or the total
+    cap evicts the oldest pending connection instead of being refused (what HAProxy and nginx
+    defences do): a connection that sent no complete head is the cheapest to drop, and the
+    newcomer may be legitimate. A connection whose head arrived (being served, kept alive, a
+    long-poll watch) is never evicted. Only when every slot is held by such connections is a
+    newcomer refused at the total cap.
+    """
 
     def __init__(
-        self, limits: ConnectionLimits, *, on_overload: Callable[[], None] | None = None
+        self,
+        limits: ConnectionLimits,
+        *,
+        on_overload: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limits = limits
-        self.on_overload = on_overload  # the total cap was hit: hosts may not get through
-        self.open = 0
+        self.on_overload = on_overload  # hosts may not have got through just now
+        self.clock = clock
         self.per_client: Counter[str] = Counter()
-        self.refusals = RefusalLog()
+        self.refusals = RefusalLog(clock=clock)
+        self._conns: dict[int, _Conn] = {}
+        self._pending: OrderedDict[int, None] = OrderedDict()  # oldest first
+        self._next = 0
 
-    def admit(self, client: str) -> bool:
-        if self.open >= self.limits.max_connections:
-            self.refusals.note("over the total connection cap")
-            if self.on_overload is not None:
-                self.on_overload()
-            return False
+    @property
+    def open(self) -> int:
+        return len(self._conns)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def admit(self, client: str, close: Callable[[], None]) -> int | None:
+        """A ticket for the new connection, or None (refused; abort it). May call `close` of
+        the oldest pending connection(s) first; their tickets are released here."""
         if self.per_client[client] >= self.limits.max_connections_per_client:
             self.refusals.note("over the per-client connection cap")
-            return False
-        self.open += 1
+            return None
+        now = self.clock()
+        while self.pending >= self.limits.max_pending or self.open >= self.limits.max_connections:
+            if not self._pending:
+                self.refusals.note("over the total connection cap (every connection is served)")
+                self._overloaded()
+                return None
+            self._evict_oldest(now)
+        self._next += 1
+        ticket = self._next
+        self._conns[ticket] = _Conn(client, now, close)
+        self._pending[ticket] = None
         self.per_client[client] += 1
-        return True
+        return ticket
 
-    def release(self, client: str) -> None:
-        self.open -= 1
-        self.per_client[client] -= 1
-        if self.per_client[client] <= 0:
-            del self.per_client[client]
+    def head_arrived(self, ticket: int) -> None:
+        """The connection's first request head is in: it is never evicted from now on."""
+        conn = self._conns.get(ticket)
+        if conn is not None and conn.pending:
+            conn.pending = False
+            del self._pending[ticket]
+
+    def release(self, ticket: int) -> None:
+        """The connection is gone (a no-op for one already evicted)."""
+        conn = self._conns.pop(ticket, None)
+        if conn is None:
+            return
+        if conn.pending:
+            del self._pending[ticket]
+        self.per_client[conn.client] -= 1
+        if self.per_client[conn.client] <= 0:
+            del self.per_client[conn.client]
+
+    def _evict_oldest(self, now: float) -> None:
+        ticket = next(iter(self._pending))
+        conn = self._conns[ticket]
+        self.release(ticket)
+        self.refusals.note("evicted: oldest still waiting for its headers")
+        if now - conn.since < FAIR_HEAD_WAIT_S:
+            self._overloaded()
+        conn.close()
+
+    def _overloaded(self) -> None:
+        if self.on_overload is not None:
+            self.on_overload()
 
 
 def guarded_protocol(gate: ConnectionGate) -> type[H11Protocol]:
     """uvicorn's h11 protocol class, bound to `gate` (pass it as `uvicorn.run(http=...)`)."""
 
     class GuardedH11Protocol(H11Protocol):
-        _admitted: str | None = None
+        _ticket: int | None = None
         _head_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             peer = transport.get_extra_info("peername")
             client = str(peer[0]) if isinstance(peer, tuple) and peer else "unix"
-            if not gate.admit(client):
+            ticket = gate.admit(client, transport.abort)
+            if ticket is None:
                 transport.abort()
                 return
-            self._admitted = client
+            self._ticket = ticket
             super().connection_made(transport)
             self._watch_head()
 
         def connection_lost(self, exc: Exception | None) -> None:
-            if self._admitted is None:
+            if self._ticket is None:
                 return  # refused in connection_made: uvicorn never saw it
-            gate.release(self._admitted)
-            self._admitted = None
+            gate.release(self._ticket)
+            self._ticket = None
             self._cancel_head_timer()
             super().connection_lost(exc)
 
@@ -140,6 +218,8 @@ def guarded_protocol(gate: ConnectionGate) -> type[H11Protocol]:
         def _watch_head(self) -> None:
             """Timer on while a request head is (or may be) arriving, off once it is in."""
             waiting_for_head = self.conn.their_state is h11.IDLE
+            if not waiting_for_head and self._ticket is not None:
+                gate.head_arrived(self._ticket)
             if self.transport.is_closing() or not waiting_for_head:
                 self._cancel_head_timer()
             elif self._head_timer is None and (
@@ -177,10 +257,17 @@ def raise_nofile_limit(target: int = NOFILE_TARGET) -> int:
 
 
 def connection_limits(
-    *, header_timeout_s: float, max_connections: int, per_client: int, nofile: int
+    *,
+    header_timeout_s: float,
+    max_connections: int,
+    per_client: int,
+    nofile: int,
+    pending: int | None = None,
 ) -> ConnectionLimits:
     """The caps in force: the total stays under half the open-file limit, so the registry
-    always has descriptors left for its database, its files and its log."""
+    always has descriptors left for its database, its files and its log; pending connections
+    (no request head yet) get at most a quarter of the total unless told otherwise, so slow
+    sockets never hold the slots that served and kept-alive connections need."""
     total = min(max_connections, max(16, nofile // 2))
     if total < max_connections:
         log.warning(
@@ -193,4 +280,5 @@ def connection_limits(
         header_timeout_s=header_timeout_s,
         max_connections=total,
         max_connections_per_client=min(per_client, total),
+        max_pending=max(1, min(total // 4 if pending is None else pending, total)),
     )

@@ -9,7 +9,10 @@ its 401. This middleware runs first and, in this order:
 2. A mutating request spends one unit of its token's bucket (`token_rate_per_s`, burst
    `token_burst`); an empty bucket answers 429 with Retry-After. One token's flood never slows
    another token: buckets are per token and cost no waiting.
-3. The body may not exceed its route's limit: the artifact upload its own (the artifact size
+3. An artifact upload takes one of its token's upload slots (`max_uploads_per_token`) and one
+   of the registry's (`max_uploads`) for as long as its body streams; none free answers 429
+   naming the limit, before a byte of the body is read.
+4. The body may not exceed its route's limit: the artifact upload its own (the artifact size
    limit), every other route `max_json_bytes`. A larger Content-Length is 413 at once; a body
    that grows past the limit while streaming (chunked, or more than declared) is cut off with
    413; a body that stops arriving for `body_idle_timeout_s` gets 408.
@@ -48,9 +51,14 @@ class RequestLimits:
     body_idle_timeout_s: float
     token_rate_per_s: float
     token_burst: int
+    max_uploads_per_token: int = 2
+    max_uploads: int = 8
+
+    def is_upload(self, method: str, path: str) -> bool:
+        return method == "PUT" and ARTIFACT_UPLOAD.match(path) is not None
 
     def body_limit(self, method: str, path: str) -> int:
-        if method == "PUT" and ARTIFACT_UPLOAD.match(path):
+        if self.is_upload(method, path):
             return self.max_artifact_bytes + ARTIFACT_SLACK
         return self.max_json_bytes
 
@@ -72,6 +80,35 @@ class TokenBuckets:
             return 0.0
         self._buckets[key] = (level, now)
         return (1 - level) / self.rate_per_s
+
+
+@dataclass
+class UploadSlots:
+    """Artifact uploads in progress, per token and in total: each one streams up to the
+    artifact size limit through the registry, so one token's flood of uploads may hold only a
+    few, and all tokens together a few more, whatever the other limits allow."""
+
+    per_token: int
+    total: int
+    _held: dict[int, int] = field(default_factory=dict)
+
+    def take(self, key: int) -> str | None:
+        """None when a slot was taken (give it back with `give`); else why not."""
+        if self._held.get(key, 0) >= self.per_token:
+            return (
+                f"this token already has {self.per_token} artifact uploads in progress (its limit)"
+            )
+        if sum(self._held.values()) >= self.total:
+            return f"the registry already has {self.total} artifact uploads in progress (its limit)"
+        self._held[key] = self._held.get(key, 0) + 1
+        return None
+
+    def give(self, key: int) -> None:
+        left = self._held.get(key, 0) - 1
+        if left > 0:
+            self._held[key] = left
+        else:
+            self._held.pop(key, None)
 
 
 class _BodyRefused(Exception):
@@ -105,6 +142,7 @@ class RequestLimitsMiddleware:
         self.ctx = ctx
         self.limits = limits
         self.buckets = TokenBuckets(limits.token_rate_per_s, limits.token_burst)
+        self.uploads = UploadSlots(limits.max_uploads_per_token, limits.max_uploads)
         self.on_report_failed = on_report_failed  # the registry could not hear a host
         self.clock = clock
 
@@ -116,8 +154,9 @@ class RequestLimitsMiddleware:
         headers = Headers(scope=scope)
         declared = headers.get("content-length")
         has_body = "transfer-encoding" in headers or (declared not in (None, "0"))
+        token_id: int | None = None
         if has_body or method in MUTATING:
-            refusal = await self._admit(method, headers, has_body=has_body)
+            refusal, token_id = await self._admit(method, headers, has_body=has_body)
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
@@ -125,17 +164,32 @@ class RequestLimitsMiddleware:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _too_large(limit)(scope, receive, send)
             return
-        await self._guarded(scope, receive, send, limit=limit, has_body=has_body)
+        if token_id is None or not self.limits.is_upload(method, scope["path"]):
+            await self._guarded(scope, receive, send, limit=limit, has_body=has_body)
+            return
+        busy = self.uploads.take(token_id)
+        if busy is not None:
+            await _answer(429, f"{busy}; retry in a moment", close=True, **{"retry-after": "1"})(
+                scope, receive, send
+            )
+            return
+        try:
+            await self._guarded(scope, receive, send, limit=limit, has_body=has_body)
+        finally:
+            self.uploads.give(token_id)
 
-    async def _admit(self, method: str, headers: Headers, *, has_body: bool) -> JSONResponse | None:
-        """Who is asking (before any body), and may their token do one more change now."""
+    async def _admit(
+        self, method: str, headers: Headers, *, has_body: bool
+    ) -> tuple[JSONResponse | None, int | None]:
+        """Who is asking (before any body), and may their token do one more change now:
+        (a refusal or None, the token's id)."""
         token = _bearer(headers)
         if token is None:
             detail = "missing bearer token: send 'Authorization: Bearer <token>'"
-            return _answer(401, detail, close=has_body)
+            return _answer(401, detail, close=has_body), None
         who = await run_in_threadpool(lookup, self.ctx, token)
         if who is None or who.token_id is None:
-            return _answer(401, "unknown or revoked token", close=has_body)
+            return _answer(401, "unknown or revoked token", close=has_body), None
         if method in MUTATING:
             wait = self.buckets.take(who.token_id, self.clock())
             if wait > 0:
@@ -144,8 +198,8 @@ class RequestLimitsMiddleware:
                     f"too many changes with this token; retry in {wait:.1f} s",
                     close=has_body,
                     **{"retry-after": str(max(1, math.ceil(wait)))},
-                )
-        return None
+                ), who.token_id
+        return None, who.token_id
 
     async def _guarded(
         self, scope: Scope, receive: Receive, send: Send, *, limit: int, has_body: bool

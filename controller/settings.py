@@ -56,6 +56,10 @@ class RegistrySettings(BaseSettings):
     body_idle_timeout_s: float = Field(default=30, gt=0)  # a body that stops arriving: 408
     max_connections: int = Field(default=4096, ge=1)  # in total (kept under RLIMIT_NOFILE / 2)
     max_connections_per_client: int = Field(default=256, ge=1)  # per client address
+    # Connections with no request head yet: at this cap a newcomer evicts the oldest of them.
+    max_pending_connections: int = Field(default=1024, ge=1)  # (at most the total cap)
+    max_uploads_per_token: int = Field(default=2, ge=1)  # artifact uploads at once per token
+    max_uploads: int = Field(default=8, ge=1)  # artifact uploads at once in total
     max_json_bytes: int = Field(default=1024 * 1024, ge=1)  # any body but an artifact upload
     token_rate_per_s: float = Field(default=50, gt=0)  # mutating requests per token...
     token_burst: int = Field(default=200, ge=1)  # ...with this many at once

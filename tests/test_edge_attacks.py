@@ -4,12 +4,14 @@ process, while legitimate clients (a token's GET, a host's heartbeat) keep being
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import resource
 import selectors
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -295,3 +297,131 @@ def test_status_token_in_any_spelling_is_never_logged(registry: RegistryProcess)
     log = registry.log()
     assert token not in log
     assert log.count("token=<redacted>&x=1") == 4
+
+
+PENDING_CAP = 200
+
+
+def test_slow_sockets_over_the_pending_cap_evict_the_oldest_not_the_newcomer(
+    tmp_path: Path,
+) -> None:
+    """Issue 14: slow sockets spread over many addresses stay under every per-address cap;
+    past the pending cap the oldest of them are closed, and a legitimate request on a new
+    connection, a kept-alive connection and a long-poll watch are all answered."""
+    sockets_ = 3 * PENDING_CAP
+    addresses = [f"127.0.0.{n}" for n in range(20, 26)]  # 6 addresses, 100 sockets each
+    with (
+        registry_process(
+            tmp_path,
+            header_timeout_s=60,  # only eviction can close the slow sockets in this test
+            keepalive_timeout_s=60,
+            max_connections_per_client=PER_CLIENT,
+            max_pending_connections=PENDING_CAP,
+        ) as registry,
+        httpx.Client(base_url=registry.url, headers=registry.admin, timeout=10) as kept,
+    ):
+        assert kept.get("/v1/apps").status_code == 200  # its head is in: never evicted
+        registry.join("m1", kept)
+        first = kept.get("/v1/hosts/m1/desired")
+        index = first.headers["x-paas-index"]
+        with ThreadPoolExecutor(1) as pool:
+            watch = pool.submit(  # a long-poll watch, waiting through the whole flood
+                httpx.get,
+                f"{registry.url}/v1/hosts/m1/desired",
+                params={"index": index, "wait": "8s"},
+                headers=registry.admin,
+                timeout=20,
+            )
+            time.sleep(0.3)  # its head is sent at once; nothing outside shows it was read
+            slow: list[socket.socket] = []
+            try:
+                for n in range(sockets_):
+                    sock = _connect(registry.port, addresses[n % len(addresses)])
+                    _send(sock, b"POST /v1/apps HTTP/1.1\r\nHost: registry\r\n")
+                    slow.append(sock)
+                status, took = _timed_get(registry, "/v1/apps")  # a new connection
+                assert status == 200 and took < 1.0, (status, took)
+                deadline = time.monotonic() + 10
+                while True:
+                    gone = [n for n, s in enumerate(slow) if _closed_by_peer(s)]
+                    if len(gone) >= sockets_ - PENDING_CAP or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.1)
+                # The oldest went (room for the newest slow ones and the legitimate request).
+                assert len(gone) >= sockets_ - PENDING_CAP, len(gone)
+                assert max(gone) < sockets_ - PENDING_CAP // 2, max(gone)
+                assert not any(_closed_by_peer(s) for s in slow[-PENDING_CAP // 2 :])
+                assert kept.get("/v1/apps").status_code == 200  # same connection
+                answer = watch.result(timeout=20)
+                assert answer.status_code == 200, answer.text
+            finally:
+                for sock in slow:
+                    sock.close()
+    log = registry.log()
+    assert "evicted: oldest still waiting for its headers" in log
+    assert "over the total connection cap" not in log
+
+
+def _slow_upload(registry: RegistryProcess, token: str, n: int) -> socket.socket:
+    """An artifact upload whose body has only begun to arrive."""
+    sock = socket.create_connection(("127.0.0.1", registry.port), timeout=5)
+    sock.sendall(
+        f"PUT /v1/artifacts/{n:064x} HTTP/1.1\r\nHost: registry\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Length: {MIB}\r\n\r\n".encode()
+        + b"x" * 1024
+    )
+    return sock
+
+
+def _answered(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        sock.recv(1, socket.MSG_PEEK)  # an answer, or the end of the connection
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def test_one_tokens_concurrent_uploads_are_capped_with_429(tmp_path: Path) -> None:
+    with (
+        registry_process(tmp_path, max_uploads_per_token=2, max_uploads=8) as registry,
+        httpx.Client(base_url=registry.url, timeout=10) as client,
+    ):
+        made = client.post("/v1/tokens", json={"scope": "admin"}, headers=registry.admin)
+        other = {"Authorization": f"Bearer {made.json()['token']}"}
+        body = b"artifact"
+        sha = hashlib.sha256(body).hexdigest()
+        held = [_slow_upload(registry, registry.admin_token, n) for n in range(2)]
+        try:
+            deadline = time.monotonic() + 20
+            while True:  # until both slow uploads hold their slots and a third is refused
+                third = client.put(f"/v1/artifacts/{sha}", content=body, headers=registry.admin)
+                answered = [n for n, sock in enumerate(held) if _answered(sock)]
+                if (third.status_code == 429 and not answered) or time.monotonic() > deadline:
+                    break
+                for n in answered:  # its head came while a probe held the other slot
+                    held[n].close()
+                    held[n] = _slow_upload(registry, registry.admin_token, n)
+                time.sleep(0.05)
+            assert third.status_code == 429 and not answered, (third.text, answered)
+            assert "2 artifact uploads in progress" in third.json()["detail"]
+            assert third.headers["retry-after"] == "1"
+            theirs = b"another token's artifact"
+            ok = client.put(
+                f"/v1/artifacts/{hashlib.sha256(theirs).hexdigest()}", content=theirs, headers=other
+            )
+            assert ok.status_code == 200, ok.text  # another token is not held back
+            assert client.get("/v1/apps", headers=registry.admin).status_code == 200
+            held[0].close()
+            deadline = time.monotonic() + 10
+            while True:  # the slot comes back when the upload's connection goes
+                again = client.put(f"/v1/artifacts/{sha}", content=body, headers=registry.admin)
+                if again.status_code == 200 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert again.status_code == 200, again.text
+        finally:
+            for sock in held:
+                sock.close()

@@ -16,9 +16,15 @@ from pathlib import Path
 import pytest
 
 from cli.logs import escape_controls
-from controller.edge import RefusalLog, connection_limits
+from controller.edge import (
+    FAIR_HEAD_WAIT_S,
+    ConnectionGate,
+    ConnectionLimits,
+    RefusalLog,
+    connection_limits,
+)
 from controller.metrics import method_label
-from controller.request_limits import RequestLimits, TokenBuckets
+from controller.request_limits import RequestLimits, TokenBuckets, UploadSlots
 
 BIN = Path(sys.executable).parent
 
@@ -137,3 +143,118 @@ def test_paas_logs_never_passes_escape_sequences_to_the_terminal(log_stream: str
     assert "\x9b".encode() not in shown and "\x9d".encode() not in shown
     assert b"\\x1b]52;c;cm0gLXJmIH4K\\x07" in shown
     assert b"\x1b]52;" in logs("--raw")  # asked for: passed through as sent
+
+
+def _gate(
+    *, total: int = 10, per_client: int = 5, pending: int = 4, now: list[float] | None = None
+) -> tuple[ConnectionGate, list[int], list[float], list[str]]:
+    clock = now if now is not None else [100.0]
+    overloads: list[float] = []
+    gate = ConnectionGate(
+        ConnectionLimits(
+            header_timeout_s=10,
+            max_connections=total,
+            max_connections_per_client=per_client,
+            max_pending=pending,
+        ),
+        on_overload=lambda: overloads.append(clock[0]),
+        clock=lambda: clock[0],
+    )
+    return gate, [], overloads, []
+
+
+def _admit(gate: ConnectionGate, client: str, closed: list[str], name: str) -> int | None:
+    return gate.admit(client, lambda: closed.append(name))
+
+
+def test_a_newcomer_at_the_pending_cap_evicts_the_oldest_pending_connection() -> None:
+    now = [100.0]
+    gate, _, overloads, closed = _gate(now=now)
+    tickets = {}
+    for n in range(4):  # four slow sockets from four addresses, a second apart
+        tickets[n] = _admit(gate, f"10.0.0.{n}", closed, f"slow{n}")
+        now[0] += 1.0
+    assert gate.pending == 4 and closed == []
+    newcomer = _admit(gate, "10.0.0.99", closed, "legit")
+    assert newcomer is not None
+    assert closed == ["slow0"]  # the oldest still waiting for its headers
+    assert gate.pending == 4 and gate.open == 4
+    gate.release(tickets[0])  # its connection_lost afterwards: a no-op
+    assert gate.open == 4 and gate.per_client["10.0.0.1"] == 1 and "10.0.0.0" not in gate.per_client
+    assert overloads == []  # it had waited 4 s: no host could have been cut
+
+
+def test_served_connections_are_never_evicted_and_only_then_is_a_newcomer_refused() -> None:
+    now = [0.0]
+    gate, _, overloads, closed = _gate(total=3, pending=3, now=now)
+    served = [_admit(gate, f"10.0.1.{n}", closed, f"served{n}") for n in range(3)]
+    for ticket in served:
+        assert ticket is not None
+        gate.head_arrived(ticket)  # being served, kept alive, or a long-poll watch
+    now[0] = 5.0
+    assert _admit(gate, "10.0.0.9", closed, "new") is None
+    assert closed == [] and overloads == [5.0]  # hosts may really not get through now
+    gate.release(served[0])
+    assert _admit(gate, "10.0.0.9", closed, "new") is not None
+
+
+def test_at_the_total_cap_a_pending_connection_makes_room() -> None:
+    now = [0.0]
+    gate, _, _, closed = _gate(total=3, pending=3, now=now)
+    first = _admit(gate, "10.0.1.1", closed, "served")
+    assert first is not None
+    gate.head_arrived(first)
+    _admit(gate, "10.0.0.1", closed, "slow-old")
+    now[0] = 2.0
+    _admit(gate, "10.0.0.2", closed, "slow-new")
+    now[0] = 3.0
+    assert _admit(gate, "10.0.0.3", closed, "legit") is not None
+    assert closed == ["slow-old"] and gate.open == 3
+
+
+def test_the_per_address_cap_still_refuses_without_evicting() -> None:
+    gate, _, overloads, closed = _gate(per_client=2)
+    assert _admit(gate, "10.0.0.1", closed, "a") is not None
+    assert _admit(gate, "10.0.0.1", closed, "b") is not None
+    assert _admit(gate, "10.0.0.1", closed, "c") is None
+    assert closed == [] and overloads == [] and gate.open == 2
+
+
+def test_evicting_only_seconds_old_slow_sockets_grants_no_grace_but_a_young_one_does() -> None:
+    """The host-loss grace is for when hosts could not be heard: dropping sockets that sat
+    without a head far longer than any client needs cannot have cut a host's report."""
+    now = [0.0]
+    gate, _, overloads, closed = _gate(pending=2, now=now)
+    _admit(gate, "10.0.0.1", closed, "old")
+    _admit(gate, "10.0.0.2", closed, "young")
+    now[0] = 3.0
+    _admit(gate, "10.0.0.3", closed, "n1")  # evicts "old" (3 s without a head)
+    assert overloads == []
+    now[0] += FAIR_HEAD_WAIT_S / 10
+    _admit(gate, "10.0.0.4", closed, "n2")  # evicts "young" (3 s)
+    _admit(gate, "10.0.0.5", closed, "n3")  # evicts "n1", only just connected
+    assert closed == ["old", "young", "n1"]
+    assert overloads == [now[0]]  # churn that fast could cut a real client: grace
+
+
+def test_pending_cap_defaults_to_a_quarter_of_the_total() -> None:
+    limits = connection_limits(
+        header_timeout_s=5, max_connections=4096, per_client=256, nofile=65536
+    )
+    assert limits.max_pending == 1024
+    told = connection_limits(
+        header_timeout_s=5, max_connections=100, per_client=256, nofile=65536, pending=500
+    )
+    assert told.max_pending == 100 and told.max_connections_per_client == 100
+
+
+def test_upload_slots_per_token_and_in_total() -> None:
+    slots = UploadSlots(per_token=2, total=3)
+    assert slots.take(1) is None and slots.take(1) is None
+    refused = slots.take(1)
+    assert refused is not None and "2 artifact uploads" in refused
+    assert slots.take(2) is None
+    refused = slots.take(3)
+    assert refused is not None and "3 artifact uploads" in refused
+    slots.give(1)
+    assert slots.take(3) is None

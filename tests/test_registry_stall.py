@@ -111,8 +111,9 @@ def test_a_registry_stopped_longer_than_the_ttl_marks_no_live_host_down(tmp_path
 
 
 def test_hosts_shut_out_by_a_full_connection_cap_are_not_marked_down(tmp_path: Path) -> None:
-    """A flood fills the total connection cap, so the hosts' reports are refused too: the
-    registry could not hear them, which is its trouble, not theirs."""
+    """A flood of served connections (long-poll watches, heads complete: nothing the edge may
+    evict) fills the total connection cap, so the hosts' reports are refused too: the registry
+    could not hear them, which is its trouble, not theirs."""
     with (
         registry_process(
             tmp_path,
@@ -124,6 +125,11 @@ def test_hosts_shut_out_by_a_full_connection_cap_are_not_marked_down(tmp_path: P
         httpx.Client(timeout=2) as client,
     ):
         tokens = {name: registry.join(name, client) for name in ("m1", "m2")}
+        index = client.get(f"{registry.url}/v1/hosts/m1/desired", headers=registry.admin)
+        watch_head = (
+            f"GET /v1/hosts/m1/desired?index={index.headers['x-paas-index']}&wait=60s HTTP/1.1"
+            f"\r\nHost: registry\r\nAuthorization: Bearer {registry.admin_token}\r\n\r\n"
+        ).encode()
         stop = threading.Event()
         refused = 0
 
@@ -156,7 +162,8 @@ def test_hosts_shut_out_by_a_full_connection_cap_are_not_marked_down(tmp_path: P
                     sock = socket.create_connection(
                         ("127.0.0.1", registry.port), timeout=5, source_address=("127.0.0.2", 0)
                     )
-                    sock.sendall(b"GET / HTTP/1.1\r\n")
+                    with contextlib.suppress(OSError):  # refused at once: closed
+                        sock.sendall(watch_head)
                     flood.append(sock)
                 time.sleep(0.2)
                 for sock in flood[:100]:  # the registry aborted most of them: make room
@@ -173,5 +180,76 @@ def test_hosts_shut_out_by_a_full_connection_cap_are_not_marked_down(tmp_path: P
         finally:
             stop.set()
             beater.join(timeout=10)
+            for sock in flood:
+                sock.close()
+
+
+def test_slow_sockets_evicted_at_the_pending_cap_grant_no_grace(tmp_path: Path) -> None:
+    """Slow sockets over the pending cap are evicted, not the hosts' reports: the registry
+    hears its hosts all along, so a host that really went silent is still marked down while
+    the flood goes on, and one that reports stays up."""
+    sources = [f"127.0.0.{n}" for n in range(30, 34)]
+    with (
+        registry_process(
+            tmp_path,
+            heartbeat_ttl_s=TTL_S,
+            max_connections=200,
+            max_pending_connections=20,
+            header_timeout_s=60,
+        ) as registry,
+        httpx.Client(timeout=2) as client,
+    ):
+        tokens = {name: registry.join(name, client) for name in ("m1", "m2")}
+        stop = threading.Event()
+        failed = 0
+
+        def heartbeats(names: list[str]) -> None:
+            nonlocal failed
+            while not stop.is_set():
+                for name in names:
+                    try:
+                        answer = httpx.post(
+                            f"{registry.url}/v1/hosts/{name}/report",
+                            json={"instances": []},
+                            headers={"Authorization": f"Bearer {tokens[name]}"},
+                            timeout=1,
+                        )
+                        failed += answer.status_code != 204
+                    except httpx.HTTPError:
+                        failed += 1
+                stop.wait(0.3)
+
+        both = threading.Thread(target=heartbeats, args=(["m1", "m2"],), daemon=True)
+        both.start()
+        flood: list[socket.socket] = []
+        try:
+            time.sleep(TTL_S * 1.5)
+            assert registry.hosts(client) == {"m1": "up", "m2": "up"}
+            stop.set()
+            both.join(timeout=10)
+            stop.clear()
+            m1_only = threading.Thread(target=heartbeats, args=(["m1"],), daemon=True)
+            m1_only.start()  # m2 goes silent as the flood starts
+            silent_since = time.monotonic()
+            state = {}
+            while time.monotonic() < silent_since + TTL_S * 5:
+                for n in range(20):  # 20 more slow sockets a second: each lives about 1 s
+                    sock = socket.create_connection(
+                        ("127.0.0.1", registry.port),
+                        timeout=5,
+                        source_address=(sources[n % len(sources)], 0),
+                    )
+                    with contextlib.suppress(OSError):
+                        sock.sendall(b"POST /v1/apps HTTP/1.1\r\nHost: registry\r\n")
+                    flood.append(sock)
+                    time.sleep(0.05)  # the flood's pace, not a wait for a condition
+                state = registry.hosts(client)
+                if state.get("m2") == "down":
+                    break
+            assert state == {"m1": "up", "m2": "down"}, state
+            assert failed == 0
+            assert "evicted: oldest still waiting for its headers" in registry.log()
+        finally:
+            stop.set()
             for sock in flood:
                 sock.close()
