@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from controller import schema
+from controller import schema, secretbox
 from controller.testing import test_registry
 
 SLOW = {"Procfile": "web: python app.py\n", "paas.toml": "[app]\nhealth_timeout = 1\n"}
@@ -62,6 +62,8 @@ def test_an_older_database_is_migrated_at_start(tmp_path: Path) -> None:
         reg.create_app("shop")
         reg.deploy("shop")
     engine = create_engine(f"sqlite:///{tmp_path / 'registry.db'}")
+    # Going down past the sealing migration opens the secrets: it needs the registry's key.
+    secretbox.attach(engine, secretbox.keyring_for(tmp_path, key=None, key_file=None))
     schema.downgrade(engine, schema.BASELINE)
     with engine.begin() as conn:  # as the pre-alembic `create_all` left it
         conn.execute(text("DROP TABLE alembic_version"))
