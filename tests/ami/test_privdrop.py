@@ -20,7 +20,12 @@ UID = 70999  # in the default app range; no process runs as it
 
 
 def _settings(**extra: object) -> AgentSettings:
-    base = {"role": "machine", "registry_url": "http://127.0.0.1:1", "name": "h", "state_dir": "/tmp/x"}
+    base = {
+        "role": "machine",
+        "registry_url": "http://127.0.0.1:1",
+        "name": "h",
+        "state_dir": "/tmp/x",
+    }
     return AgentSettings(**base, **extra)
 
 
