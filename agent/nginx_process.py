@@ -63,6 +63,9 @@ class NginxProcess:
         self.binary = binary
         self.worker_user = worker_user  # the `user` line; None when not running as root
         self._child: procs.Child | procs.Adopted | None = None
+        # Set by stop(): a reload still under way in another thread (its nginx exited under
+        # it) must not start a new master that outlives the agent's shutdown.
+        self._stopped = False
         self._temp_dir: Path | None = None
 
     @property
@@ -222,6 +225,8 @@ class NginxProcess:
         """Start nginx on the live conf; waits until it wrote its pid file (it has bound)."""
         if self.running:
             return
+        if self._stopped:
+            raise ProxyError("nginx was stopped: the agent is shutting down")
         if not self.conf.is_file():
             raise ProxyError(f"nginx has no config at {self.conf} yet")
         self._stop_stale()
@@ -280,7 +285,9 @@ class NginxProcess:
         return True
 
     def stop(self, *, grace_s: float = 10.0) -> None:
-        """Graceful stop (SIGQUIT: finish in-flight requests), SIGKILL after `grace_s`."""
+        """Graceful stop (SIGQUIT: finish in-flight requests), SIGKILL after `grace_s`; for
+        good: nothing starts this nginx again."""
+        self._stopped = True
         child, self._child = self._child, None
         if child is None or child.poll() is not None:
             return
