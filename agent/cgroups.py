@@ -35,6 +35,8 @@ import contextlib
 import errno
 import logging
 import os
+import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -251,7 +253,22 @@ class Cgroups:
                 _rmdir(group)
 
     def cleanup(self) -> None:
-        """Remove every empty cgroup of ours, the base folders included (agent shutdown)."""
+        """At a clean agent shutdown: SIGKILL what is still in our cgroups (an app process
+        that left its process group, so its instance's stop did not reach it) and remove
+        them, the base folders included. The apps' cgroups live outside the agent's unit,
+        so nothing else would end such a process."""
+        leaves = [
+            leaf for base in self.bases.values() for g in _children(base) for leaf in _children(g)
+        ]
+        pids = {pid for leaf in leaves for pid in _procs(leaf)}
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        if pids:
+            log.info("killed %d app process(es) left in their cgroups", len(pids))
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and any(_procs(leaf) for leaf in leaves):
+            time.sleep(0.05)
         for base in self.bases.values():
             for group in _children(base):
                 for leaf in _children(group):
@@ -269,6 +286,13 @@ def _children(group: Path) -> list[Path]:
     try:
         return [p for p in group.iterdir() if p.is_dir()]
     except OSError:
+        return []
+
+
+def _procs(group: Path) -> list[int]:
+    try:
+        return [int(pid) for pid in (group / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
         return []
 
 

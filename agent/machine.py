@@ -326,7 +326,7 @@ class MachineAgent:
         if self.instances:
             log.info("stopped %d instance(s)", len(self.instances))
         if self.cgroups is not None:
-            self.cgroups.cleanup()  # what still has processes (not stopped in time) stays
+            self.cgroups.cleanup()  # ends what escaped its instance's stop, then removes them
         await asyncio.to_thread(self.nginx.stop, grace_s=5.0)
         await self.health.aclose()
         await self.client.aclose()

@@ -257,3 +257,28 @@ def test_instances_past_max_instances_are_refused_with_a_reason() -> None:
 
     with short_dir("paas-cap-") as folder:
         asyncio.run(scenario(folder / "state"))
+
+
+def test_a_clean_shutdown_ends_what_escaped_its_process_group(tmp_path: Path) -> None:
+    """A process that left its instance's process group (setsid) is out of reach of the
+    instance's stop; the apps' cgroups live outside the agent's unit, so the agent's clean
+    shutdown ends it and removes the cgroups."""
+    name = "paas-t" + os.urandom(4).hex()
+    cgroups = Cgroups.detect(name)
+    if cgroups is None:
+        pytest.skip("no usable cgroup hierarchy here")
+    procs_files = cgroups.prepare("shop", "i1", Limits(memory_mb=64))
+    escaped = procs.spawn(
+        ["/bin/sh", "-c", 'for f in "$@"; do echo $$ > "$f"; done; exec setsid sleep 300', "sh"]
+        + [str(f) for f in procs_files],
+        env={"PATH": "/usr/bin:/bin"},
+        cwd=Path("/"),
+        log_path=tmp_path / "out.log",
+    )
+    deadline = time.monotonic() + 5
+    while not all((f.read_text().split()) for f in procs_files):
+        assert time.monotonic() < deadline, "the process never joined its cgroups"
+        time.sleep(0.02)
+    cgroups.cleanup()
+    assert escaped.wait(5.0) is not None, "the escaped process still runs"
+    assert not any(base.exists() for base in cgroups.bases.values())
