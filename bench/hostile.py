@@ -57,7 +57,8 @@ PROBE_EVERY_S = 0.1
 RSS_LIMIT_MB, P99_LIMIT_S = 300, 1.0
 AGENT_MISSES = ("registry unreachable", "unreachable (", "could not report")
 EDGE_LINE = re.compile(r"(\d+) (over the total connection cap|over the per-client connection cap"
-                       r"|closed: headers not complete in time)")  # fmt: skip
+                       r"|closed: headers not complete in time"
+                       r"|evicted: oldest still waiting for its headers)")  # fmt: skip
 
 
 def deploy(cluster: LocalCluster, base: Path, name: str) -> None:

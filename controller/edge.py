@@ -83,6 +83,10 @@ class RefusalLog:
 # still hears its hosts: no host-loss grace. Evicting a younger one could: the pending cap is
 # overrun faster than clients can send heads, which counts as "hosts may not get through".
 FAIR_HEAD_WAIT_S = 0.05
+# A connection none of whose bytes the registry has read yet is not evicted before this: in
+# a burst the event loop accepts hundreds of connections before it reads any of them, and a
+# legitimate head may be sitting unread in the kernel behind them.
+UNREAD_GRACE_S = 1.0
 
 
 @dataclass
@@ -99,10 +103,10 @@ class ConnectionGate:
 
     A newcomer over its address's cap is refused. A newcomer at the pending cap or the total
     cap evicts the oldest pending connection instead of being refused (what HAProxy and nginx
-    defences do): a connection that sent no complete head is the cheapest to drop, and the
-    newcomer may be legitimate. A connection whose head arrived (being served, kept alive, a
-    long-poll watch) is never evicted. Only when every slot is held by such connections is a
-    newcomer refused at the total cap.
+    defences do): a connection that sent part of a head, or nothing for UNREAD_GRACE_S, is
+    the cheapest to drop, and the newcomer may be legitimate. A connection whose head arrived
+    (being served, kept alive, a long-poll watch) is never evicted. With nothing evictable a
+    newcomer is still let in up to the total cap, and refused only there.
     """
 
     def __init__(
@@ -118,7 +122,8 @@ class ConnectionGate:
         self.per_client: Counter[str] = Counter()
         self.refusals = RefusalLog(clock=clock)
         self._conns: dict[int, _Conn] = {}
-        self._pending: OrderedDict[int, None] = OrderedDict()  # oldest first
+        self._unread: OrderedDict[int, None] = OrderedDict()  # pending, no byte read: oldest first
+        self._partial: OrderedDict[int, None] = OrderedDict()  # pending, part of a head read
         self._next = 0
 
     @property
@@ -127,7 +132,7 @@ class ConnectionGate:
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._unread) + len(self._partial)
 
     def admit(self, client: str, close: Callable[[], None]) -> int | None:
         """A ticket for the new connection, or None (refused; abort it). May call `close` of
@@ -137,24 +142,41 @@ class ConnectionGate:
             return None
         now = self.clock()
         while self.pending >= self.limits.max_pending or self.open >= self.limits.max_connections:
-            if not self._pending:
-                self.refusals.note("over the total connection cap (every connection is served)")
+            victim = self._oldest_evictable(now)
+            if victim is None:
+                if self.open < self.limits.max_connections:
+                    break  # over the pending cap for now, never over the total
+                self.refusals.note("over the total connection cap (none may be evicted)")
                 self._overloaded()
                 return None
-            self._evict_oldest(now)
+            self._evict(victim, now)
         self._next += 1
         ticket = self._next
         self._conns[ticket] = _Conn(client, now, close)
-        self._pending[ticket] = None
+        self._unread[ticket] = None
         self.per_client[client] += 1
         return ticket
+
+    def bytes_read(self, ticket: int) -> None:
+        """Bytes of the connection were read but its head is not complete. Connections let
+        in over the pending cap while unread are evicted now if there is no room for them."""
+        if ticket not in self._unread:
+            return
+        del self._unread[ticket]
+        self._partial[ticket] = None
+        now = self.clock()
+        while self.pending > self.limits.max_pending:
+            victim = self._oldest_evictable(now)
+            if victim is None:
+                break
+            self._evict(victim, now)
 
     def head_arrived(self, ticket: int) -> None:
         """The connection's first request head is in: it is never evicted from now on."""
         conn = self._conns.get(ticket)
         if conn is not None and conn.pending:
             conn.pending = False
-            del self._pending[ticket]
+            self._forget_pending(ticket)
 
     def release(self, ticket: int) -> None:
         """The connection is gone (a no-op for one already evicted)."""
@@ -162,13 +184,25 @@ class ConnectionGate:
         if conn is None:
             return
         if conn.pending:
-            del self._pending[ticket]
+            self._forget_pending(ticket)
         self.per_client[conn.client] -= 1
         if self.per_client[conn.client] <= 0:
             del self.per_client[conn.client]
 
-    def _evict_oldest(self, now: float) -> None:
-        ticket = next(iter(self._pending))
+    def _forget_pending(self, ticket: int) -> None:
+        if self._unread.pop(ticket, False) is False:
+            self._partial.pop(ticket, None)
+
+    def _oldest_evictable(self, now: float) -> int | None:
+        partial = next(iter(self._partial), None)
+        unread = next(iter(self._unread), None)
+        if unread is not None and now - self._conns[unread].since < UNREAD_GRACE_S:
+            unread = None
+        if partial is None or unread is None:
+            return partial if unread is None else unread
+        return unread if self._conns[unread].since < self._conns[partial].since else partial
+
+    def _evict(self, ticket: int, now: float) -> None:
         conn = self._conns[ticket]
         self.release(ticket)
         self.refusals.note("evicted: oldest still waiting for its headers")
@@ -209,6 +243,8 @@ def guarded_protocol(gate: ConnectionGate) -> type[H11Protocol]:
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
+            if self._ticket is not None and self.conn.their_state is h11.IDLE:
+                gate.bytes_read(self._ticket)  # part of a head (may evict this very one)
             self._watch_head()
 
         def on_response_complete(self) -> None:

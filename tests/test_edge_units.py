@@ -18,6 +18,7 @@ import pytest
 from cli.logs import escape_controls
 from controller.edge import (
     FAIR_HEAD_WAIT_S,
+    UNREAD_GRACE_S,
     ConnectionGate,
     ConnectionLimits,
     RefusalLog,
@@ -228,13 +229,36 @@ def test_evicting_only_seconds_old_slow_sockets_grants_no_grace_but_a_young_one_
     _admit(gate, "10.0.0.1", closed, "old")
     _admit(gate, "10.0.0.2", closed, "young")
     now[0] = 3.0
-    _admit(gate, "10.0.0.3", closed, "n1")  # evicts "old" (3 s without a head)
-    assert overloads == []
+    n1 = _admit(gate, "10.0.0.3", closed, "n1")  # evicts "old" (3 s without a head)
+    assert n1 is not None and overloads == []
+    gate.bytes_read(n1)  # part of a head
     now[0] += FAIR_HEAD_WAIT_S / 10
     _admit(gate, "10.0.0.4", closed, "n2")  # evicts "young" (3 s)
     _admit(gate, "10.0.0.5", closed, "n3")  # evicts "n1", only just connected
     assert closed == ["old", "young", "n1"]
     assert overloads == [now[0]]  # churn that fast could cut a real client: grace
+
+
+def test_a_burst_of_unread_connections_is_not_evicted_and_stops_only_at_the_total() -> None:
+    """The event loop accepts a burst before it reads any of it: a legitimate head may be
+    waiting unread in the kernel, so unread connections are safe for UNREAD_GRACE_S."""
+    now = [0.0]
+    gate, _, overloads, closed = _gate(total=6, pending=2, now=now)
+    tickets = [_admit(gate, f"10.0.0.{n}", closed, f"burst{n}") for n in range(6)]
+    assert None not in tickets and closed == [] and gate.pending == 6
+    assert _admit(gate, "10.0.0.9", closed, "late") is None  # the total cap: refused
+    assert overloads == [0.0]
+    slow = tickets[3]
+    assert slow is not None
+    gate.bytes_read(slow)  # part of a head, then nothing: evictable at once
+    now[0] = 0.5
+    assert _admit(gate, "10.0.0.9", closed, "late") is not None
+    assert closed == ["burst3"]
+    now[0] = 0.5 + UNREAD_GRACE_S
+    assert _admit(gate, "10.0.0.8", closed, "later") is not None
+    # Silent for the whole grace: evictable, oldest first, down to the pending cap.
+    assert closed == ["burst3", "burst0", "burst1", "burst2", "burst4", "burst5"]
+    assert gate.pending == 2 and gate.open == 2
 
 
 def test_pending_cap_defaults_to_a_quarter_of_the_total() -> None:
@@ -258,3 +282,16 @@ def test_upload_slots_per_token_and_in_total() -> None:
     assert refused is not None and "3 artifact uploads" in refused
     slots.give(1)
     assert slots.take(3) is None
+
+
+def test_connections_let_in_unread_are_trimmed_to_the_pending_cap_once_read() -> None:
+    now = [0.0]
+    gate, _, overloads, closed = _gate(total=10, pending=2, now=now)
+    tickets = [_admit(gate, f"10.0.0.{n}", closed, f"burst{n}") for n in range(4)]
+    assert closed == [] and gate.pending == 4  # a burst, none read yet
+    now[0] = 0.2
+    for ticket in tickets:  # each turns out to have sent part of a head
+        assert ticket is not None
+        gate.bytes_read(ticket)
+    assert closed == ["burst0", "burst1"] and gate.pending == 2
+    assert overloads == []  # each had waited 0.2 s with its bytes read at last
