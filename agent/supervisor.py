@@ -21,7 +21,9 @@
   port listens is `busy` (a single worker serving a slow request: requests queue in the
   kernel backlog and will be answered), which also counts towards `unhealthy_after` but keeps
   the instance routed until then, and says "busy" in the instance's reason meanwhile.
-- `fatal`: gave up; the reason carries the last lines of the instance's log.
+- `fatal`: gave up; the reason carries the last lines of the instance's log. Only a process
+  that never ran well gets there: once it stayed healthy for `stable_after_s` (or was
+  adopted), a crash loop backs off (capped) and restarts forever, its reason saying so.
 - `adopt()`: a process an earlier agent run started enters `starting` like a spawned one; if
   it does not pass a check within the start timeout it is killed and replaced (back-off),
   never given up on: it had started fine once.
@@ -121,6 +123,11 @@ class Supervisor:
         self.reason: str | None = None  # why it is fatal / backing off / unhealthy
         self.generation = 0  # bumps on every spawn; stale health results are ignored
         self.failed_starts = 0
+        # Once it ran well (healthy for stable_after_s, or adopted: it had started fine), a
+        # crash loop never ends in fatal: a database outage must not leave the app down for
+        # good. Capped back-off forever, with the reason shown; only a process that never
+        # ran well (a bad release) is given up on, so a deploy fails fast.
+        self._proven = False
         self._handle: ProcessHandle | None = None
         self._started_at = 0.0
         self._healthy_since: float | None = None
@@ -142,6 +149,7 @@ class Supervisor:
         if self.state not in ("stopped", "fatal"):
             return
         self.failed_starts = 0
+        self._proven = False
         self.reason = None
         self._spawn(now)
 
@@ -151,6 +159,7 @@ class Supervisor:
         if self.state not in ("stopped", "fatal"):
             raise AgentError(f"{self.name}: cannot adopt a process while {self.state}")
         self.failed_starts = 0
+        self._proven = True
         self.reason = None
         self._begin(handle, now)
         self._adopted = True
@@ -209,6 +218,7 @@ class Supervisor:
             healthy_for = now - (self._healthy_since if self._healthy_since is not None else now)
             if healthy_for >= self.policy.stable_after_s:
                 self.failed_starts = 0  # it had run well: this is the first crash of a series
+                self._proven = True
             self._failed_start(now, f"{self._exit_status} while running")
         elif self.state == "backoff":
             if now >= self._next_start_at:
@@ -343,15 +353,19 @@ class Supervisor:
 
     def _failed_start(self, now: float, what: str) -> None:
         self.failed_starts += 1
-        if self.failed_starts > self.policy.max_failed_starts:
+        if self.failed_starts > self.policy.max_failed_starts and not self._proven:
             self._fatal(f"{what}; gave up after {self.failed_starts} failed starts in a row")
             return
         delay = min(
             self.policy.backoff_cap_s,
-            self.policy.backoff_base_s * 2 ** (self.failed_starts - 1),
+            self.policy.backoff_base_s * 2 ** min(self.failed_starts - 1, 30),
         )
         self._next_start_at = now + delay
-        self.reason = what
+        self.reason = (
+            f"crashing: {what}; restart {self.failed_starts} in {delay:.0f}s"
+            if self.failed_starts > self.policy.max_failed_starts
+            else what
+        )
         log.info("%s %s; restarting in %.1fs", self.name, what, delay)
         self._set("backoff")
 

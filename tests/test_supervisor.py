@@ -261,3 +261,24 @@ def test_spawn_error_counts_as_failed_start() -> None:
     assert sup.state == "backoff"
     assert "no such command" in (sup.reason or "")
     assert sup.transition(0.5) == "fatal"
+
+
+def test_a_proven_process_that_starts_crashing_is_restarted_forever() -> None:
+    """Once it ran well, a crash loop (its database went away) never ends in fatal: capped
+    back-off forever, the reason saying it is crashing; a bad release still fails fast."""
+    sup, launcher = _sup(stable_after_s=10.0, max_failed_starts=2, backoff_base_s=0.5)
+    sup.start(0.0)
+    _pass_health(sup, 0.1)
+    now = 20.0  # ran well past stable_after_s
+    states = []
+    for _ in range(12):
+        launcher.current.status = 1
+        sup.transition(now)  # exited
+        states.append(sup.transition(now + 0.01))
+        now += 60.0  # past the capped back-off
+        sup.transition(now)
+        assert sup.state == "starting"
+        now += 0.1
+    assert set(states) == {"backoff"}
+    assert len(launcher.spawned) == 13
+    assert (sup.reason or "").startswith("crashing: ") and "restart 12 in" in (sup.reason or "")
