@@ -182,9 +182,17 @@ def require_admin_or_host(who: Principal = Depends(principal)) -> Principal:
 
 
 def require_artifact_reader(who: Principal = Depends(principal)) -> Principal:
-    """Hosts fetch artifacts; admin and deploy tokens check whether one is stored."""
+    """Admin and deploy tokens check whether an artifact is stored (to skip an upload)."""
     if who.kind not in ("admin", "host", "deploy"):
         raise Forbidden(f"a {who.kind} token may not do this")
+    return who
+
+
+def require_artifact_downloader(who: Principal = Depends(principal)) -> Principal:
+    """Only hosts (which install them) and the admin download artifacts: an artifact is
+    another tenant's code, and a deploy token that learnt its sha256 must not read it."""
+    if who.kind not in ("admin", "host"):
+        raise Forbidden(f"a {who.kind} token may not download artifacts")
     return who
 
 

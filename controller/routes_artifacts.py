@@ -9,7 +9,11 @@ from starlette.concurrency import iterate_in_threadpool
 from common import wire
 from common.names import Sha256
 from controller.artifacts import ArtifactStore
-from controller.auth import require_artifact_reader, require_uploader
+from controller.auth import (
+    require_artifact_downloader,
+    require_artifact_reader,
+    require_uploader,
+)
 from controller.context import Context, get_ctx
 from controller.errors import NotFound, TooLarge
 
@@ -24,7 +28,7 @@ def artifact_exists(sha256: Sha256, ctx: Context = Depends(get_ctx)) -> Response
 
 @router.get(
     "/{sha256}",
-    dependencies=[Depends(require_artifact_reader)],
+    dependencies=[Depends(require_artifact_downloader)],
     response_class=FileResponse,
     responses={200: {"content": {"application/gzip": {}}}},
 )

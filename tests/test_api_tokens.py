@@ -179,3 +179,23 @@ def test_the_last_admin_token_cannot_be_revoked(tmp_path: Path) -> None:
         response = reg.client.delete(f"/v1/tokens/{admin['id']}", headers=reg.admin)
         assert response.status_code == 409
         assert "last admin token" in response.json()["detail"]
+
+
+def test_a_deploy_token_cannot_download_an_artifact(reg: TestRegistry, deploy_token: str) -> None:
+    """Another tenant's code, by its sha256 (seen in a log, or its own): hosts and the admin
+    download artifacts, a deploy token only learns whether one is stored."""
+    from controller.testing import sha256_of
+
+    data = make_artifact({"Procfile": "web: python secret_code.py\n"})
+    sha = sha256_of(data)
+    assert (
+        reg.client.put(f"/v1/artifacts/{sha}", content=data, headers=reg.admin).status_code == 200
+    )
+    got = reg.client.get(f"/v1/artifacts/{sha}", headers=reg.headers(deploy_token))
+    assert got.status_code == 403 and b"secret_code" not in got.content
+    assert "may not download" in got.json()["detail"]
+    assert (
+        reg.client.head(f"/v1/artifacts/{sha}", headers=reg.headers(deploy_token)).status_code
+        == 200
+    )
+    assert reg.client.get(f"/v1/artifacts/{sha}", headers=reg.admin).content == data
