@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -40,7 +41,7 @@ from agent.capacity import measure
 from agent.cgroups import Cgroups, LeafCgroup, Limits
 from agent.errors import AgentError, RegistryError
 from agent.health import HealthChecker, check_host, listener_uids
-from agent.installer import InstalledRelease, Installer
+from agent.installer import InstalledRelease, Installer, find_uv
 from agent.instances import (
     Instance,
     definition,
@@ -68,7 +69,7 @@ from agent.rewatch import unless_rewatched
 from agent.runrecords import RunRecord, read_records, recorder, remove_record, write_record
 from agent.settings import AgentSettings
 from agent.supervisor import Policy, Supervisor, Verdict
-from agent.uids import AppUsers, secure_state_dir
+from agent.uids import AppUsers, let_apps_pass, secure_state_dir
 from common.wire import DesiredInstance, DesiredState, HostReport
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,11 @@ class MachineAgent:
                 self.settings.app_uids,
             )
         secure_state_dir(state_dir, isolated=isolated)
+        if isolated:
+            # Builds run as the app's uid: it must reach the installer and the interpreter.
+            for tool in (find_uv(), sys.executable):
+                if tool:
+                    let_apps_pass(Path(tool), what="the build tools")
         self.users = AppUsers(state_dir, uid_range=self.settings.app_uid_bounds, isolated=isolated)
         self.cgroups = (
             Cgroups.detect("paas-" + hashlib.sha256(str(state_dir).encode()).hexdigest()[:10])

@@ -196,16 +196,23 @@ def secure_state_dir(state_dir: Path, *, isolated: bool) -> None:
     for sub, mode in (("apps", 0o711), ("artifacts", 0o700), ("logs", 0o700), ("run", 0o700)):
         (state_dir / sub).mkdir(exist_ok=True)
         os.chmod(state_dir / sub, mode)
-    if not isolated:
-        return
-    for parent in state_dir.parents:
+    if isolated:
+        let_apps_pass(state_dir, what="their folders")
+
+
+def let_apps_pass(path: Path, *, what: str) -> None:
+    """Every folder above `path` must let other users pass (o+x), or app uids cannot reach
+    it: folders we own get o+x (search only, no listing), others stop the agent with a
+    clear error. Used for the state folder and for the build tools (uv, the venv's python),
+    which may live in a checkout under a 0700 folder (a `mktemp -d` clone)."""
+    for parent in path.parents:
         info = parent.stat()
         if info.st_mode & stat.S_IXOTH:
             continue
         if info.st_uid != os.geteuid():
             raise UidError(
                 f"{parent} does not let other users pass (mode {stat.S_IMODE(info.st_mode):o});"
-                f" app users cannot reach their folders under {state_dir}: chmod o+x {parent}"
+                f" app users cannot reach {what} under it: chmod o+x {parent}"
             )
         os.chmod(parent, stat.S_IMODE(info.st_mode) | stat.S_IXOTH)
-        log.warning("%s: added o+x so app users reach their folders under it", parent)
+        log.warning("%s: added o+x so app users reach %s under it", parent, what)

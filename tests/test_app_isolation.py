@@ -243,3 +243,22 @@ def test_the_venv_spec_is_read_before_the_app_owns_its_release() -> None:
         assert again.venv == first.venv
         saved = (state / "specs" / "swap" / "1.json").read_text()
         assert "TOP-SECRET" not in saved and sha in saved
+
+
+def test_app_uids_reach_build_tools_in_a_checkout_under_a_private_folder(tmp_path: Path) -> None:
+    """A checkout cloned into `mktemp -d` (0700): the agent's uv and python live under it, and
+    a build as the app's uid could not exec them. The agent lets app uids pass (o+x only)."""
+    from agent.uids import let_apps_pass
+
+    checkout = tmp_path / "clone"
+    tool = checkout / ".venv" / "bin" / "tool"
+    tool.parent.mkdir(parents=True)
+    tool.write_text("#!/bin/sh\necho reached\n")
+    tool.chmod(0o755)
+    checkout.chmod(0o700)
+    tmp_path.chmod(0o700)
+    as_app = ["setpriv", "--reuid=70999", "--regid=70999", "--clear-groups", str(tool)]
+    assert procs.run(as_app, timeout_s=10, check=False).returncode != 0
+    let_apps_pass(tool, what="the build tools")
+    assert stat.S_IMODE(checkout.stat().st_mode) == 0o701  # search only, no listing
+    assert procs.run(as_app, timeout_s=10).output.strip() == "reached"
