@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -54,6 +55,9 @@ def retired_dir(state_dir: Path) -> Path:
     return state_dir / "retired-data"
 
 
+_PREPARING = threading.Lock()
+
+
 def owner(folders: AppFolders) -> str | None:
     try:
         return _owner_file(folders).read_text().strip() or None
@@ -66,9 +70,17 @@ def prepare_data(
 ) -> Path:
     """The app's data folder, created (uid-owned, 0700) and claimed for `app_id`; data of
     another app id under the same name is moved aside first. Idempotent."""
-    data = data_dir(folders)
     if app_id is not None and not valid_app_id(app_id):
         raise DataError(f"bad app id {app_id!r}")
+    # The web and worker installs of one app prepare it at the same time, in threads.
+    with _PREPARING:
+        return _prepare_data(folders, uid=uid, app_id=app_id, state_dir=state_dir)
+
+
+def _prepare_data(
+    folders: AppFolders, *, uid: int | None, app_id: str | None, state_dir: Path
+) -> Path:
+    data = data_dir(folders)
     held = owner(folders)
     if app_id is not None and held != app_id:
         if held is not None and (data.exists() or data.is_symlink()):
@@ -83,7 +95,7 @@ def prepare_data(
 
 def _write_owner(folders: AppFolders, app_id: str) -> None:
     path = _owner_file(folders)
-    tmp = path.with_name(f".data-owner.{os.getpid()}")
+    tmp = path.with_name(f".data-owner.{os.getpid()}.{threading.get_ident()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(app_id + "\n")

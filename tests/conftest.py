@@ -90,7 +90,21 @@ def short_dir(prefix: str = "paas-") -> Iterator[Path]:
     try:
         yield path
     finally:
+        _end_proxies_under(path)
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _end_proxies_under(folder: Path) -> None:
+    """An nginx or HAProxy master whose config lives in this test's own folder was started by
+    this test (through its agent); if the agent did not stop it (a failed or cancelled
+    test), it must not outlive the test holding ports."""
+    import psutil
+
+    marker = f"{folder}/"
+    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+        cmdline = " ".join(proc.info.get("cmdline") or [])
+        if proc.info.get("name") in ("nginx", "haproxy") and marker in cmdline:
+            kill_tree(proc.info["pid"])
 
 
 def free_port_range(size: int = 64, *, low: int = 20000, high: int = 32000) -> tuple[int, int]:
