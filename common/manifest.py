@@ -176,15 +176,29 @@ def parse_manifest(text: str) -> Manifest:
     return Manifest(
         name=_name(values.get("name")),
         health_path=_health_path(values.get("health_path")),
-        health_timeout=_health_timeout(values.get("health_timeout")),
-        health_check_timeout=_health_check_timeout(values.get("health_check_timeout")),
+        health_timeout=_seconds(
+            "health_timeout",
+            values.get("health_timeout"),
+            low=MIN_HEALTH_TIMEOUT_S,
+            high=MAX_HEALTH_TIMEOUT_S,
+            example=30,
+        ),
+        health_check_timeout=_seconds(
+            "health_check_timeout",
+            values.get("health_check_timeout"),
+            low=MIN_HEALTH_CHECK_TIMEOUT_S,
+            high=MAX_HEALTH_CHECK_TIMEOUT_S,
+            example=5,
+        ),
         health_threshold=_health_threshold(values.get("health_threshold")),
         instances=_instances(values.get("instances")),
         domains=_domains(values.get("domains")),
         depends_on=_depends_on(values.get("depends_on"), values.get("name")),
         constraints=_constraints(values.get("constraints")),
         memory_mb=_memory(values.get("memory")),
-        min_healthy_s=_min_healthy(values.get("min_healthy_s")),
+        min_healthy_s=_seconds(
+            "min_healthy_s", values.get("min_healthy_s"), low=0, high=MAX_MIN_HEALTHY_S, example=10
+        ),
         auto_rollback=_auto_rollback(values.get("auto_rollback")),
         data=_data(values.get("data")),
     )
@@ -236,29 +250,14 @@ def _health_path(value: object) -> str | None:
         raise ManifestError(f"paas.toml: {exc}") from None
 
 
-def _health_timeout(value: object) -> float | None:
+def _seconds(key: str, value: object, *, low: float, high: float, example: int) -> float | None:
+    """A number of seconds within [low, high]; None when the key is absent."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ManifestError("paas.toml: health_timeout must be a number of seconds such as 30")
-    if not MIN_HEALTH_TIMEOUT_S <= value <= MAX_HEALTH_TIMEOUT_S:
-        raise ManifestError(
-            f"paas.toml: health_timeout must be between {MIN_HEALTH_TIMEOUT_S:g}"
-            f" and {MAX_HEALTH_TIMEOUT_S:g} seconds"
-        )
-    return float(value)
-
-
-def _health_check_timeout(value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ManifestError("paas.toml: health_check_timeout must be a number of seconds such as 5")
-    if not MIN_HEALTH_CHECK_TIMEOUT_S <= value <= MAX_HEALTH_CHECK_TIMEOUT_S:
-        raise ManifestError(
-            f"paas.toml: health_check_timeout must be between {MIN_HEALTH_CHECK_TIMEOUT_S:g}"
-            f" and {MAX_HEALTH_CHECK_TIMEOUT_S:g} seconds"
-        )
+        raise ManifestError(f"paas.toml: {key} must be a number of seconds such as {example}")
+    if not low <= value <= high:
+        raise ManifestError(f"paas.toml: {key} must be between {low:g} and {high:g} seconds")
     return float(value)
 
 
@@ -275,18 +274,6 @@ def _health_threshold(value: object) -> int | None:
             " (failed health checks in a row before an instance is taken out of service)"
         )
     return value
-
-
-def _min_healthy(value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ManifestError("paas.toml: min_healthy_s must be a number of seconds such as 10")
-    if not 0 <= value <= MAX_MIN_HEALTHY_S:
-        raise ManifestError(
-            f"paas.toml: min_healthy_s must be between 0 and {MAX_MIN_HEALTHY_S:g} seconds"
-        )
-    return float(value)
 
 
 def _auto_rollback(value: object) -> bool | None:
