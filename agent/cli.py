@@ -98,11 +98,11 @@ async def _run(settings: AgentSettings) -> None:
         loop.add_signal_handler(signum, stop.set)
     log.info("starting %s agent %r (state in %s)", settings.role, settings.name, settings.state_dir)
     if settings.role == "machine":
-        from agent.machine import MachineAgent
+        from agent.machine.agent import MachineAgent
 
         await MachineAgent(settings).run(stop)
     else:
-        from agent.frontend import FrontendAgent
+        from agent.frontend.agent import FrontendAgent
 
         await FrontendAgent(settings).run(stop)
     log.info("%s agent %r stopped", settings.role, settings.name)

@@ -20,15 +20,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent import nginx, statefile
-from agent.config_apply import _with_offending_lines
 from agent.errors import RenderError, ValidationFailed
-from agent.frontend import FrontendAgent, worker_identity
-from agent.haproxy import CERT_DIR, MAIN_FILE, build_view, render_files
-from agent.instances import load_desired
-from agent.nginx_process import NginxProcess, default_worker_user
-from agent.render import make_environment, template_dirs
-from agent.runrecords import adoptable, read_records
+from agent.frontend.agent import FrontendAgent, worker_identity
+from agent.link import statefile
+from agent.machine.instances import load_desired
+from agent.machine.run.runrecords import adoptable, read_records
+from agent.proxy.config_apply import _with_offending_lines
+from agent.proxy.haproxy.view import CERT_DIR, MAIN_FILE, build_view, render_files
+from agent.proxy.nginx import view as nginx
+from agent.proxy.nginx.process import NginxProcess, default_worker_user
+from agent.proxy.render import make_environment, template_dirs
 from agent.settings import AgentSettings
 from common.wire import RoutingTable
 

@@ -17,14 +17,14 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from agent.package_index import (
+from agent.machine.build.package_index import (
     PackageIndex,
     check_build_env,
     check_location,
     check_trusted_host,
     check_url,
 )
-from agent.uids import parse_uid_range
+from agent.machine.run.uids import parse_uid_range
 from common.failover import split_urls
 from common.names import check_address, check_domain, check_host_name, check_label
 from common.registry_tls import RegistryTrust, check_urls, parse_pins
@@ -63,12 +63,13 @@ class AgentSettings(BaseSettings):
     domain: str | None = None
     labels: dict[str, str] = {}
     # machine, agent running as root: every app runs as its own uid from this range (gid =
-    # uid, no passwd entry needed; agent/uids.py). A non-root agent runs apps as itself.
+    # uid, no passwd entry needed; agent/machine/run/uids.py). A non-root agent runs apps as itself.
     app_uids: str = "70000-79999"
     # Deprecated and ignored (one shared user let apps read each other): apps get their own
     # uid from app_uids. Still accepted so settings files written earlier keep working.
     run_as_user: str | None = None
-    # machine: bounds on what apps may use (agent/cgroups.py). Memory per instance comes from
+    # machine: bounds on what apps may use (agent/machine/run/cgroups.py). Memory per instance
+    # comes from
     # the app's paas.toml (`memory = "256M"`); without it an instance has no hard limit.
     app_pids_max: int = Field(default=512, ge=16, le=4_194_304)  # processes+threads per app
     app_cpu_weight: int = Field(default=100, ge=1, le=10000)  # relative CPU share per app
@@ -84,7 +85,8 @@ class AgentSettings(BaseSettings):
     # A worker (a non-web Procfile process: no port, no health check) counts as healthy once
     # its process has stayed up this long.
     worker_up_s: float = Field(default=1.0, gt=0, le=300)
-    # Issue 15 item 7 (agent/janitor.py, agent/disk.py): release folders kept per app (plus
+    # Issue 15 item 7 (agent/machine/storage/janitor.py, agent/machine/storage/disk.py): release
+    # folders kept per app (plus
     # those in use), unused venvs removed once this old, an app with no instance here for
     # gone_app_s loses its folders (not its data); new releases are refused while free space
     # is below min_free_mb or min_free_percent. disk_check_s: how often all this runs.
@@ -94,7 +96,8 @@ class AgentSettings(BaseSettings):
     min_free_mb: int = Field(default=1024, ge=0)
     min_free_percent: float = Field(default=5.0, ge=0, le=100)
     disk_check_s: float = Field(default=60.0, gt=0)
-    # Issue 15: where app builds find packages (agent/package_index.py), for hosts behind a
+    # Issue 15: where app builds find packages (agent/machine/build/package_index.py), for hosts
+    # behind a
     # mirror or offline; passed to uv and pip explicitly (builds see a clean environment).
     index_url: str | None = None
     extra_index_urls: list[str] = []

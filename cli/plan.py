@@ -18,7 +18,7 @@ SECRET_SUFFIXES = ("_SECRET", "_PASSWORD", "_TOKEN", "_KEY")
 
 
 def is_secret_key(key: str) -> bool:
-    """The registry's rule (controller/routes_config.py): credential-like names are secret."""
+    """The registry's rule (controller/api/routes/config.py): credential-like names are secret."""
     return key.endswith(SECRET_SUFFIXES) or key in {s.lstrip("_") for s in SECRET_SUFFIXES}
 
 

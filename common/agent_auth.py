@@ -3,7 +3,7 @@
 The key is per host and derived from the host token, `HMAC-SHA256(token, LABEL)`: the agent
 computes it from the token it holds, and the registry computes it once, at join, when it
 makes the token, and keeps it encrypted with a key file outside its database
-(controller/agent_keys.py). The database holds only sha256(token), from which this key
+(controller/store/agent_keys.py). The database holds only sha256(token), from which this key
 cannot be derived, so reading registry.db (or a backup) gives nothing to call an agent with;
 a new join retires the old key with the old token.
 

@@ -12,12 +12,13 @@ from typing import Any
 
 import click
 
-from controller import secretbox, tls_identity
-from controller.auth import has_admin_token, issue_token, revoke_tokens
-from controller.db import Database, DatabaseCorrupt, PendingMigrations
-from controller.schema import SchemaTooNew
+from controller.api.auth import has_admin_token, issue_token, revoke_tokens
+from controller.server import tls_identity
+from controller.server.tls_identity import TlsIdentity
 from controller.settings import RegistrySettings
-from controller.tls_identity import TlsIdentity
+from controller.store import secretbox
+from controller.store.db import Database, DatabaseCorrupt, PendingMigrations
+from controller.store.schema import SchemaTooNew
 
 
 @click.group()
@@ -77,7 +78,7 @@ def _open_database(settings: RegistrySettings, *, migrate: bool | None = None) -
 @CONFIG
 def migrate(state_dir: Path | None, database_url: str | None, config_file: Path | None) -> None:
     """Apply the pending schema revisions (once, before starting registries on a new version)."""
-    from controller import schema
+    from controller.store import schema
 
     settings = RegistrySettings.load(config_file, state_dir=state_dir, database_url=database_url)
     if settings.database_url is None:
@@ -202,8 +203,8 @@ def serve(
     """Run the registry API: HTTPS off loopback (see --tls-cert), plain HTTP on loopback."""
     import uvicorn
 
-    from controller.app import create_app
-    from controller.tls_serving import TlsBoundedServer
+    from controller.api.app import create_app
+    from controller.server.tls_serving import TlsBoundedServer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = RegistrySettings.load(
@@ -267,9 +268,9 @@ def _serving_identity(settings: RegistrySettings) -> TlsIdentity | None:
 def uvicorn_options(
     settings: RegistrySettings, *, on_overload: Callable[[float], None]
 ) -> dict[str, Any]:
-    """How uvicorn serves the registry: limits at the edge (controller/edge.py) before any
+    """How uvicorn serves the registry: limits at the edge (controller/server/edge.py) before any
     work, and watches (blocking up to 30 s) ended by a bounded graceful shutdown."""
-    from controller.edge import (
+    from controller.server.edge import (
         ConnectionGate,
         connection_limits,
         guarded_protocol,
@@ -343,8 +344,8 @@ def backup(
     --passphrase-file, a passphrase. Safe while the registry runs: rows come from one
     consistent snapshot.
     """
-    from controller import backup as backups
-    from controller.context import artifact_store_for
+    from controller.api.context import artifact_store_for
+    from controller.store import backup as backups
 
     settings = RegistrySettings.load(config_file, state_dir=state_dir, database_url=database_url)
     db = _open_database(settings)
@@ -376,8 +377,8 @@ def restore(
     """Load a backup FILE into the registry's database (either backend); stop the registries
     first. Refuses a database that holds anything unless --force, and a file the secret key
     (or --passphrase-file) does not open."""
-    from controller import backup as backups
-    from controller.context import artifact_store_for
+    from controller.api.context import artifact_store_for
+    from controller.store import backup as backups
 
     settings = RegistrySettings.load(config_file, state_dir=state_dir, database_url=database_url)
     if settings.database_url is None:
@@ -409,7 +410,7 @@ def rotate_key(
 ) -> None:
     """Seal every secret at rest under a new key; the old keys stay in the key file for reading
     unless --drop-old. Replicas need the new key file (docs/operations.md)."""
-    from controller import key_rotation
+    from controller.store import key_rotation
 
     settings = RegistrySettings.load(config_file, state_dir=state_dir, database_url=database_url)
     db = _open_database(settings)

@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from common.names import check_domain
 
 if TYPE_CHECKING:
-    from controller.secretbox import Keyring
+    from controller.store.secretbox import Keyring
 
 
 class RegistrySettings(BaseSettings):
@@ -30,7 +30,7 @@ class RegistrySettings(BaseSettings):
     domain: str = "localhost"  # the cluster domain: every app answers on <app>.<domain>
     public_https_port: int = Field(default=443, ge=1, le=65535)  # only for URLs shown to users
     max_artifact_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
-    # Issue 15 item 7 (controller/artifact_gc.py): artifacts no release names are removed once
+    # Issue 15 item 7 (controller/store/artifact_gc.py): artifacts no release names are removed once
     # older than the grace period (an upload waits for its release that long), checked this often.
     artifact_gc_grace_s: float = Field(default=3600, ge=0)
     artifact_gc_interval_s: float = Field(default=600, gt=0)
@@ -63,11 +63,12 @@ class RegistrySettings(BaseSettings):
     max_json_bytes: int = Field(default=1024 * 1024, ge=1)  # any body but an artifact upload
     token_rate_per_s: float = Field(default=50, gt=0)  # mutating requests per token...
     token_burst: int = Field(default=200, ge=1)  # ...with this many at once
-    # Issue 14: the keyring sealing secrets at rest (controller/secretbox.py): PAAS_SECRET_KEY
+    # Issue 14: the keyring sealing secrets at rest (controller/store/secretbox.py): PAAS_SECRET_KEY
     # (its text), else this file, else <state_dir>/secret.key (made 0600 on first use).
     secret_key_file: Path | None = None
     secret_key: SecretStr | None = Field(default=None, repr=False)
-    # Issue 14: TLS on the wire (controller/tls_identity.py). Off loopback the registry speaks
+    # Issue 14: TLS on the wire (controller/server/tls_identity.py). Off loopback the registry
+    # speaks
     # HTTPS with this pair, else with a self-signed one made in <state_dir>/tls/ at first start;
     # plain HTTP there only with insecure_http (behind a TLS-terminating proxy on the host).
     tls_cert: Path | None = None
@@ -97,7 +98,7 @@ class RegistrySettings(BaseSettings):
         return self.database_url is None
 
     def keyring(self) -> Keyring:
-        from controller.secretbox import keyring_for
+        from controller.store.secretbox import keyring_for
 
         key = self.secret_key.get_secret_value() if self.secret_key is not None else None
         return keyring_for(self.state_dir, key=key, key_file=self.secret_key_file)

@@ -16,8 +16,8 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from controller.app import create_app
-from controller.auth import issue_token
+from controller.api.app import create_app
+from controller.api.auth import issue_token
 from controller.settings import RegistrySettings
 
 DEFAULT_FILES = {"Procfile": "web: python app.py\n", "paas.toml": "min_healthy_s = 0\n"}

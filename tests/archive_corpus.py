@@ -1,4 +1,5 @@
-"""Hostile artifacts for agent/archive.py, shared by the in-process tests (the venv's Python)
+"""Hostile artifacts for agent/machine/build/archive.py, shared by the in-process tests (the
+venv's Python)
 and the subprocess tests on Debian 12's own /usr/bin/python3 (3.11.2, no tarfile filters).
 
 Each case builds its archive in its own folder:
@@ -298,7 +299,7 @@ RUNNER = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
-from agent.archive import unpack
+from agent.machine.build.archive import unpack
 from agent.errors import UnsafeArchive
 results = []
 for job in json.loads(Path(sys.argv[2]).read_text()):

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from agent.installer import Installer
-from agent.uids import AppUsers, secure_state_dir
+from agent.machine.build.installer import Installer
+from agent.machine.run.uids import AppUsers, secure_state_dir
 from tests.conftest import short_dir
 
 

@@ -14,11 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.haproxy import CHALLENGE_MAP_FILE, MAIN_FILE, build_view, render_files
-from agent.render import make_environment, template_dirs
+from agent.proxy.haproxy.view import CHALLENGE_MAP_FILE, MAIN_FILE, build_view, render_files
+from agent.proxy.render import make_environment, template_dirs
 from common.wire import RouteChallenge, RoutingTable
-from controller.acme import is_due, retry_delay
-from controller.acme_client import AcmeFailed, Challenge
+from controller.acme.client import AcmeFailed, Challenge
+from controller.acme.service import is_due, retry_delay
 from controller.testing import TestRegistry, test_registry
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from common.pem import check_bundle
-from controller.acme_client import AcmeFailed, AcmeIssuer, Challenge, new_account_key_pem
+from controller.acme.client import AcmeFailed, AcmeIssuer, Challenge, new_account_key_pem
 from tests.conftest import free_ports
 from tests.pebble import Pebble, running_pebble
 

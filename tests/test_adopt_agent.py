@@ -15,9 +15,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agent.machine import MachineAgent
-from agent.runrecords import stray_groups
-from agent.supervisor import Policy
+from agent.machine.agent import MachineAgent
+from agent.machine.run.runrecords import stray_groups
+from agent.machine.run.supervisor import Policy
 from tests.conftest import short_dir
 from tests.test_machine_agent import (
     SICK_PY,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent import procs
-from agent.runrecords import (
+from agent.machine.run.runrecords import (
     RunRecord,
     adoptable,
     read_records,
@@ -162,7 +162,7 @@ def test_strays_under_apps_are_stopped_kept_and_foreign_ones_are_not(
 SANDBOXED = """
 import json, sys
 from pathlib import Path
-from agent.runrecords import adoptable, read_records, stray_groups
+from agent.machine.run.runrecords import adoptable, read_records, stray_groups
 
 record = read_records(Path(sys.argv[1]))[0]
 handle = adoptable(record)

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import psutil
 
-from agent.machine import MachineAgent
+from agent.machine.agent import MachineAgent
+from agent.machine.run.supervisor import Policy
 from agent.settings import AgentSettings
-from agent.supervisor import Policy
 from common.agent_auth import SignedAuth, api_key
 from tests.prom import metric
 from tests.test_machine_agent import APP_PY, FakeRegistry, _desired, _free_port, _state

@@ -1,5 +1,5 @@
 """Signed agent API requests (common/agent_auth.py) and the sealed keys the registry keeps
-(controller/agent_keys.py): pure checks, no processes."""
+(controller/store/agent_keys.py): pure checks, no processes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from common.agent_auth import WINDOW_S, ReplayGuard, api_key, authorization, check
-from controller.agent_keys import SealError, key_file, seal, unseal
+from controller.store.agent_keys import SealError, key_file, seal, unseal
 
 KEY = api_key("host-token")
 NOW = 1_800_000_000.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from agent.logs import LogFollowers, LogStore
+from agent.machine.run.logs import LogFollowers, LogStore
 
 
 class Clock:

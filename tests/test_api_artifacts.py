@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controller.artifact_scan import SCAN_SLOTS
+from controller.store.artifact_scan import SCAN_SLOTS
 from controller.testing import TestRegistry, make_artifact, sha256_of, test_registry
 from tests.archive_corpus import MiB, TarGz, big_file, file, many_members_targz
 from tests.mounts import tmpfs

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from controller import schema, secretbox
+from controller.store import schema, secretbox
 from controller.testing import test_registry
 
 SLOW = {"Procfile": "web: python app.py\n", "paas.toml": "[app]\nhealth_timeout = 1\n"}

@@ -20,8 +20,8 @@ import pytest
 
 from agent import procs
 from agent.errors import InstallError
-from agent.installer import Installer
-from agent.launcher import AppLauncher, instance_env
+from agent.machine.build.installer import Installer
+from agent.machine.run.launcher import AppLauncher, instance_env
 from tests.isolation_support import isolated_state, wheel
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="app uids need a root agent")
@@ -248,7 +248,7 @@ def test_the_venv_spec_is_read_before_the_app_owns_its_release() -> None:
 def test_app_uids_reach_build_tools_in_a_checkout_under_a_private_folder(tmp_path: Path) -> None:
     """A checkout cloned into `mktemp -d` (0700): the agent's uv and python live under it, and
     a build as the app's uid could not exec them. The agent lets app uids pass (o+x only)."""
-    from agent.uids import let_apps_pass
+    from agent.machine.run.uids import let_apps_pass
 
     checkout = tmp_path / "clone"
     tool = checkout / ".venv" / "bin" / "tool"

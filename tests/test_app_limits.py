@@ -21,10 +21,10 @@ import httpx
 import pytest
 
 from agent import procs
-from agent.cgroups import Cgroups, Limits
-from agent.health import listener_uids
-from agent.machine import MachineAgent
-from agent.supervisor import Policy
+from agent.machine.agent import MachineAgent
+from agent.machine.health import listener_uids
+from agent.machine.run.cgroups import Cgroups, Limits
+from agent.machine.run.supervisor import Policy
 from common.wire import DesiredInstance
 from tests.conftest import short_dir
 from tests.isolation_support import uid_range

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.archive import check_link_target, entry_parts, unpack
 from agent.errors import UnsafeArchive
+from agent.machine.build.archive import check_link_target, entry_parts, unpack
 from cli.pack import pack
 from tests.archive_corpus import (
     CASES,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from controller.models import AuditEvent
+from controller.store.models import AuditEvent
 from controller.testing import test_registry
 
 SECRET = "s3cr3t-value-that-must-not-leak"
@@ -76,7 +76,7 @@ def test_refused_names_are_not_stored_as_given(tmp_path: Path) -> None:
 def test_old_events_are_pruned(tmp_path: Path) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from controller.audit import prune
+    from controller.api.audit import prune
 
     with test_registry(tmp_path, audit_keep_days=30) as reg:
         reg.create_app("web")

@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from agent import tls_runtime
-from agent.frontend import remove_stale_certs, worker_identity
-from agent.haproxy import HaproxyView, build_view, render_files
-from agent.render import make_environment, template_dirs
+from agent.frontend.agent import remove_stale_certs, worker_identity
+from agent.proxy.haproxy import tls_runtime
+from agent.proxy.haproxy.view import HaproxyView, build_view, render_files
+from agent.proxy.render import make_environment, template_dirs
 from common.wire import RouteCert, RouteChallenge, RoutingTable
 from tests.certgen import Issued, chain
 from tests.test_haproxy_real import Front, echo_server, front, table  # noqa: F401
@@ -88,7 +88,7 @@ def test_user_certificate_served_by_sni_and_replaced(front: Front) -> None:  # n
 
 
 def test_hostile_certificate_entries_are_skipped(tmp_path: Path) -> None:
-    from agent.haproxy import build_view
+    from agent.proxy.haproxy.view import build_view
 
     _, mid, leaf = chain(NAMES)
     good = route_cert(leaf, mid, NAMES)

@@ -1,4 +1,5 @@
-"""agent/cgroups.py against fake cgroup trees (plain folders): where the apps' cgroups go in
+"""agent/machine/run/cgroups.py against fake cgroup trees (plain folders): where the apps'
+cgroups go in
 v1 and v2, the v2 no-internal-processes move, and the limits written. The real hierarchy is
 exercised in tests/test_app_limits.py."""
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cgroups import CgroupError, Cgroups, Limits, format_mb
+from agent.machine.run.cgroups import CgroupError, Cgroups, Limits, format_mb
 
 
 def _touch(path: Path, text: str = "") -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config_apply import ConfigApplier
 from agent.errors import ReloadFailed, ValidationFailed
+from agent.proxy.config_apply import ConfigApplier
 
 
 class Recorder:

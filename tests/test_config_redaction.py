@@ -9,15 +9,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from agent import nginx
 from agent.errors import RenderError
-from agent.render import default_template_dir, make_environment
+from agent.proxy.nginx import view as nginx
+from agent.proxy.render import default_template_dir, make_environment
 from cli.deploy import Deployer
 from cli.errors import DeployFailed
 from cli.plan import env_diff
 from common.manifest import Manifest
 from common.wire import RouteServer, ServiceRoute
-from controller.routes_config import is_secret_key
+from controller.api.routes.config import is_secret_key
 from controller.testing import TestRegistry, test_registry
 
 SECRET = "hunter2-not-shown"

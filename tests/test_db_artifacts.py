@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from controller.artifact_models import ArtifactChunk, StoredArtifact
-from controller.db_artifacts import CHUNK_BYTES, DbArtifactStore
+from controller.store.db_artifacts import CHUNK_BYTES, DbArtifactStore
+from controller.store.models.artifacts import ArtifactChunk, StoredArtifact
 from controller.testing import TestRegistry, make_artifact, sha256_of, test_registry
 from tests.pg import PgServer
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.auth import issue_token
-from controller.db import Database
+from controller.api.auth import issue_token
+from controller.store.db import Database
 
 NOBODY = 65534
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from common.manifest import ManifestError, parse_manifest
-from controller.services import DependencyError, check_dependencies, env_key, find_cycle
+from controller.core.services import DependencyError, check_dependencies, env_key, find_cycle
 from controller.testing import TestRegistry, make_artifact, test_registry
 
 

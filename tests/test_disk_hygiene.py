@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from agent import datadir, disk
-from agent.installer import Installer
-from agent.janitor import Janitor
+from agent.machine.build.installer import Installer
+from agent.machine.run.uids import AppUsers, secure_state_dir
+from agent.machine.storage import datadir, disk
+from agent.machine.storage.janitor import Janitor
 from agent.procs import AppUser
-from agent.uids import AppUsers, secure_state_dir
 from common.manifest import ManifestError, parse_manifest
-from controller.artifact_gc import collect_artifacts
-from controller.placement import HostSlot, place
+from controller.core.placement import HostSlot, place
+from controller.store.artifact_gc import collect_artifacts
 from controller.testing import make_artifact, test_registry
 
 ROOT = os.geteuid() == 0
@@ -300,9 +300,9 @@ def test_registry_collects_unreferenced_artifacts_after_the_grace(tmp_path: Path
 def test_data_routes_need_the_registry_signature_and_bound_imports(tmp_path: Path) -> None:
     from starlette.testclient import TestClient
 
-    from agent.api_server import AgentApi
-    from agent.data_api import MAX_IMPORT_BYTES, DataAccess
-    from agent.logs import LogFollowers, LogStore
+    from agent.machine.api.data import MAX_IMPORT_BYTES, DataAccess
+    from agent.machine.api.server import AgentApi
+    from agent.machine.run.logs import LogFollowers, LogStore
     from common.agent_auth import SignedAuth, api_key
 
     state = tmp_path / "state"

@@ -11,16 +11,17 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from agent import nginx, statefile
 from agent.cli import main
 from agent.dryrun import frontend_dry_run, machine_dry_run
-from agent.frontend import FrontendAgent, worker_identity
-from agent.haproxy import build_view, render_files
-from agent.instances import save_desired
-from agent.nginx_process import NginxProcess, default_worker_user
-from agent.render import default_template_dir, make_environment, template_dirs
+from agent.frontend.agent import FrontendAgent, worker_identity
+from agent.frontend.default_cert import ensure_default_cert
+from agent.link import statefile
+from agent.machine.instances import save_desired
+from agent.proxy.haproxy.view import build_view, render_files
+from agent.proxy.nginx import view as nginx
+from agent.proxy.nginx.process import NginxProcess, default_worker_user
+from agent.proxy.render import default_template_dir, make_environment, template_dirs
 from agent.settings import AgentSettings
-from agent.tls import ensure_default_cert
 from common.wire import DesiredInstance, DesiredState, RouteApp, RouteServer, RoutingTable
 from tests.conftest import free_ports
 

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from cli.logs import escape_controls
-from controller.edge import (
+from controller.api.metrics import method_label
+from controller.api.request_limits import RequestLimits, TokenBuckets, UploadSlots
+from controller.server.edge import (
     FAIR_HEAD_WAIT_S,
     UNREAD_GRACE_S,
     ConnectionGate,
@@ -24,8 +26,6 @@ from controller.edge import (
     RefusalLog,
     connection_limits,
 )
-from controller.metrics import method_label
-from controller.request_limits import RequestLimits, TokenBuckets, UploadSlots
 
 BIN = Path(sys.executable).parent
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from agent.errors import RegistryError
-from agent.registry_client import RegistryClient as AgentClient
+from agent.link.client import RegistryClient as AgentClient
 from agent.settings import AgentSettings
 from cli.api import RegistryClient as CliClient
 from cli.config import load

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.frontend import FrontendAgent
+from agent.frontend.agent import FrontendAgent
 from common.wire import RoutingTable
 from tests.test_haproxy_real import FakeRegistry, force_kill, frontend_settings, table, wait_for
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.haproxy import build_backend, build_view, render_files
-from agent.nginx import PROXY_CHECK_PATH
-from agent.render import make_environment, template_dirs
+from agent.proxy.haproxy.view import build_backend, build_view, render_files
+from agent.proxy.nginx.view import PROXY_CHECK_PATH
+from agent.proxy.render import make_environment, template_dirs
 from common.names import InvalidName
 from common.wire import RouteApp, RouteServer, RoutingTable
 

@@ -27,13 +27,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.config_apply import ApplyResult, ConfigApplier
-from agent.frontend import FrontendAgent, worker_identity
-from agent.haproxy import MAIN_FILE, build_view, render_files
-from agent.haproxy_process import HaproxyProcess
-from agent.render import default_template_dir, make_environment, template_dirs
+from agent.frontend.agent import FrontendAgent, worker_identity
+from agent.frontend.default_cert import ensure_default_cert
+from agent.proxy.config_apply import ApplyResult, ConfigApplier
+from agent.proxy.haproxy.process import HaproxyProcess
+from agent.proxy.haproxy.view import MAIN_FILE, build_view, render_files
+from agent.proxy.render import default_template_dir, make_environment, template_dirs
 from agent.settings import AgentSettings
-from agent.tls import ensure_default_cert
 from common.wire import RouteApp, RouteServer, RoutingTable
 from tests.conftest import free_ports
 
@@ -558,7 +558,7 @@ def test_new_index_with_same_routes_does_not_reload(front: Front) -> None:
 
 
 def test_socket_dir_moves_deep_state_folders_to_a_short_private_path(tmp_path: Path) -> None:
-    from agent.frontend import MAX_SOCKET_PATH, socket_dir
+    from agent.frontend.agent import MAX_SOCKET_PATH, socket_dir
 
     shallow = Path("/tmp/x")
     assert socket_dir(shallow) == shallow

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.frontend import FrontendAgent
-from agent.haproxy import build_view
-from agent.haproxy_runtime import runtime_commands
-from agent.haproxy_slots import SLOT_STEP, ServerView, assign_slots
-from agent.tls import ensure_default_cert
+from agent.frontend.agent import FrontendAgent
+from agent.frontend.default_cert import ensure_default_cert
+from agent.proxy.haproxy.runtime import runtime_commands
+from agent.proxy.haproxy.slots import SLOT_STEP, ServerView, assign_slots
+from agent.proxy.haproxy.view import build_view
 from common.wire import RouteApp, RouteServer, RoutingTable
 from tests.test_haproxy_real import echo_server, force_kill, frontend_settings, https_get
 

@@ -12,9 +12,9 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from agent.health import HealthChecker, listener_uids
-from agent.machine import needs_restart
-from agent.supervisor import Policy, Supervisor
+from agent.machine.agent import needs_restart
+from agent.machine.health import HealthChecker, listener_uids
+from agent.machine.run.supervisor import Policy, Supervisor
 from common.wire import DesiredInstance, RouteOptions
 
 

@@ -17,9 +17,9 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from agent.logs import LogStore, is_health_check
-from agent.machine import MachineAgent
-from agent.supervisor import Policy
+from agent.machine.agent import MachineAgent
+from agent.machine.run.logs import LogStore, is_health_check
+from agent.machine.run.supervisor import Policy
 from cli import logs as cli_logs
 from common.agent_auth import SignedAuth, api_key
 from tests.test_agent_api import _settings
@@ -151,7 +151,7 @@ async def _followed(
 def test_the_registry_forwards_health_to_the_agents(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from controller import routes_logs
+    from controller.api.routes import logs as routes_logs
     from controller.testing import test_registry
 
     asked: list[dict[str, Any]] = []

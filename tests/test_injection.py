@@ -17,9 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from agent import haproxy, nginx
 from agent.errors import RenderError
-from agent.render import default_template_dir, make_environment, template_dirs
+from agent.proxy.haproxy import view as haproxy
+from agent.proxy.nginx import view as nginx
+from agent.proxy.render import default_template_dir, make_environment, template_dirs
 from common import names, wire
 from controller.testing import TestRegistry, test_registry
 from tests.injection_corpus import CORPUS

@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.envspec import environment_spec, python_identity
 from agent.errors import InstallError, UnsafeArchive
-from agent.installer import Installer
+from agent.machine.build.envspec import environment_spec, python_identity
+from agent.machine.build.installer import Installer
 from tests.mounts import resize, tmpfs
 
 

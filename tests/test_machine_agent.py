@@ -20,10 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.machine import MachineAgent
-from agent.render import default_template_dir
+from agent.machine.agent import MachineAgent
+from agent.machine.run.supervisor import Policy
+from agent.proxy.render import default_template_dir
 from agent.settings import AgentSettings
-from agent.supervisor import Policy
 from common.wire import DesiredInstance, DesiredState, HostReport, InstanceReport
 from tests.conftest import short_dir
 
@@ -437,7 +437,7 @@ def test_refused_nginx_template_keeps_the_old_release_serving_and_recovers_by_it
     """A hand-edited operator template nginx refuses: reported, the departing release keeps
     serving (it is not stopped while the live config routes it); removing the bad template is
     enough to recover, with no new change from the registry."""
-    monkeypatch.setattr("agent.machine_proxy.APPLY_RETRY_S", 0.3)
+    monkeypatch.setattr("agent.machine.proxy.APPLY_RETRY_S", 0.3)
     proxy_port = _free_port()
     state = tmp_path / "state"
     override = state / "templates" / "nginx.conf.j2"  # the default operator template folder

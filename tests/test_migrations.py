@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Engine
 
-from controller import schema
 from controller.cli import main as registry_cli
-from controller.db import Database, PendingMigrations
 from controller.settings import RegistrySettings
+from controller.store import schema
+from controller.store.db import Database, PendingMigrations
 from tests.pg import PgServer
 
 

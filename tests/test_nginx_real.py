@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent import nginx
-from agent.config_apply import ConfigApplier
-from agent.nginx_process import NginxProcess, default_worker_user
-from agent.render import default_template_dir, make_environment
+from agent.proxy.config_apply import ConfigApplier
+from agent.proxy.nginx import view as nginx
+from agent.proxy.nginx.process import NginxProcess, default_worker_user
+from agent.proxy.render import default_template_dir, make_environment
 from common.wire import DesiredInstance
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import nginx_process
 from agent.errors import ProxyError
-from agent.nginx_process import NginxProcess
+from agent.proxy.nginx import process as nginx_process
+from agent.proxy.nginx.process import NginxProcess
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown to the worker user needs root")
 WORKER = "www-data" if "www-data" in {p.pw_name for p in pwd.getpwall()} else "nobody"

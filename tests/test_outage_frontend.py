@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.frontend import FrontendAgent
-from agent.render import default_template_dir
+from agent.frontend.agent import FrontendAgent
+from agent.proxy.render import default_template_dir
 from tests.test_haproxy_real import (
     FakeRegistry,
     echo_server,
@@ -37,7 +37,7 @@ def _status(port: int, host: str) -> int:
 def test_frontend_restarted_in_an_outage_serves_the_saved_table_and_recovers_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("agent.frontend.RETRY_REFUSED_S", 0.3)
+    monkeypatch.setattr("agent.frontend.agent.RETRY_REFUSED_S", 0.3)
     state = tmp_path / "state"
     settings = frontend_settings(
         state,

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from agent import installer as installer_module
 from agent.errors import InstallError
-from agent.installer import Installer
-from agent.package_index import PackageIndex, PackageIndexError, redact
+from agent.machine.build import installer as installer_module
+from agent.machine.build.installer import Installer
+from agent.machine.build.package_index import PackageIndex, PackageIndexError, redact
 from agent.settings import AgentSettings
 from tests.conftest import free_port, short_dir
 from tests.isolation_support import isolated_state, wheel

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from controller.db import Database, bump
-from controller.leader import AdvisoryLockLeader
-from controller.watch import PgNotifier
+from controller.store.db import Database, bump
+from controller.sync.leader import AdvisoryLockLeader
+from controller.sync.watch import PgNotifier
 from tests.pg import PgServer
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controller.placement import HostSlot, place
+from controller.core.placement import HostSlot, place
 
 A, B, C = HostSlot("a"), HostSlot("b"), HostSlot("c")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.capacity import measure
+from agent.machine.capacity import measure
 from controller.testing import TestRegistry, test_registry
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from controller.deploys import placement_key, process_counts
-from controller.models import App
-from controller.placement import HostSlot, place
+from controller.core.deploys import placement_key, process_counts
+from controller.core.placement import HostSlot, place
+from controller.store.models import App
 
 A, B, C = HostSlot("a"), HostSlot("b"), HostSlot("c")
 WEB, WORKER = placement_key("shop", "web"), placement_key("shop", "worker")

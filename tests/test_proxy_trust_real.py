@@ -24,14 +24,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent import haproxy, nginx
-from agent.config_apply import ConfigApplier
-from agent.frontend import worker_identity
-from agent.haproxy_process import HaproxyProcess
-from agent.haproxy_runtime import admin_command
-from agent.nginx_process import NginxProcess, default_worker_user
-from agent.render import make_environment, template_dirs
-from agent.tls import ensure_default_cert
+from agent.frontend.agent import worker_identity
+from agent.frontend.default_cert import ensure_default_cert
+from agent.proxy.config_apply import ConfigApplier
+from agent.proxy.haproxy import view as haproxy
+from agent.proxy.haproxy.process import HaproxyProcess
+from agent.proxy.haproxy.runtime import admin_command
+from agent.proxy.nginx import view as nginx
+from agent.proxy.nginx.process import NginxProcess, default_worker_user
+from agent.proxy.render import make_environment, template_dirs
 from common.wire import DesiredInstance, RouteApp, RouteServer, RoutingTable, ServiceRoute
 from tests.conftest import free_port, free_ports
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from agent.errors import ArtifactMismatch, RegistryError
-from agent.registry_client import RegistryClient, backoff_delays, join_or_load_token
+from agent.link.client import RegistryClient, backoff_delays, join_or_load_token
 from agent.settings import AgentSettings, load_settings
 from common.wire import HostJoin, HostReport, InstanceReport
 

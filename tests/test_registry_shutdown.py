@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from controller.watch import LocalNotifier, wait_past
+from controller.sync.watch import LocalNotifier, wait_past
 from tests.registry_proc import registry_process
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from controller.liveness import Liveness, new_liveness, stall_threshold, watchdog_tick
+from controller.sync.liveness import Liveness, new_liveness, stall_threshold, watchdog_tick
 from tests.registry_proc import registry_process
 
 TTL_S = 2.0

@@ -27,7 +27,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from agent.errors import RegistryError
-from agent.registry_client import RegistryClient, join_or_load_token
+from agent.link.client import RegistryClient, join_or_load_token
 from agent.settings import AgentSettings
 from cli.local import kill_tree
 from common.registry_tls import (
@@ -38,7 +38,7 @@ from common.registry_tls import (
     parse_pins,
     sync_transport,
 )
-from controller.tls_identity import load_or_create, needs_tls
+from controller.server.tls_identity import load_or_create, needs_tls
 from tests import certgen
 from tests.conftest import free_port
 

@@ -17,10 +17,10 @@ import pytest
 
 from common.manifest import DEFAULT_MIN_HEALTHY_S, ManifestError, parse_manifest
 from common.wire import HostReport
-from controller.deploys import apply_report, expire_deadlines
-from controller.queries import get_host
-from controller.release_health import CRASH_LOOP_S, STABLE_AFTER_S
-from controller.rollback import has_crash_loops, roll_back_crash_loops
+from controller.api.queries import get_host
+from controller.core.deploys import apply_report, expire_deadlines
+from controller.core.release_health import CRASH_LOOP_S, STABLE_AFTER_S
+from controller.core.rollback import has_crash_loops, roll_back_crash_loops
 from controller.testing import TestRegistry, test_registry
 
 TIMEOUT_S = 300.0

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 
-from controller.models import App, Release
-from controller.release_phase import PhaseResult, phase_outcome, refusal
+from controller.core.release_phase import PhaseResult, phase_outcome, refusal
+from controller.store.models import App, Release
 
 UV_OUTPUT = (
     "installing dependencies failed (uv pip install exited 1):\n"

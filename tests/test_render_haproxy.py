@@ -14,8 +14,8 @@ import pytest
 from pydantic import BaseModel
 
 from agent.errors import RenderError
-from agent.haproxy import HaproxyView, build_backend, build_view, endpoint, render_files
-from agent.render import default_template_dir, make_environment, render, template_dirs
+from agent.proxy.haproxy.view import HaproxyView, build_backend, build_view, endpoint, render_files
+from agent.proxy.render import default_template_dir, make_environment, render, template_dirs
 from common.names import InvalidName
 from common.wire import RouteApp, RouteOptions, RouteServer, RoutingTable
 

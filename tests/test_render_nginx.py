@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent import nginx
 from agent.errors import RenderError
-from agent.render import default_template_dir, make_environment
+from agent.proxy.nginx import view as nginx
+from agent.proxy.render import default_template_dir, make_environment
 from common.wire import DesiredInstance, RouteServer, ServiceRoute
 
 PATHS = nginx.NginxPaths(

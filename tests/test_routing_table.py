@@ -1,6 +1,6 @@
 """The routing table: a host whose instances of an app are all leaving (scaled down) drops out
 at the scale's own index while the app keeps another serving host; the agent keeps routing it
-for a grace period (agent/machine_proxy.py), so no request meets a host without the app."""
+for a grace period (agent/machine/proxy.py), so no request meets a host without the app."""
 
 from __future__ import annotations
 

@@ -15,10 +15,10 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from controller import secretbox
-from controller.acme import AcmeRunner
-from controller.backup_seal import CHUNK
+from controller.acme.service import AcmeRunner
 from controller.cli import main as registry_cli
+from controller.store import secretbox
+from controller.store.backup_seal import CHUNK
 from controller.testing import TestRegistry, test_registry
 from tests.certgen import chain
 from tests.pg import PgServer

@@ -21,10 +21,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent import nginx, service_ports
-from agent.instances import Instance
-from agent.machine_proxy import MachineProxy
-from agent.render import make_environment, template_dirs
+from agent.machine.instances import Instance
+from agent.machine.proxy import MachineProxy
+from agent.proxy.nginx import service_ports
+from agent.proxy.nginx import view as nginx
+from agent.proxy.render import make_environment, template_dirs
 from agent.settings import AgentSettings
 from common.wire import DesiredInstance, DesiredState, RouteServer, ServiceRoute
 from tests.conftest import free_ports

@@ -59,7 +59,7 @@ def test_the_token_query_in_any_spelling_is_accepted_and_never_logged(tmp_path: 
     """`?tok%65n=` decodes to `token`: the page takes it, and the access log hides it."""
     import logging
 
-    from controller.status import RedactTokenQuery, redact_query
+    from controller.api.status import RedactTokenQuery, redact_query
 
     with test_registry(tmp_path) as reg:
         for key in ("token", "tok%65n", "%74%6F%6B%65%6E"):

@@ -8,7 +8,7 @@ from typing import get_args
 import pytest
 
 from agent.errors import AgentError
-from agent.supervisor import Policy, State, Supervisor, wire_state
+from agent.machine.run.supervisor import Policy, State, Supervisor, wire_state
 
 
 class FakeProcess:

@@ -19,13 +19,14 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from agent import haproxy, nginx
 from agent.cli import main as agent_main
-from agent.config_apply import ConfigApplier
 from agent.errors import RenderError
-from agent.machine_proxy import MachineProxy
-from agent.nginx_process import NginxProcess, default_worker_user
-from agent.render import (
+from agent.machine.proxy import MachineProxy
+from agent.proxy.config_apply import ConfigApplier
+from agent.proxy.haproxy import view as haproxy
+from agent.proxy.nginx import view as nginx
+from agent.proxy.nginx.process import NginxProcess, default_worker_user
+from agent.proxy.render import (
     UnsafeTemplates,
     default_template_dir,
     make_environment,
@@ -171,7 +172,7 @@ def test_a_safe_folder_is_used_and_logged_with_its_overrides(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     folder = _folder(tmp_path)
-    with caplog.at_level(logging.INFO, logger="agent.render"):
+    with caplog.at_level(logging.INFO, logger="agent.proxy.render"):
         assert template_dirs(folder) == [folder, default_template_dir()]
     assert f"operator templates in {folder} override: nginx.conf.j2" in caplog.text
 

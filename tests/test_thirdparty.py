@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from agent.errors import InstallError
-from agent.health import HealthChecker, check_host, passes
-from agent.installer import Installer, environment_spec
-from agent.launcher import instance_env
+from agent.machine.build.installer import Installer, environment_spec
+from agent.machine.health import HealthChecker, check_host, passes
+from agent.machine.run.launcher import instance_env
 from cli.pack import pack
 from common.manifest import parse_procfile, procfile_notices
 from tests.test_installer import Store

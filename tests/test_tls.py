@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from agent.tls import default_cert_names, ensure_default_cert, make_self_signed
+from agent.frontend.default_cert import default_cert_names, ensure_default_cert, make_self_signed
 from common.names import InvalidName
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from controller.errors import Invalid
+from controller.sync.watch import LocalNotifier, parse_wait, wait_past
 from controller.testing import TestRegistry, test_registry
-from controller.watch import LocalNotifier, parse_wait, wait_past
 
 
 @pytest.mark.parametrize(
@@ -187,7 +187,7 @@ def test_api_bad_wait_is_422(reg: TestRegistry) -> None:
 def test_answer_cache_builds_once_per_index_for_concurrent_watchers(reg: TestRegistry) -> None:
     """Many watchers woken by one change share one build and the same bytes."""
     from common.wire import RoutingTable
-    from controller.answer_cache import AnswerCache
+    from controller.sync.answer_cache import AnswerCache
 
     db = reg.client.app.state.ctx.db  # type: ignore[attr-defined]
     cache = AnswerCache()

@@ -36,7 +36,8 @@ TOKEN_RE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,512}$")
 APP_USER = "paas-app"
 REGISTRY_USER = "paas-registry"
 PAAS_BIN = Path("/opt/paas/venv/bin")
-# [package_index]: where a machine's app builds find packages (agent/package_index.py).
+# [package_index]: where a machine's app builds find packages
+# (agent/machine/build/package_index.py).
 INDEX_KEYS = (
     "index_url",
     "extra_index_urls",

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from agent import archive
 from agent.errors import UnsafeArchive
+from agent.machine.build import archive
 from cli.pack import pack
 from tests.archive_corpus import (
     CASES,
@@ -156,7 +156,7 @@ UNPACK = """
 import sys
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
-from agent.archive import unpack
+from agent.machine.build.archive import unpack
 from agent.errors import UnsafeArchive
 try:
     unpack(Path(sys.argv[2]), Path(sys.argv[3]))

@@ -10,8 +10,8 @@ import pytest
 from pydantic import ValidationError
 
 from agent import procs
-from agent.installer import InstalledRelease
-from agent.launcher import AppLauncher, instance_env
+from agent.machine.build.installer import InstalledRelease
+from agent.machine.run.launcher import AppLauncher, instance_env
 from agent.settings import AgentSettings
 from tests.conftest import short_dir
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agent.render import default_template_dir
-from agent.runrecords import stray_groups
+from agent.machine.run.runrecords import stray_groups
+from agent.proxy.render import default_template_dir
 from cli.local import FRONTEND, MACHINE, REGISTRY, LocalCluster
 from tests.conftest import running_cluster, short_dir
 from tests.e2e.helpers import PAAS, REPO, answer_now, logs, paas

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from agent.runrecords import stray_groups
+from agent.machine.run.runrecords import stray_groups
 from cli.api import RegistryClient
 from common.registry_tls import RegistryTrust, parse_pins
 from tests.multihost.net import Network, Node

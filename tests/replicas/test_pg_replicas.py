@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.registry_client import RegistryClient as AgentClient
+from agent.link.client import RegistryClient as AgentClient
 from cli.local import kill_tree
 from controller.testing import make_artifact, sha256_of
 from tests.conftest import free_port_range, free_ports, short_dir

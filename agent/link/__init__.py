@@ -1,0 +1,1 @@
+"""The agents' link to the registry: typed client, watches, reports, the saved state."""

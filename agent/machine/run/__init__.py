@@ -1,0 +1,1 @@
+"""Running app processes: supervision, uids, cgroups, ports, logs, one-off runs."""

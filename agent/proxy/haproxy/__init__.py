@@ -1,0 +1,1 @@
+"""The frontend's HAProxy: view model, process, runtime API, server slots, certificates."""

@@ -1,0 +1,1 @@
+"""The machine's nginx: view model, process and service ports."""

@@ -1,0 +1,1 @@
+"""The registry's HTTP layer: routes, auth dependencies, views, the status page."""

@@ -1,0 +1,1 @@
+"""What the registry decides: deploys, placement, rollback, services, host loss."""

@@ -1,0 +1,1 @@
+"""The registry's server process: connection limits, TLS, graceful shutdown."""

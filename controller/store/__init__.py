@@ -1,0 +1,1 @@
+"""Where the registry keeps state: tables, schema migrations, artifacts, backups, secrets."""

@@ -1,0 +1,1 @@
+"""Keeping agents in step: blocking watches, shared answers, leadership, heartbeats."""
