@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from cli.errors import ConfigError
 from common.failover import split_urls
+from common.fsutil import atomic_write
 from common.registry_tls import RegistryTrust, RegistryTrustError, parse_pins
 
 
@@ -57,13 +58,7 @@ def read_saved(path: Path) -> Login | None:
 
 def save(login: Login, path: Path) -> None:
     """Write atomically with mode 0600: the file holds an admin token."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(login.model_dump_json(indent=2, exclude_none=True) + "\n")
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    atomic_write(path, login.model_dump_json(indent=2, exclude_none=True) + "\n", mode=0o600)
 
 
 def load(environ: dict[str, str] | None = None) -> Login:

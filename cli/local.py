@@ -31,6 +31,7 @@ import psutil
 from cli.api import RegistryClient
 from cli.config import Login
 from cli.errors import CliError, ClusterError
+from common.fsutil import atomic_write
 
 REGISTRY = "registry"
 MACHINE = "machine-1"
@@ -96,12 +97,7 @@ def private_dir(path: Path) -> Path:
 
 def write_private(path: Path, text: str) -> None:
     """Write a 0600 file atomically (never readable by others, even for an instant)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, text, mode=0o600)
 
 
 def _open_log(path: Path) -> int:

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from common.fsutil import atomic_write
 from common.names import check_domain
 
 log = logging.getLogger(__name__)
@@ -77,13 +78,6 @@ def ensure_default_cert(state_dir: Path, domain: str | None, *, now: dt.datetime
     os.chmod(path.parent, 0o700)
     names = default_cert_names(domain)
     pem = make_self_signed(names, now=now)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    atomic_write(path, pem, mode=0o600)
     log.info("created a self-signed certificate for %s in %s", ", ".join(names), path)
     return path

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 from agent.errors import ArtifactMismatch, RegistryError
 from agent.settings import AgentSettings
 from common.failover import UrlRing, retry_status, retry_transport_error
+from common.fsutil import atomic_write
 from common.names import check_host_name, check_sha256
 from common.registry_tls import RegistryTrust, async_transport
 from common.wire import (
@@ -328,7 +329,7 @@ async def join_or_load_token(client: RegistryClient, settings: AgentSettings) ->
         ),
         join_token=settings.join_token,
     )
-    _write_secret(token_file, joined.token)
+    atomic_write(token_file, joined.token, mode=0o600)
     client.token = joined.token
     log.info(
         "joined the registry as %s host %r; host token kept in %s",
@@ -337,17 +338,3 @@ async def join_or_load_token(client: RegistryClient, settings: AgentSettings) ->
         token_file,
     )
     return joined.token
-
-
-def _write_secret(path: Path, text: str) -> None:
-    """Write a 0600 file atomically (never readable by others, even for an instant)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)

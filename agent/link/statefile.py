@@ -8,11 +8,12 @@ that cannot be read is ignored with one error line, never trusted half-way.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
+
+from common.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -20,14 +21,7 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def save(path: Path, model: BaseModel) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(model.model_dump_json(indent=1))
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, model.model_dump_json(indent=1), mode=0o600)
 
 
 def load(path: Path, model: type[M]) -> M | None:

@@ -9,7 +9,6 @@ the same text validates in the staging folder and works live.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
 from collections.abc import Callable, Mapping
@@ -18,6 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from agent.errors import ReloadFailed, ValidationFailed
 from agent.metrics import PROXY_RELOADS
+from common.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class ConfigApplier:
 
         self._save_last_good(changed)
         for name, text in changed.items():
-            _atomic_write(self.live_dir / name, text)
+            atomic_write(self.live_dir / name, text)
         if not reload:
             PROXY_RELOADS.labels("runtime").inc()
             log.info("wrote %s (%s), already live: no reload", self.main_path, ", ".join(changed))
@@ -141,7 +141,7 @@ class ConfigApplier:
         for name in changed:
             saved = self.last_good_dir / name
             if saved.is_file():
-                _atomic_write(self.live_dir / name, saved.read_text())
+                atomic_write(self.live_dir / name, saved.read_text())
             else:
                 (self.live_dir / name).unlink(missing_ok=True)
 
@@ -150,22 +150,6 @@ def _check_relative(name: str) -> None:
     path = PurePosixPath(name)
     if path.is_absolute() or ".." in path.parts or not path.parts:
         raise ValueError(f"config file name {name!r} must be a plain relative path")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Temp file in the same folder, fsync, rename, fsync the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _with_offending_lines(message: str, staging_dir: Path) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from common.fsutil import atomic_write
 from common.registry_tls import fingerprint_of, is_loopback_host
 
 VALID_DAYS = 3650
@@ -61,8 +61,8 @@ def load_or_create(
         return TlsIdentity(cert, key, _fingerprint(cert), generated=False)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     cert_pem, key_pem = _self_signed(names or [])
-    _write(key, key_pem, 0o600)
-    _write(cert, cert_pem, 0o644)
+    atomic_write(key, key_pem, mode=0o600)
+    atomic_write(cert, cert_pem, mode=0o644)
     return TlsIdentity(cert, key, _fingerprint(cert), generated=True)
 
 
@@ -107,16 +107,3 @@ def _self_signed(names: list[str]) -> tuple[bytes, bytes]:
         serialization.NoEncryption(),
     )
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Atomic, created with its final mode (a key is never readable by others, even briefly)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)

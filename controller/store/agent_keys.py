@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import os
 import secrets
 import threading
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from common.fsutil import atomic_write
 
 KEY_FILE = "agent-api.key"
 _lock = threading.Lock()
@@ -37,16 +38,8 @@ def _master_key(state_dir: Path) -> bytes:
     path = key_file(state_dir)
     with _lock:
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(secrets.token_bytes(32))
-                fh.flush()
-                os.fsync(fh.fileno())
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, path)  # another process may have made it first: keep theirs
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(FileExistsError):  # another process made it first
+                atomic_write(path, secrets.token_bytes(32), mode=0o600, replace=False)
         data = path.read_bytes()
     if len(data) != 32:
         raise SealError(f"{path} is not a 32-byte key; restore it or re-join the hosts")

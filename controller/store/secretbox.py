@@ -33,6 +33,8 @@ from sqlalchemy import JSON, Connection, Text
 from sqlalchemy.engine import Engine
 from sqlalchemy.types import TypeDecorator
 
+from common.fsutil import atomic_write
+
 PREFIX = "sb1:"
 KEY_FILE = "secret.key"
 KEY_BYTES = 32
@@ -72,16 +74,9 @@ def parse_keys(text: str, origin: str) -> list[bytes]:
 
 def write_key_file(path: Path, keys: list[bytes]) -> None:
     """Atomically replace `path` (0600 from creation on) with `keys`, the current one first."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write("# paas-registry secret keyring: the first key seals, the others only open\n")
-        fh.writelines(base64.urlsafe_b64encode(k).decode() + "\n" for k in keys)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+    text = "# paas-registry secret keyring: the first key seals, the others only open\n"
+    text += "".join(base64.urlsafe_b64encode(k).decode() + "\n" for k in keys)
+    atomic_write(path, text, mode=0o600)
 
 
 @dataclass

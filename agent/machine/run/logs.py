@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from common.fsutil import atomic_write
+
 log = logging.getLogger(__name__)
 
 HEALTH_CHECK_MARK = "paas-health/"  # the User-Agent of every health check we send
@@ -284,6 +286,5 @@ def _read_offset(path: Path) -> int:
 
 
 def _write_offset(path: Path, offset: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(str(offset))
-    os.replace(tmp, path)
+    # Rewritten every interval; a lost offset only re-reads some lines, so no fsync.
+    atomic_write(path, str(offset), fsync=False)

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent import procs
 from agent.machine.build.installer import InstalledRelease
+from common.fsutil import atomic_write
 from common.wire import DesiredInstance
 
 log = logging.getLogger(__name__)
@@ -49,15 +50,7 @@ def record_path(run_dir: Path, iid: int) -> Path:
 
 def write_record(run_dir: Path, record: RunRecord) -> None:
     """Atomically and 0600, never readable by others even for an instant."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = record_path(run_dir, record.instance.id)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(record.model_dump_json())
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    atomic_write(record_path(run_dir, record.instance.id), record.model_dump_json(), mode=0o600)
 
 
 def recorder(

@@ -26,6 +26,7 @@ from agent import procs
 from agent.errors import AgentError
 from agent.machine.run.uids import AppFolders, _own_dir
 from agent.machine.storage.disk import remove_tree
+from common.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +95,7 @@ def _prepare_data(
 
 
 def _write_owner(folders: AppFolders, app_id: str) -> None:
-    path = _owner_file(folders)
-    tmp = path.with_name(f".data-owner.{os.getpid()}.{threading.get_ident()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(app_id + "\n")
-    os.rename(tmp, path)
+    atomic_write(_owner_file(folders), app_id + "\n", mode=0o600)
 
 
 def retire(folders: AppFolders, app_id: str, *, state_dir: Path) -> Path | None:
