@@ -35,9 +35,9 @@ sys.path.insert(0, str(REPO))
 
 from bench.report import write_section  # noqa: E402
 from tests.conftest import short_dir  # noqa: E402
-from tests.multihost.cluster import BIN, FRONTEND, REGISTRY, TTL_S, MultiHostCluster  # noqa: E402
-from tests.multihost.net import test_network  # noqa: E402
-from tests.multihost.test_multihost import APP, APP_PY  # noqa: E402
+from tests.system.multihost.cluster import BIN, FRONTEND, REGISTRY, TTL_S, MultiHostCluster  # noqa: E402
+from tests.system.multihost.net import test_network  # noqa: E402
+from tests.system.multihost.test_multihost import APP, APP_PY  # noqa: E402
 
 MACHINES = ["m1", "m2", "m3"]
 STREAK = 20

@@ -45,7 +45,7 @@ from bench import hostile_attacks as attacks  # noqa: E402
 from bench.ports import free_ports  # noqa: E402
 from bench.report import write_section  # noqa: E402
 from cli.local import FRONTEND, MACHINE, REGISTRY, LocalCluster, Ports  # noqa: E402
-from tests.request_loop import RequestLoop  # noqa: E402
+from tests.support.request_loop import RequestLoop  # noqa: E402
 
 PAAS = str(Path(sys.executable).parent / "paas")
 APPS = ("alpha", "beta")

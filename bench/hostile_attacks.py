@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from tests.archive_corpus import MiB, TarGz, big_file, file
+from tests.support.archive_corpus import MiB, TarGz, big_file, file
 
 SLOW_HEAD = b"POST /v1/apps HTTP/1.1\r\nHost: registry\r\nContent-Type: application/json\r\n"
 TRICKLE_EVERY_S = 2.0  # one more header line per open socket

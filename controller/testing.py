@@ -64,7 +64,7 @@ class TestRegistry:
     def deploy(self, app: str, files: dict[str, str] | None = None) -> dict[str, Any]:
         """Release `files` (default: a web Procfile whose paas.toml sets min_healthy_s = 0,
         so a release switches in as soon as its reports say healthy; the health window has
-        its own tests, tests/test_release_health.py)."""
+        its own tests, tests/unit/test_release_health.py)."""
         sha = self.upload(make_artifact(files or DEFAULT_FILES))
         response = self.client.post(
             f"/v1/apps/{app}/releases", json={"artifact_sha256": sha}, headers=self.admin

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from cli.local import LocalCluster, Ports, kill_tree, port_free
-from tests.pg import SKIP_REASON as PG_SKIP_REASON
-from tests.pg import PgServer, pg_bin, running_postgres
+from tests.support.pg import SKIP_REASON as PG_SKIP_REASON
+from tests.support.pg import PgServer, pg_bin, running_postgres
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,7 +56,7 @@ def _isolated_cli_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PgServer]:
-    """A throwaway PostgreSQL for the session (tests/pg.py); skips only without its binaries."""
+    """A throwaway PostgreSQL for the session (tests/support/pg.py); skips only without its binaries."""
     if pg_bin() is None:
         pytest.skip(PG_SKIP_REASON)
     with running_postgres() as server:

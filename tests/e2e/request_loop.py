@@ -1,9 +1,9 @@
-"""The request loop (tests/request_loop.py) aimed at a local cluster's frontend."""
+"""The request loop (tests/support/request_loop.py) aimed at a local cluster's frontend."""
 
 from __future__ import annotations
 
 from cli.local import LocalCluster
-from tests.request_loop import RequestLoop as _RequestLoop
+from tests.support.request_loop import RequestLoop as _RequestLoop
 
 
 class RequestLoop(_RequestLoop):

@@ -29,7 +29,7 @@ from cli.local import FRONTEND, LocalCluster, Ports
 from tests.conftest import _kill_recorded, free_port_range, free_ports, short_dir
 from tests.e2e.helpers import REPO, logs, paas
 from tests.e2e.request_loop import RequestLoop
-from tests.pebble import Pebble, require_pebble, running_pebble
+from tests.support.pebble import Pebble, require_pebble, running_pebble
 
 pytestmark = pytest.mark.e2e
 APP = "acmeshop"

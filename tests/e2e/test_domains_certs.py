@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cli.local import LocalCluster
-from tests.certgen import chain
+from tests.support.certgen import chain
 from tests.e2e.helpers import REPO, logs, paas
 
 pytestmark = pytest.mark.e2e

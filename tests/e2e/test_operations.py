@@ -20,7 +20,7 @@ import pytest
 
 from cli.local import LocalCluster
 from tests.e2e.helpers import PAAS, REPO, https_get, logs, paas
-from tests.prom import metric
+from tests.support.prom import metric
 
 pytestmark = pytest.mark.e2e
 APP = "ops"

@@ -23,7 +23,7 @@ import pytest
 from cli.local import MACHINE, LocalCluster
 from tests.e2e.helpers import REPO, answer_now, logs, paas
 from tests.e2e.request_loop import RequestLoop
-from tests.mounts import tmpfs
+from tests.support.mounts import tmpfs
 
 pytestmark = pytest.mark.e2e
 APP = "faults"

@@ -19,7 +19,7 @@ import pytest
 
 from cli.local import LocalCluster
 from tests.e2e.helpers import https_get, logs, paas
-from tests.test_thirdparty import _wheel
+from tests.integration.test_thirdparty import _wheel
 
 pytestmark = pytest.mark.e2e
 APP = "thirdparty"

@@ -1,0 +1,1 @@
+"""Real nginx, HAProxy, PostgreSQL, registry and agent processes, one component at a time."""

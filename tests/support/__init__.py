@@ -1,0 +1,1 @@
+"""Shared test helpers: fakes, corpora, real-server fixtures."""

@@ -1,0 +1,1 @@
+"""Pure logic: no processes, no sockets. Runs in seconds."""
