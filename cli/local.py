@@ -1,8 +1,13 @@
 """An all-in-one cluster on 127.0.0.1: one registry, one machine agent, one frontend agent.
 
-Each runs as a detached process (its own session, output in `<state>/logs/<name>.log`); the
-pids live in `<state>/pids.json`, so `down()` — from this process or a later one — stops
-exactly those processes and nothing else. Tests and the benchmark use it with free ports.
+Each runs as a detached process (its own session, output in `<state>/logs/<name>.log`),
+recorded in `<state>/pids.json` (pid + start in clock ticks since boot). Records alone go
+stale (a component killed and restarted, an agent that adopted nginx and apps it never
+started), so every process of the cluster is also found from the state folder itself
+(cli/local_procs.py): `down()` stops all of them, agents first and gracefully, and `up()` on
+a half-running cluster starts only what is missing (restarted agents adopt their nginx,
+HAProxy and apps). Ports and port ranges live in `<state>/cluster.json`, kept across
+`down`/`up`. Tests and the benchmark use it with free ports; two clusters run side by side.
 
 The state folder holds the registry's database and the cluster's tokens, and the agents run
 as root: every folder here is 0700 and every file 0600 (the machine agent may add o+x to the
@@ -16,13 +21,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,22 +37,33 @@ import psutil
 from cli.api import RegistryClient
 from cli.config import Login
 from cli.errors import CliError, ClusterError
+from cli.local_procs import Member, processes_under, same_process, start_ticks, terminate
 from common.fsutil import atomic_write
 
 REGISTRY = "registry"
 MACHINE = "machine-1"
 FRONTEND = "frontend-1"
 STOP_ORDER = (FRONTEND, MACHINE, REGISTRY)
+START_ORDER = (REGISTRY, MACHINE, FRONTEND)
 REGISTRY_STOP_S = 5.0  # agents first: they drain apps while it answers
+LEFTOVER_STOP_S = 10.0  # what no agent stopped: orphaned nginx, HAProxy, apps
+RANGE_SIZE = 1000  # ports in a range picked for the user (app instances, service ports)
+RANGE_LOW, RANGE_HIGH = 20000, 32000
+OWNER = {"nginx": MACHINE, "app": MACHINE, "haproxy": FRONTEND}  # who adopts an orphan
 
 
 @dataclass(frozen=True)
 class Ports:
+    """`make demo`'s ports are the defaults; every one can be chosen."""
+
     registry: int = 8070
     http: int = 8080
     https: int = 8443
     proxy: int = 8081
     agent_api: int = 8071  # the machine agent's API: logs, one-off runs, /metrics (issue 8)
+
+
+PORTS_OF = {REGISTRY: ("registry",), MACHINE: ("proxy", "agent_api"), FRONTEND: ("http", "https")}
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -59,17 +76,42 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def _alive(pid: int, create_time: float | None = None) -> bool:
-    """True if `pid` runs and is the process we recorded (not a reused pid or a zombie)."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)  # reap it if it is our own child
+def free_range(
+    size: int = RANGE_SIZE,
+    *,
+    low: int = RANGE_LOW,
+    high: int = RANGE_HIGH,
+    avoid: tuple[tuple[int, int], ...] = (),
+) -> tuple[int, int]:
+    """`size` consecutive ports free now, at a random place in [low, high), overlapping none
+    of `avoid`: a cluster's app or service ports, distinct from a neighbour's."""
+    rng = random.Random()
+    for _ in range(200):
+        start = rng.randrange(low, high - size)
+        end = start + size - 1
+        if any(start <= b and a <= end for a, b in avoid):
+            continue
+        if all(port_free(port) for port in range(start, end + 1)):
+            return start, end
+    raise ClusterError(f"no {size} free consecutive ports in {low}-{high}")
+
+
+def _alive(pid: int, create_time: float | None = None, ticks: int | None = None) -> bool:
+    """True if `pid` runs and is the process we recorded (not a reused pid or a zombie).
+    `ticks` (start since boot) is exact; `create_time` (wall clock, moves when the clock is
+    stepped) is only for records written before ticks were kept."""
+    if not same_process(pid, ticks):
+        return False
+    if ticks is not None or create_time is None:
+        return True
     try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return create_time is None or abs(proc.create_time() - create_time) < 1.0
+        return abs(psutil.Process(pid).create_time() - create_time) < 1.0
     except psutil.Error:
         return False
+
+
+def _record_alive(p: dict[str, Any]) -> bool:
+    return _alive(p["pid"], p.get("create_time"), p.get("start_ticks"))
 
 
 def kill_tree(pid: int) -> None:
@@ -83,6 +125,15 @@ def kill_tree(pid: int) -> None:
     for member in family:
         with contextlib.suppress(psutil.Error):
             member.kill()
+
+
+def _listener(port: int) -> int | None:
+    """The pid listening on TCP `port` (any address), if this user may see it."""
+    with contextlib.suppress(psutil.Error, OSError):
+        for conn in psutil.net_connections("tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+                return conn.pid
+    return None
 
 
 def private_dir(path: Path) -> Path:
@@ -113,32 +164,54 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
+@dataclass
+class UpReport:
+    """What `up()` found running, what it started, and which busy ports are the cluster's own."""
+
+    found: list[Member] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:  # True when something was started (False: all already ran)
+        return bool(self.started)
+
+
 class LocalCluster:
     def __init__(
         self,
         state_dir: Path | str,
         *,
         ports: Ports | None = None,
-        domain: str = "localhost",
+        domain: str | None = None,
         host: str = "127.0.0.1",
         bin_dir: Path | None = None,
         ready_timeout: float = 60.0,
-        service_ports: tuple[int, int] = (20000, 29999),
+        service_ports: tuple[int, int] | None = None,
+        app_ports: tuple[int, int] | None = None,
     ) -> None:
+        """Unset ports come from `<state>/cluster.json` (the last `up`), else `Ports()`; unset
+        ranges from there, else free ranges picked at `up`. A running cluster keeps its own."""
         self.state_dir = Path(state_dir).absolute()
-        self.service_ports = service_ports  # the registry's range of per-app service ports
-        self.ports = ports or Ports()
-        self.domain = domain
         self.host = host
         self.bin_dir = bin_dir or Path(sys.executable).parent
         self.ready_timeout = ready_timeout
-        self._adopt_recorded()
+        saved = self._read_settings()
+        if saved and self.running():
+            ports, domain, service_ports, app_ports = None, None, None, None
+        self.ports = ports or (Ports(**saved["ports"]) if saved.get("ports") else Ports())
+        self.domain = domain or saved.get("domain") or "localhost"
+        self.service_ports = service_ports or _pair(saved.get("service_ports"))
+        self.app_ports = app_ports or _pair(saved.get("app_ports"))
 
     # ---- paths and facts ---------------------------------------------------------------
 
     @property
     def pids_file(self) -> Path:
         return self.state_dir / "pids.json"
+
+    @property
+    def settings_file(self) -> Path:
+        return self.state_dir / "cluster.json"
 
     @property
     def tokens_file(self) -> Path:
@@ -178,64 +251,129 @@ class LocalCluster:
         env.update(PAAS_REGISTRY_URL=login.registry_url, PAAS_TOKEN=login.token)
         return env
 
-    # ---- recorded processes ------------------------------------------------------------
+    # ---- settings and recorded processes -----------------------------------------------
 
-    def _read_record(self) -> dict[str, Any]:
+    def _read_json(self, path: Path) -> dict[str, Any]:
         try:
-            return json.loads(self.pids_file.read_text())
+            found = json.loads(path.read_text())
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
-            raise ClusterError(f"cannot read {self.pids_file}: {exc}") from exc
+            raise ClusterError(f"cannot read {path}: {exc}") from exc
+        return found if isinstance(found, dict) else {}
 
-    def _adopt_recorded(self) -> None:
-        """A running cluster keeps the ports and domain it was started with."""
-        record = self._read_record()
-        if record.get("ports") and self.running():
-            self.ports = Ports(**record["ports"])
-            self.domain = record.get("domain", self.domain)
+    def _read_settings(self) -> dict[str, Any]:
+        saved = self._read_json(self.settings_file)
+        if not saved:  # a cluster started before cluster.json: its pids.json had the ports
+            old = self._read_json(self.pids_file)
+            saved = {k: old[k] for k in ("ports", "domain") if k in old}
+        return saved
+
+    def _save_settings(self) -> None:
+        private_dir(self.state_dir)
+        body = {
+            "ports": asdict(self.ports),
+            "domain": self.domain,
+            "service_ports": list(self.service_ports) if self.service_ports else None,
+            "app_ports": list(self.app_ports) if self.app_ports else None,
+        }
+        write_private(self.settings_file, json.dumps(body, indent=2) + "\n")
 
     def processes(self) -> dict[str, dict[str, Any]]:
-        return self._read_record().get("processes", {})
-
-    def running(self) -> dict[str, int]:
-        """Recorded processes that are still alive, by name."""
-        return {
-            name: p["pid"]
-            for name, p in self.processes().items()
-            if _alive(p["pid"], p.get("create_time"))
-        }
+        return self._read_json(self.pids_file).get("processes", {})
 
     def _record(self, processes: dict[str, dict[str, Any]]) -> None:
         private_dir(self.state_dir)
         body = {"processes": processes, "ports": asdict(self.ports), "domain": self.domain}
         write_private(self.pids_file, json.dumps(body, indent=2) + "\n")
 
+    def members(self) -> list[Member]:
+        """Every live process of this cluster, whatever started it (cli/local_procs.py)."""
+        found = processes_under([self.state_dir], tools=False)
+        seen = {m.pid for m in found}
+        for name, p in self.processes().items():  # a recorded one that runs elsewhere
+            if p["pid"] not in seen and _record_alive(p):
+                found.append(Member(p["pid"], p.get("start_ticks"), 0, name, (), ""))
+        return found
+
+    def components(self, members: list[Member] | None = None) -> dict[str, Member]:
+        """The registry and the agents that run now, by name."""
+        found = self.members() if members is None else members
+        return {m.role: m for m in found if m.role in START_ORDER}
+
+    def running(self) -> dict[str, int]:
+        """The registry and agents alive now, by name (pids)."""
+        return {name: m.pid for name, m in self.components().items()}
+
+    def _note_running(self, components: dict[str, Member]) -> None:
+        """Record components found running that the record lacks or has stale."""
+        processes = self.processes()
+        for name, m in components.items():
+            p = processes.get(name)
+            if p is None or p["pid"] != m.pid or not _record_alive(p):
+                argv = list(p["argv"]) if p and p.get("argv") else list(m.cmdline)
+                processes[name] = {"pid": m.pid, "start_ticks": m.ticks, "argv": argv}
+        self._record(processes)
+
     # ---- up ----------------------------------------------------------------------------
 
-    def up(self) -> bool:
-        """Start everything and wait until both hosts are up; False if it already ran."""
-        alive = self.running()
-        if alive and set(alive) == set(STOP_ORDER):
-            return False
-        if alive:
-            self.down()  # half a cluster: restart it cleanly
-        for what, port in asdict(self.ports).items():
-            if not port_free(port, self.host):
-                raise ClusterError(f"port {port} ({what}) on {self.host} is already in use")
-        private_dir(self.state_dir)
+    def up(self) -> UpReport:
+        """Start what is missing and wait until both hosts report; an agent started next to
+        its orphaned nginx, HAProxy or apps adopts them. Falsy if everything already ran."""
+        found = self.members()
+        running = self.components(found)
+        report = UpReport(found=found)
+        if all(name in running for name in START_ORDER):
+            self._note_running(running)
+            return report
+        missing = [name for name in START_ORDER if name not in running]
+        report.notes = self._check_ports(missing, found)
+        if self.service_ports is None:
+            self.service_ports = free_range(avoid=tuple(filter(None, [self.app_ports])))
+        if self.app_ports is None:
+            self.app_ports = free_range(avoid=(self.service_ports,))
+        self._save_settings()
         private_dir(self.logs_dir)
+        self._note_running(running)
+        since = time.time()
         try:
-            self._init_registry()
-            self._start(REGISTRY, self._registry_argv())
+            if REGISTRY in missing:
+                self._init_registry()
+                self._start(REGISTRY, self._registry_argv())
+                report.started.append(REGISTRY)
             self._wait_registry()
-            self._start(MACHINE, self._agent_argv("machine", MACHINE))
-            self._start(FRONTEND, self._agent_argv("frontend", FRONTEND))
-            self._wait_hosts()
+            for name, role in ((MACHINE, "machine"), (FRONTEND, "frontend")):
+                if name in missing:
+                    self._start(name, self._agent_argv(role, name))
+                    report.started.append(name)
+            self._wait_hosts(fresh={n for n in report.started if n != REGISTRY}, since=since)
         except BaseException:
-            self.down()
+            if running:  # stop only what this call started; the rest ran before it
+                started = self.components()
+                terminate([started[n] for n in report.started if n in started], timeout=10)
+            else:
+                self.down()
             raise
-        return True
+        return report
+
+    def _check_ports(self, missing: list[str], found: list[Member]) -> list[str]:
+        """Ports of the components to start must be free, or held by this cluster's own
+        process that the component adopts (its orphaned nginx or HAProxy)."""
+        ours = {m.pid: m for m in found}
+        notes = []
+        for name in missing:
+            for what in PORTS_OF[name]:
+                port = getattr(self.ports, what)
+                if port_free(port, self.host):
+                    continue
+                holder = ours.get(_listener(port) or -1)
+                if holder is None:
+                    raise ClusterError(f"port {port} ({what}) on {self.host} is already in use")
+                notes.append(
+                    f"port {port} ({what}) is held by this cluster's {holder.describe()},"
+                    f" which {name} adopts"
+                )
+        return notes
 
     def _exe(self, name: str) -> str:
         local = self.bin_dir / name
@@ -272,6 +410,7 @@ class LocalCluster:
         write_private(self.tokens_file, json.dumps(body))
 
     def _registry_argv(self) -> list[str]:
+        low, high = self.service_ports or (20000, 29999)
         return [
             self._exe("paas-registry"), "serve",
             "--state-dir", str(self.state_dir / "registry"),
@@ -279,8 +418,8 @@ class LocalCluster:
             "--port", str(self.ports.registry),
             "--domain", self.domain,
             "--public-https-port", str(self.ports.https),
-            "--service-port-min", str(self.service_ports[0]),
-            "--service-port-max", str(self.service_ports[1]),
+            "--service-port-min", str(low),
+            "--service-port-max", str(high),
         ]  # fmt: skip
 
     def _agent_argv(self, role: str, name: str) -> list[str]:
@@ -293,8 +432,10 @@ class LocalCluster:
             "--state-dir", str(self.state_dir / name),
         ]  # fmt: skip
         if role == "machine":
-            ports = ["--proxy-port", str(self.ports.proxy), "--api-port", str(self.ports.agent_api)]
-            return [*argv, *ports]
+            argv += ["--proxy-port", str(self.ports.proxy), "--api-port", str(self.ports.agent_api)]
+            if self.app_ports:
+                argv += ["--port-range", f"{self.app_ports[0]}-{self.app_ports[1]}"]
+            return argv
         return [*argv, "--http-port", str(self.ports.http), "--https-port", str(self.ports.https)]
 
     def _start(self, name: str, argv: list[str]) -> None:
@@ -312,17 +453,13 @@ class LocalCluster:
                 env=env,
                 cwd=self.state_dir,
             )
-        try:
-            created = psutil.Process(proc.pid).create_time()
-        except psutil.Error:
-            created = None
         processes = self.processes()
-        processes[name] = {"pid": proc.pid, "create_time": created, "argv": argv}
+        processes[name] = {"pid": proc.pid, "start_ticks": start_ticks(proc.pid), "argv": argv}
         self._record(processes)
 
     def _check_alive(self, name: str) -> None:
         p = self.processes().get(name)
-        if p is None or not _alive(p["pid"], p.get("create_time")):
+        if p is None or not _record_alive(p):
             raise ClusterError(
                 f"{name} exited during start-up; last lines of {self.log_path(name)}:\n"
                 + _tail(self.log_path(name))
@@ -345,7 +482,8 @@ class LocalCluster:
                     )
                 time.sleep(0.2)
 
-    def _wait_hosts(self) -> None:
+    def _wait_hosts(self, *, fresh: set[str] | None = None, since: float = 0.0) -> None:
+        """Both hosts up; those in `fresh` (just started) must have reported since `since`."""
         deadline = time.monotonic() + self.ready_timeout
         states: dict[str, str] = {}
         with self.client() as client:
@@ -353,10 +491,19 @@ class LocalCluster:
                 for name in (MACHINE, FRONTEND):
                     self._check_alive(name)
                 try:
-                    states = {h.name: h.state for h in client.list_hosts()}
+                    hosts = {h.name: h for h in client.list_hosts()}
                 except CliError:
-                    states = {}
-                if states.get(MACHINE) == "up" and states.get(FRONTEND) == "up":
+                    hosts = {}
+                states = {name: h.state for name, h in hosts.items()}
+                if all(
+                    (h := hosts.get(name)) is not None
+                    and h.state == "up"
+                    and (
+                        name not in (fresh or set())
+                        or (h.last_heartbeat is not None and h.last_heartbeat.timestamp() >= since)
+                    )
+                    for name in (MACHINE, FRONTEND)
+                ):
                     return
                 if time.monotonic() > deadline:
                     raise ClusterError(
@@ -367,77 +514,86 @@ class LocalCluster:
 
     # ---- down --------------------------------------------------------------------------
 
-    def down(self, *, timeout: float = 20.0) -> list[str]:
-        """SIGTERM each recorded process (agents first), wait, SIGKILL what remains."""
-        processes = self.processes()
-        stopped: list[str] = []
-        order = [n for n in STOP_ORDER if n in processes] + [
-            n for n in processes if n not in STOP_ORDER
-        ]
-        for name in order:
-            p = processes[name]
-            # The registry only holds SQLite (crash-safe); do not wait long on its long polls.
-            wait = min(timeout, REGISTRY_STOP_S) if name == REGISTRY else timeout
-            if self._stop(p["pid"], p.get("create_time"), timeout=wait):
-                stopped.append(name)
+    def down(self, *, timeout: float = 20.0) -> list[Member]:
+        """SIGTERM the frontend agent, then the machine agent (each stops its proxy and apps),
+        then the registry; then whatever of the cluster still runs (what a killed agent left:
+        nginx, HAProxy, apps). SIGKILL what outlives its wait. Returns what it stopped."""
+        running = self.components()
+        stopped: list[Member] = []
+        for name in STOP_ORDER:
+            if name in running:
+                # The registry only holds SQLite (crash-safe); do not wait long on its polls.
+                wait = min(timeout, REGISTRY_STOP_S) if name == REGISTRY else timeout
+                stopped += terminate([running[name]], timeout=wait)
+        stopped += terminate(self.members(), timeout=LEFTOVER_STOP_S)
         self.pids_file.unlink(missing_ok=True)
         return stopped
-
-    @staticmethod
-    def _stop(pid: int, create_time: float | None, *, timeout: float) -> bool:
-        if not _alive(pid, create_time):
-            return False
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return False
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not _alive(pid, create_time):
-                return True
-            time.sleep(0.1)
-        kill_tree(pid)
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline and _alive(pid, create_time):
-            time.sleep(0.05)
-        return True
 
     # ---- faults (tests): kill one recorded process, start it again ----------------------
 
     def kill(self, name: str, sig: int = signal.SIGKILL, *, timeout: float = 10.0) -> int:
-        """Send `sig` to the recorded process `name` only (not its children); wait until it is
-        gone. Returns its pid."""
-        p = self.processes().get(name)
-        if p is None or not _alive(p["pid"], p.get("create_time")):
+        """Send `sig` to the process `name` only (not its children); wait until it is gone.
+        Returns its pid."""
+        member = self.components().get(name)
+        if member is None:
             raise ClusterError(f"{name} is not running")
-        os.kill(p["pid"], sig)
+        os.kill(member.pid, sig)
         deadline = time.monotonic() + timeout
-        while _alive(p["pid"], p.get("create_time")):
+        while member.alive():
             if time.monotonic() > deadline:
-                raise ClusterError(f"{name} (pid {p['pid']}) did not exit after signal {sig}")
+                raise ClusterError(f"{name} (pid {member.pid}) did not exit after signal {sig}")
             time.sleep(0.05)
-        return int(p["pid"])
+        return member.pid
 
     def restart(self, name: str) -> None:
         """Start `name` again with its recorded command line (same ports and state folder)."""
         p = self.processes().get(name)
         if p is None:
             raise ClusterError(f"{name} was never started here")
-        if _alive(p["pid"], p.get("create_time")):
-            raise ClusterError(f"{name} is still running (pid {p['pid']})")
+        running = self.components()
+        if name in running:
+            raise ClusterError(f"{name} is still running (pid {running[name].pid})")
         self._start(name, list(p["argv"]))
         if name == REGISTRY:
             self._wait_registry()
 
     def status(self) -> dict[str, Any]:
-        processes = self.processes()
+        """Each component alive or not, and every other process of the cluster; an `orphan`
+        is one whose agent is not running (a restarted agent adopts it)."""
+        found = self.members()
+        running = self.components(found)
+        recorded = self.processes()
+        names = list(START_ORDER) if recorded or found else []
+        processes = {}
+        for name in [*names, *(n for n in recorded if n not in names)]:
+            member = running.get(name)
+            pid = member.pid if member else recorded.get(name, {}).get("pid")
+            processes[name] = {"pid": pid, "alive": member is not None}
+        others = [
+            {
+                "pid": m.pid,
+                "role": m.role,
+                "owner": OWNER.get(m.role),
+                "orphan": OWNER.get(m.role) not in running,
+                "command": m.command(),
+                "cwd": m.cwd,
+            }
+            for m in found
+            if m.role not in START_ORDER
+        ]
         return {
             "state_dir": str(self.state_dir),
             "registry_url": self.registry_url,
             "ports": asdict(self.ports),
+            "service_ports": self.service_ports,
+            "app_ports": self.app_ports,
             "domain": self.domain,
-            "processes": {
-                name: {"pid": p["pid"], "alive": _alive(p["pid"], p.get("create_time"))}
-                for name, p in processes.items()
-            },
+            "processes": processes,
+            "others": others,
         }
+
+
+def _pair(value: Any) -> tuple[int, int] | None:
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return int(value[0]), int(value[1])
+    return None

@@ -288,13 +288,46 @@ STATE_OPTION = click.option(
 )
 
 
+class PortRange(click.ParamType):
+    """LOW-HIGH, e.g. 20000-20999."""
+
+    name = "LOW-HIGH"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            low, high = (int(part) for part in str(value).split("-"))
+        except ValueError:
+            self.fail(f"{value!r} is not LOW-HIGH, e.g. 20000-20999", param, ctx)
+        if not 1024 <= low <= high <= 65535:
+            self.fail(f"{value!r} must be two ports within 1024-65535, low first", param, ctx)
+        return low, high
+
+
+def _port_option(name: str, default: int, what: str) -> Callable[[Any], Any]:
+    return click.option(
+        name,
+        type=click.IntRange(1, 65535),
+        default=None,
+        help=f"{what} [default: the last one used here, else {default}]",
+    )
+
+
 @local.command("up")
 @STATE_OPTION
-@click.option("--registry-port", type=click.IntRange(1, 65535), default=8070, show_default=True)
-@click.option("--http-port", type=click.IntRange(1, 65535), default=8080, show_default=True)
-@click.option("--https-port", type=click.IntRange(1, 65535), default=8443, show_default=True)
-@click.option("--proxy-port", type=click.IntRange(1, 65535), default=8081, show_default=True)
-@click.option("--domain", default="localhost", show_default=True)
+@_port_option("--registry-port", 8070, "Registry API port.")
+@_port_option("--http-port", 8080, "Frontend HTTP port.")
+@_port_option("--https-port", 8443, "Frontend HTTPS port.")
+@_port_option("--proxy-port", 8081, "Machine proxy (nginx) port.")
+@_port_option("--agent-api-port", 8071, "Machine agent API port (logs, runs, metrics).")
+@click.option(
+    "--app-ports", type=PortRange(), default=None, help="App instance ports [default: free ones]."
+)
+@click.option(
+    "--service-ports", type=PortRange(), default=None, help="Service ports [default: free ones]."
+)
+@click.option("--domain", default=None, help="Cluster domain [default: localhost].")
 @click.option(
     "--app-dir", type=click.Path(path_type=Path), default=Path("examples/hello"), show_default=True
 )
@@ -302,23 +335,50 @@ STATE_OPTION = click.option(
 @click.option("--deploy-timeout", type=click.FloatRange(1), default=600.0, show_default=True)
 def local_up(
     state_dir: Path,
-    registry_port: int,
-    http_port: int,
-    https_port: int,
-    proxy_port: int,
-    domain: str,
+    registry_port: int | None,
+    http_port: int | None,
+    https_port: int | None,
+    proxy_port: int | None,
+    agent_api_port: int | None,
+    app_ports: tuple[int, int] | None,
+    service_ports: tuple[int, int] | None,
+    domain: str | None,
     app_dir: Path,
     no_deploy: bool,
     deploy_timeout: float,
 ) -> None:
-    """Start registry + machine agent + frontend agent, log in, deploy the app dir."""
-    check_domain(domain)
-    from cli.local import LocalCluster, Ports  # psutil and friends only for `local`
+    """Start what is not running of registry + machine agent + frontend agent (restarted
+    agents adopt their nginx, HAProxy and apps), log in, deploy the app dir."""
+    if domain is not None:
+        check_domain(domain)
+    import dataclasses
 
-    ports = Ports(registry=registry_port, http=http_port, https=https_port, proxy=proxy_port)
-    cluster = LocalCluster(state_dir, ports=ports, domain=domain)
-    if cluster.up():
-        click.echo(f"started registry, machine and frontend agents (logs in {cluster.logs_dir})")
+    from cli.local import LocalCluster  # psutil and friends only for `local`
+
+    chosen = {
+        "registry": registry_port,
+        "http": http_port,
+        "https": https_port,
+        "proxy": proxy_port,
+        "agent_api": agent_api_port,
+    }
+    cluster = LocalCluster(
+        state_dir, domain=domain, service_ports=service_ports, app_ports=app_ports
+    )
+    picked = {k: v for k, v in chosen.items() if v is not None}
+    if picked and not cluster.running():  # a running cluster keeps its ports
+        cluster.ports = dataclasses.replace(cluster.ports, **picked)
+    report = cluster.up()
+    components = cluster.components(report.found)
+    if report.found:
+        click.echo(f"found running: {', '.join(m.describe() for m in report.found)}")
+    for note in report.notes:
+        click.echo(note)
+    if report:
+        click.echo(f"started {', '.join(report.started)} (logs in {cluster.logs_dir})")
+        adopted = [m.describe() for m in report.found if m.role not in components]
+        if adopted:
+            click.echo(f"the agents adopt what was left running: {', '.join(adopted)}")
     else:
         click.echo(f"a local cluster from {cluster.state_dir} is already running")
     path = config.config_path()
@@ -333,25 +393,29 @@ def local_up(
 @local.command("down")
 @STATE_OPTION
 def local_down(state_dir: Path) -> None:
-    """Stop exactly the processes `paas local up` recorded."""
+    """Stop every process of the cluster: agents first (gracefully), then the registry, then
+    whatever a killed agent left running (nginx, HAProxy, apps)."""
     from cli.local import LocalCluster
 
-    cluster = LocalCluster(state_dir)
-    stopped = cluster.down()
-    click.echo(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
+    stopped = LocalCluster(state_dir).down()
+    if stopped:
+        click.echo(f"stopped {', '.join(m.describe() for m in stopped)}")
+    else:
+        click.echo("nothing was running")
 
 
 @local.command("status")
 @STATE_OPTION
 @json_option
 def local_status(state_dir: Path, as_json: bool) -> None:
-    """Which recorded processes run, and what the registry says about the hosts."""
+    """Each component alive or dead, the cluster's other processes (orphans: their agent is
+    not running), and what the registry says about the hosts."""
     from cli.local import LocalCluster
 
     cluster = LocalCluster(state_dir)
     info = cluster.status()
     hosts_: list[Any] = []
-    if cluster.running().get("registry"):
+    if any(p["alive"] and n == "registry" for n, p in info["processes"].items()):
         try:
             with cluster.client() as api:
                 hosts_ = api.list_hosts()
@@ -363,11 +427,15 @@ def local_status(state_dir: Path, as_json: bool) -> None:
     if not info["processes"]:
         click.echo(f"no local cluster recorded in {cluster.state_dir}")
         return
-    output.table(
-        None,
-        ["PROCESS", "PID", "ALIVE"],
-        [[n, p["pid"], "yes" if p["alive"] else "no"] for n, p in info["processes"].items()],
-    )
+    rows = [
+        [n, p["pid"] or "-", "alive" if p["alive"] else "dead"]
+        for n, p in info["processes"].items()
+    ]
+    rows += [
+        [o["role"], o["pid"], f"orphan ({o['owner']} is not running)" if o["orphan"] else "alive"]
+        for o in info["others"]
+    ]
+    output.table(None, ["PROCESS", "PID", "STATE"], rows)
     if hosts_:
         click.echo()
         output.hosts_table(hosts_)
