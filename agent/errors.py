@@ -11,8 +11,12 @@ class AgentError(Exception):
     """Base class of every error the agent raises on purpose."""
 
 
-class RegistryError(AgentError):
-    """The registry could not be reached or refused a request."""
+class RegistryCallFailed(AgentError):
+    """A call to the registry failed: it could not be reached (`status` None), refused the
+    request (`status` is its HTTP answer), or answered something that does not parse.
+
+    Not the controller's `RegistryError`, which is an HTTP error the registry itself raises:
+    this one is the agent's view of a call that did not give it what it asked for."""
 
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
@@ -24,7 +28,7 @@ class RegistryError(AgentError):
         return self.status is None or self.status >= 500 or self.status == 429
 
 
-class ArtifactMismatch(RegistryError):
+class ArtifactMismatch(RegistryCallFailed):
     """A downloaded artifact's sha256 is not the one asked for."""
 
 

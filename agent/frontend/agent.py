@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from agent.errors import AgentError, ProxyError, RegistryError, RenderError, ValidationFailed
+from agent.errors import AgentError, ProxyError, RegistryCallFailed, RenderError, ValidationFailed
 from agent.frontend.default_cert import ensure_default_cert
 from agent.link import statefile
 from agent.link.client import RegistryClient, backoff_delays, join_or_load_token, rejoin
@@ -170,7 +170,7 @@ class FrontendAgent:
             try:
                 await join_or_load_token(self.client, self.settings)
                 return True
-            except RegistryError as exc:
+            except RegistryCallFailed as exc:
                 if not logged:
                     log.warning("cannot join the registry yet, will retry: %s", exc)
                     logged = True
@@ -186,7 +186,7 @@ class FrontendAgent:
             started = time.monotonic()
             try:
                 table = await self._fetch_routing(index)
-            except RegistryError as exc:
+            except RegistryCallFailed as exc:
                 if exc.status == 401:
                     await rejoin(self.client, self.settings, exc)
                 await _sleep_or_stop(stop, outage.failed(exc))
@@ -230,7 +230,7 @@ class FrontendAgent:
             try:
                 self._index_seen(await self.client.report(self.settings.name, report))
                 outage.recovered()
-            except RegistryError as exc:
+            except RegistryCallFailed as exc:
                 outage.failed(exc)
 
     # ---- reconcile ----------------------------------------------------------------------
@@ -426,7 +426,7 @@ class _Outage:
         self.what = what
         self._delays: Iterator[float] | None = None
 
-    def failed(self, exc: RegistryError) -> float:
+    def failed(self, exc: RegistryCallFailed) -> float:
         if self._delays is None:
             log.warning(
                 "%s failed, HAProxy keeps serving the last good config; retrying: %s",

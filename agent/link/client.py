@@ -1,6 +1,6 @@
 """The agent's only way to talk to the registry: typed, async, transport injectable for tests.
 
-Every httpx error is translated into RegistryError here, so the agents' loops handle one
+Every httpx error is translated into RegistryCallFailed here, so the agents' loops handle one
 family: `retryable` tells an outage (back off and keep serving) from a refusal (log it).
 
 `base_url` may list several registry replicas (comma-separated): a request that cannot reach
@@ -25,7 +25,7 @@ from typing import TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from agent.errors import ArtifactMismatch, RegistryError
+from agent.errors import ArtifactMismatch, RegistryCallFailed
 from agent.settings import AgentSettings
 from common.failover import UrlRing, retry_status, retry_transport_error
 from common.fsutil import atomic_write
@@ -155,7 +155,9 @@ class RegistryClient:
                     if position + 1 < len(attempts):
                         log.warning("artifact download from %s failed (%s); next replica", url, exc)
                         continue
-                    raise RegistryError(f"artifact {sha256[:12]} download failed: {exc}") from exc
+                    raise RegistryCallFailed(
+                        f"artifact {sha256[:12]} download failed: {exc}"
+                    ) from exc
             if digest.hexdigest() != sha256:
                 raise ArtifactMismatch(
                     f"artifact {sha256[:12]} arrived with sha256 {digest.hexdigest()[:12]};"
@@ -209,11 +211,11 @@ class RegistryClient:
                 if not last and retry_transport_error(exc, method, idempotent=idempotent):
                     log.warning("registry %s unreachable (%s); trying the next replica", url, exc)
                     continue
-                raise RegistryError(
+                raise RegistryCallFailed(
                     f"registry {url} unreachable ({method} {path}): {exc!r}"
                 ) from exc
             except httpx.HTTPError as exc:
-                raise RegistryError(
+                raise RegistryCallFailed(
                     f"registry {url} unreachable ({method} {path}): {exc!r}"
                 ) from exc
             if response.status_code >= 400:
@@ -235,12 +237,12 @@ class RegistryClient:
         return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def _status_error(response: httpx.Response) -> RegistryError:
+def _status_error(response: httpx.Response) -> RegistryCallFailed:
     detail = response.text[:500]
     with contextlib.suppress(ValidationError):
         detail = ErrorBody.model_validate_json(response.content).detail
     request = response.request
-    return RegistryError(
+    return RegistryCallFailed(
         f"registry answered {response.status_code} to {request.method} {request.url.path}:"
         f" {detail}",
         status=response.status_code,
@@ -251,7 +253,7 @@ def _parse(model: type[M], response: httpx.Response) -> M:
     try:
         return model.model_validate_json(response.content)
     except ValidationError as exc:
-        raise RegistryError(
+        raise RegistryCallFailed(
             f"registry sent an invalid {model.__name__} for {response.request.url.path}: {exc}",
             status=response.status_code,
         ) from exc
@@ -279,7 +281,7 @@ async def join_with_retry(
         try:
             await join_or_load_token(client, settings)
             return True
-        except RegistryError as exc:
+        except RegistryCallFailed as exc:
             if not exc.retryable:
                 raise
             if not logged:
@@ -290,14 +292,14 @@ async def join_with_retry(
     return False
 
 
-async def rejoin(client: RegistryClient, settings: AgentSettings, exc: RegistryError) -> None:
+async def rejoin(client: RegistryClient, settings: AgentSettings, exc: RegistryCallFailed) -> None:
     """The registry no longer knows our host token (e.g. it was reset): join again if we
     have a join token; a failure is left to the caller's next retry."""
     if not settings.join_token:
         return
     log.warning("registry refused the host token (%s); joining again", exc)
     settings.host_token_file.unlink(missing_ok=True)
-    with contextlib.suppress(RegistryError):
+    with contextlib.suppress(RegistryCallFailed):
         await join_or_load_token(client, settings)
 
 
@@ -314,7 +316,7 @@ async def join_or_load_token(client: RegistryClient, settings: AgentSettings) ->
             log.info("using the host token kept in %s", token_file)
             return token
     if not settings.join_token:
-        raise RegistryError(
+        raise RegistryCallFailed(
             f"no host token in {token_file} and no join token given; pass --join-token"
             " (or PAAS_JOIN_TOKEN) the first time",
             status=401,

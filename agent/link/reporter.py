@@ -11,7 +11,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from agent.errors import RegistryError
+from agent.errors import RegistryCallFailed
 from agent.link.client import RegistryClient
 from common.wire import HostReport
 
@@ -57,7 +57,7 @@ class Reporter:
         report = self._build()
         try:
             index = await self._client.report(self._host, report)
-        except RegistryError as exc:
+        except RegistryCallFailed as exc:
             if not self._outage:
                 log.warning("could not report to the registry (will keep trying): %s", exc)
                 self._outage = True

@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 
 from agent import procs
-from agent.errors import AgentError, RegistryError
+from agent.errors import AgentError, RegistryCallFailed
 from agent.link.client import (
     RegistryClient,
     backoff_delays,
@@ -357,7 +357,7 @@ class MachineAgent:
             self._watch_index = index
             try:
                 desired = await self._fetch_desired(index)
-            except RegistryError as exc:
+            except RegistryCallFailed as exc:
                 if delays is None:
                     log.warning("registry unreachable, everything keeps running: %s", exc)
                     delays = backoff_delays()

@@ -26,7 +26,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from agent.errors import RegistryError
+from agent.errors import RegistryCallFailed
 from agent.link.client import RegistryClient, join_or_load_token
 from agent.settings import AgentSettings
 from cli.local import kill_tree
@@ -39,8 +39,8 @@ from common.registry_tls import (
     sync_transport,
 )
 from controller.server.tls_identity import load_or_create, needs_tls
-from tests.support import certgen
 from tests.conftest import free_port
+from tests.support import certgen
 
 BIN = Path(sys.executable).parent
 WRONG_PIN = "sha256:" + "0" * 64
@@ -347,7 +347,7 @@ def test_agent_joins_and_watches_over_tls_and_refuses_impostors(tmp_path: Path) 
                 wrong = _agent(reg, tmp_path, "m3", registry_url=url, registry_fingerprint=pin)
                 client = RegistryClient.for_settings(wrong)
                 try:
-                    with pytest.raises(RegistryError, match=seen) as caught:
+                    with pytest.raises(RegistryCallFailed, match=seen) as caught:
                         await join_or_load_token(client, wrong)
                     assert caught.value.retryable  # an outage to the agent: it keeps serving
                 finally:

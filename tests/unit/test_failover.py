@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.errors import RegistryError
+from agent.errors import RegistryCallFailed
 from agent.link.client import RegistryClient as AgentClient
 from agent.settings import AgentSettings
 from cli.api import RegistryClient as CliClient
@@ -97,7 +97,7 @@ def test_agent_report_is_repeated_after_a_cut_connection_but_a_join_is_not() -> 
     async def go() -> None:
         assert await client.report("m1", HostReport(instances=[])) == 9
         client.registries.settle(0)
-        with pytest.raises(RegistryError):
+        with pytest.raises(RegistryCallFailed):
             await client._request("POST", "/v1/hosts/join", json={})
         await client.aclose()
 
@@ -117,8 +117,8 @@ def test_agent_moves_on_after_503_but_not_after_409() -> None:
 
     client = AgentClient(f"{A},{B}", token="t", transport=httpx.MockTransport(handler))
 
-    async def go() -> RegistryError:
-        with pytest.raises(RegistryError) as info:
+    async def go() -> RegistryCallFailed:
+        with pytest.raises(RegistryCallFailed) as info:
             await client._request("POST", "/v1/hosts/join", json={})
         await client.aclose()
         return info.value

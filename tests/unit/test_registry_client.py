@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.errors import ArtifactMismatch, RegistryError
+from agent.errors import ArtifactMismatch, RegistryCallFailed
 from agent.link.client import RegistryClient, backoff_delays, join_or_load_token
 from agent.settings import AgentSettings, load_settings
 from common.wire import HostJoin, HostReport, InstanceReport
@@ -106,13 +106,13 @@ def test_errors_are_translated() -> None:
         )
 
     async def go() -> None:
-        with pytest.raises(RegistryError, match="may not read routing") as refused:
+        with pytest.raises(RegistryCallFailed, match="may not read routing") as refused:
             await make_client(refuse).routing(index=0, wait_s=1)
         assert refused.value.status == 403 and not refused.value.retryable
-        with pytest.raises(RegistryError, match="unreachable") as down:
+        with pytest.raises(RegistryCallFailed, match="unreachable") as down:
             await make_client(broken).routing(index=0, wait_s=1)
         assert down.value.status is None and down.value.retryable
-        with pytest.raises(RegistryError, match="invalid RoutingTable"):
+        with pytest.raises(RegistryCallFailed, match="invalid RoutingTable"):
             await make_client(garbage).routing(index=0, wait_s=1)
         with pytest.raises(ValueError):
             await make_client(refuse).desired("../admin", index=0, wait_s=1)
@@ -176,7 +176,7 @@ def test_join_once_then_reuse_token(tmp_path: Path) -> None:
 def test_no_token_and_no_join_token_is_a_clear_error(tmp_path: Path) -> None:
     async def go() -> None:
         client = make_client(lambda request: httpx.Response(500), token=None)
-        with pytest.raises(RegistryError, match="join token"):
+        with pytest.raises(RegistryCallFailed, match="join token"):
             await join_or_load_token(client, settings(tmp_path))
 
     run(go())
