@@ -28,8 +28,8 @@ from starlette.concurrency import run_in_threadpool
 from common import wire
 from controller.acme.client import AcmeFailed, AcmeIssuer, Challenge, new_account_key_pem
 from controller.api.context import Context
-from controller.api.queries import now
 from controller.core.certs import add_certificate, app_domain_names
+from controller.core.clock import now
 from controller.errors import Conflict, Invalid, NotFound, RegistryError
 from controller.settings import RegistrySettings
 from controller.store.db import bump

@@ -1,7 +1,8 @@
 """Prometheus metrics of the registry, served at `GET /metrics` (text exposition format).
 
-Counters live in one process-wide `CollectorRegistry` (not prometheus_client's global one, so
-importing this module never exports anything by itself). With several registry replicas
+Counters live in one process-wide `CollectorRegistry` (controller/core/metrics.py, with the
+deploy counters the core updates; not prometheus_client's global one, so importing this
+module never exports anything by itself). With several registry replicas
 each one counts what it served and decided; sum over replicas in PromQL.
 """
 
@@ -10,13 +11,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-REGISTRY = CollectorRegistry(auto_describe=True)
+from controller.core.metrics import REGISTRY
 
 REQUESTS = Counter(
     "paas_registry_requests",
@@ -35,20 +36,6 @@ WATCH_WAITERS = Gauge(
     "Blocking queries (GET ...?index=N&wait=...) in flight right now.",
     registry=REGISTRY,
 )
-DEPLOYS = Counter(
-    "paas_registry_deploys",
-    "Releases that finished deploying, by result (succeeded: became active; failed).",
-    ["result"],
-    registry=REGISTRY,
-)
-SCHEDULING_SECONDS = Histogram(
-    "paas_registry_scheduling_seconds",
-    "Time to place a release's instances on hosts (the placement function and its reads).",
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
-    registry=REGISTRY,
-)
-for _result in ("succeeded", "failed"):
-    DEPLOYS.labels(_result)  # present from the start, at 0
 
 
 def metrics_endpoint(_request: Request) -> Response:

@@ -1,9 +1,8 @@
-"""Small helpers the route modules share: lookups that 404, the clock, lazy deadlines, watches."""
+"""Small helpers the route modules share: lookups that 404, lazy deadlines, watches."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Literal, TypeVar
 
 from fastapi import Response
@@ -12,6 +11,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from controller.api.context import Context
+from controller.core.clock import now
 from controller.core.deploys import expire_deadlines, has_overdue
 from controller.core.rollback import has_crash_loops, roll_back_crash_loops
 from controller.errors import NotFound
@@ -21,10 +21,6 @@ from controller.sync.watch import parse_wait, wait_past
 
 T = TypeVar("T")
 INDEX_HEADER = "X-Paas-Index"
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def get_app(session: Session, name: str) -> App:

@@ -10,9 +10,10 @@ from common.manifest import DEFAULT_HEALTH_CHECK_TIMEOUT_S, DEFAULT_HEALTH_THRES
 from controller.acme.challenges import route_challenges
 from controller.core.certs import route_certs
 from controller.core.deploys import release_stage, serving_hosts
+from controller.core.release_env import release_env
 from controller.core.release_health import crashing_summary
 from controller.core.route_options import options_for
-from controller.core.services import dependency_env, service_ports, service_routes
+from controller.core.services import service_ports, service_routes
 from controller.settings import RegistrySettings
 from controller.store.models import App, Host, Instance, Release
 
@@ -169,31 +170,6 @@ def proxy_clients(session: Session) -> tuple[list[str], list[str]]:
         sorted({address for role, address in hosts if role == "frontend"}),
         sorted({address for role, address in hosts if role == "machine"}),
     )
-
-
-def app_identity(app: App) -> str:
-    """Which app this is, across deletes: the row id plus its creation time (SQLite may
-    give a new app the id of a deleted one), so a new app of the same name never gets the
-    data folder of a deleted one (agent/machine/storage/datadir.py)."""
-    return f"{app.id}-{int(app.created_at.timestamp() * 1_000_000)}"
-
-
-def release_env(
-    release: Release, host: Host, ports: dict[str, int | None], settings: RegistrySettings
-) -> dict[str, str]:
-    """What a process of `release` on `host` gets on top of the agent's own variables: the
-    <NAME>_URL of its dependencies, its config snapshot (wins), then PAAS_*."""
-    app = release.app
-    env = dependency_env(app, ports)  # <NAME>_URL (controller/core/services.py); config wins
-    env.update(release.config)
-    env.update(
-        PAAS_APP=app.name,
-        PAAS_APP_ID=app_identity(app),  # the agent keys the app's data folder by it
-        PAAS_RELEASE=str(release.version),
-        PAAS_HOST=host.name,
-        PAAS_URL=settings.app_url(app.name),
-    )
-    return env
 
 
 def routing_table(session: Session, *, index: int, settings: RegistrySettings) -> wire.RoutingTable:

@@ -20,7 +20,7 @@ from common.manifest import (
     worker_types,
 )
 from common.wire import HostReport
-from controller.api.metrics import DEPLOYS, SCHEDULING_SECONDS
+from controller.core.metrics import DEPLOYS, SCHEDULING_SECONDS
 from controller.core.placement import HostSlot, place
 from controller.core.release_health import crash_reason, min_healthy_of, observe, settle, window_s
 from controller.errors import Conflict

@@ -13,6 +13,9 @@ The agent installs the release before it runs the command; when that install fai
 agent refuses the run (404 naming the install error), and the release fails as an install
 failure with the installer's output as plain text: the release phase never ran.
 
+This module is the logic, on a session and plain values; controller/api/release_phase.py runs
+it as the creating request's background task, with the database and the thread pool.
+
 The run belongs to the registry process that created the release: if that process dies
 meanwhile, the release fails at its deadline ("stuck at release phase").
 """
@@ -23,15 +26,11 @@ import json
 import logging
 from collections import deque
 from dataclasses import dataclass
+from datetime import datetime
 
-import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
-from controller.api.context import Context
-from controller.api.queries import now
-from controller.api.views import release_env
 from controller.core.deploys import (
     NO_HOST_ERROR,
     RELEASE_PROCESS,
@@ -40,8 +39,10 @@ from controller.core.deploys import (
     place_hosts,
     place_release,
 )
+from controller.core.release_env import release_env
 from controller.core.services import service_ports
 from controller.errors import RegistryError
+from controller.settings import RegistrySettings
 from controller.store.models import App, Release
 from controller.sync.agent_link import AgentLink, agent_client, link_for
 
@@ -90,28 +91,30 @@ def _release(session: Session, app: str, version: int) -> Release | None:
     ).scalar_one_or_none()
 
 
-def _prepare(ctx: Context, app: str, version: int) -> PhaseRun | None:
+def prepare(
+    session: Session, app: str, version: int, *, settings: RegistrySettings, now: datetime
+) -> PhaseRun | None:
     """Where and what to run; None when the release no longer waits for it."""
-    with ctx.db.read() as session:
-        release = _release(session, app, version)
-        if release is None or not awaits_release_phase(release):
-            return None
-        [host] = place_hosts(session, release.app, 1, process=RELEASE_PROCESS) or [None]
-        if host is None:
-            raise RegistryError(NO_HOST_ERROR)
-        link = link_for(session, host, state_dir=ctx.settings.state_dir)
-        left = (release.deadline_at - now()).total_seconds() if release.deadline_at else None
-        payload: dict[str, object] = {
-            "version": release.version,
-            "artifact_sha256": release.artifact_sha256,
-            "command": release.processes[RELEASE_PROCESS],
-            "env": release_env(release, host, service_ports(session), ctx.settings),
-            "timeout_s": max(1.0, left) if left is not None else None,
-        }
-        return PhaseRun(link=link, payload=payload)
+    release = _release(session, app, version)
+    if release is None or not awaits_release_phase(release):
+        return None
+    hosts = place_hosts(session, release.app, 1, process=RELEASE_PROCESS)
+    if not hosts:
+        raise RegistryError(NO_HOST_ERROR)
+    host = hosts[0]
+    link = link_for(session, host, state_dir=settings.state_dir)
+    left = (release.deadline_at - now).total_seconds() if release.deadline_at else None
+    payload: dict[str, object] = {
+        "version": release.version,
+        "artifact_sha256": release.artifact_sha256,
+        "command": release.processes[RELEASE_PROCESS],
+        "env": release_env(release, host, service_ports(session), settings),
+        "timeout_s": max(1.0, left) if left is not None else None,
+    }
+    return PhaseRun(link=link, payload=payload)
 
 
-async def _execute(run: PhaseRun, app: str) -> PhaseResult:
+async def execute(run: PhaseRun, app: str) -> PhaseResult:
     """The command's exit code and output tail on the agent, or why it did not run."""
     tail: deque[str] = deque()
     size = 0
@@ -142,16 +145,18 @@ async def _execute(run: PhaseRun, app: str) -> PhaseResult:
     return PhaseResult(code if code is not None else 1, text)
 
 
-def _finish(ctx: Context, app: str, version: int, result: PhaseResult, host: str) -> None:
-    with ctx.db.write() as session:
-        release = _release(session, app, version)
-        if release is None or not awaits_release_phase(release):
-            return  # superseded or past its deadline meanwhile
-        reason = phase_outcome(release, result, host)
-        if reason is None:
-            place_release(session, release, now=now())
-        else:
-            fail_release(session, release, reason)
+def finish(
+    session: Session, app: str, version: int, result: PhaseResult, host: str, *, now: datetime
+) -> None:
+    """Place the release, or fail it with the phase's reason, if it still waits for it."""
+    release = _release(session, app, version)
+    if release is None or not awaits_release_phase(release):
+        return  # superseded or past its deadline meanwhile
+    reason = phase_outcome(release, result, host)
+    if reason is None:
+        place_release(session, release, now=now)
+    else:
+        fail_release(session, release, reason)
 
 
 def phase_outcome(release: Release, result: PhaseResult, host: str) -> str | None:
@@ -176,23 +181,8 @@ def phase_outcome(release: Release, result: PhaseResult, host: str) -> str | Non
     )
 
 
-def _fail(ctx: Context, app: str, version: int, reason: str) -> None:
-    with ctx.db.write() as session:
-        release = _release(session, app, version)
-        if release is not None and awaits_release_phase(release):
-            fail_release(session, release, f"release phase not run: {reason}")
-
-
-async def run_release_phase(ctx: Context, app: str, version: int) -> None:
-    """Run the release phase of `app` v`version` and move the release on (a background task
-    of the request that created the release)."""
-    try:
-        run = await run_in_threadpool(_prepare, ctx, app, version)
-        if run is None:
-            return
-        result = await _execute(run, app)
-    except (RegistryError, httpx.HTTPError, ValueError) as exc:
-        log.info("release %s v%d: release phase not run: %s", app, version, exc)
-        await run_in_threadpool(_fail, ctx, app, version, str(exc) or type(exc).__name__)
-        return
-    await run_in_threadpool(_finish, ctx, app, version, result, run.link.host)
+def fail(session: Session, app: str, version: int, reason: str) -> None:
+    """Fail the release because its phase could not be run (no host, agent unreachable)."""
+    release = _release(session, app, version)
+    if release is not None and awaits_release_phase(release):
+        fail_release(session, release, f"release phase not run: {reason}")

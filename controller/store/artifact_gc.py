@@ -1,4 +1,4 @@
-"""Artifacts no release refers to are removed, after a grace period (issue 15 item 7).
+"""Artifacts no release refers to are removed, after a grace period.
 
 An artifact is uploaded before its release is created, so a fresh one is always unreferenced
 for a moment: only artifacts stored (or last asked about, `HEAD`) more than `grace_s` ago are
@@ -11,17 +11,39 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Protocol
 
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from controller.api.context import Context
+from controller.settings import RegistrySettings
+from controller.store.artifacts import ArtifactStore
+from controller.store.db import Database
+from controller.store.db_artifacts import DbArtifactStore
 from controller.store.models import Release
 
 log = logging.getLogger("paas.registry")
 
 
-def collect_artifacts(ctx: Context, *, grace_s: float, now: float | None = None) -> list[str]:
+class _Leader(Protocol):
+    def is_leader(self) -> bool: ...
+
+
+class GcContext(Protocol):
+    """The parts of the registry's Context (controller/api/context.py) collection uses; the
+    store layer names them here rather than importing the layers above it."""
+
+    @property
+    def settings(self) -> RegistrySettings: ...
+    @property
+    def db(self) -> Database: ...
+    @property
+    def artifacts(self) -> ArtifactStore | DbArtifactStore: ...
+    @property
+    def leader(self) -> _Leader: ...
+
+
+def collect_artifacts(ctx: GcContext, *, grace_s: float, now: float | None = None) -> list[str]:
     """Remove stored artifacts older than the grace period that no release names."""
     cutoff = (time.time() if now is None else now) - grace_s
     candidates = ctx.artifacts.stored_before(cutoff)
@@ -40,7 +62,7 @@ def collect_artifacts(ctx: Context, *, grace_s: float, now: float | None = None)
     return removed
 
 
-async def artifact_gc_loop(ctx: Context) -> None:
+async def artifact_gc_loop(ctx: GcContext) -> None:
     while True:
         await asyncio.sleep(ctx.settings.artifact_gc_interval_s)
         if not ctx.leader.is_leader():

@@ -14,7 +14,7 @@ import time
 from starlette.concurrency import run_in_threadpool
 
 from controller.api.context import Context
-from controller.api.queries import now
+from controller.core.clock import now
 from controller.core.hostloss import lost_hosts, mark_lost
 from controller.sync.liveness import Liveness, look
 

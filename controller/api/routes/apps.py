@@ -15,12 +15,14 @@ from common.manifest import ManifestError, parse_manifest, parse_procfile, requi
 from common.names import AppName
 from controller.api.auth import Principal, require_app_scope
 from controller.api.context import Context, get_ctx
-from controller.api.queries import expire_if_due, get_app, now, watch
+from controller.api.queries import expire_if_due, get_app, watch
+from controller.api.release_phase import run_release_phase
 from controller.api.routes.data import delete_everywhere
-from controller.api.views import app_identity, app_view, instance_view, release_view, up_frontends
+from controller.api.views import app_view, instance_view, release_view, up_frontends
+from controller.core.clock import now
 from controller.core.deploys import add_domains, awaits_release_phase, create_release, scale_active
 from controller.core.domains import check_claimable
-from controller.core.release_phase import run_release_phase
+from controller.core.release_env import app_identity
 from controller.core.rollback import rollback
 from controller.core.services import assign_service_port, refuse_delete_if_needed, set_dependencies
 from controller.errors import Conflict, Invalid, NotFound

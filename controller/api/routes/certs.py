@@ -10,8 +10,9 @@ from common.names import AppName, Domain, Sha256
 from controller.acme import service as acme
 from controller.api.auth import require_app_scope
 from controller.api.context import Context, get_ctx
-from controller.api.queries import get_app, now
+from controller.api.queries import get_app
 from controller.core.certs import add_certificate, cert_view, delete_certificate, list_certificates
+from controller.core.clock import now
 from controller.store.db import bump
 
 router = APIRouter(

@@ -9,8 +9,9 @@ from common.manifest import Manifest
 from common.names import AppName
 from controller.api.auth import require_app_scope
 from controller.api.context import Context, get_ctx
-from controller.api.queries import get_app, now
+from controller.api.queries import get_app
 from controller.api.views import REDACTED
+from controller.core.clock import now
 from controller.core.deploys import create_release
 from controller.errors import Invalid
 from controller.store.db import bump

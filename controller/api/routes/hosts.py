@@ -30,8 +30,9 @@ from controller.api.auth import (
     revoke_tokens,
 )
 from controller.api.context import Context, get_ctx
-from controller.api.queries import INDEX_HEADER, get_host, now
+from controller.api.queries import INDEX_HEADER, get_host
 from controller.api.views import desired_state, host_view, routing_table
+from controller.core.clock import now
 from controller.core.deploys import apply_report
 from controller.core.hostloss import refill
 from controller.errors import Conflict, Forbidden
