@@ -1,8 +1,11 @@
-"""The machine agent's one OS boundary for child processes: run, spawn, signal, reap.
+"""The agents' one OS boundary for child processes: run, spawn, find, signal, wait, reap.
 
-argv lists only, never a shell string built by formatting; a timeout on every blocking call.
-Long-running children (app instances, nginx) start in their own session so a stop reaches the
-whole process group and a Ctrl-C at the agent's terminal does not hit them directly.
+Apps, nginx and HAProxy all go through here. argv lists only, never a shell string built by
+formatting; a timeout on every blocking call. Long-running children (app instances, nginx,
+HAProxy) start in their own session so a stop reaches the whole process group and a Ctrl-C
+at the agent's terminal does not hit them directly. A process an earlier agent run started is
+found again by pid (and start time, so a recycled pid is never mistaken for it) and adopted
+behind the same interface as a child of ours.
 """
 
 from __future__ import annotations
@@ -195,6 +198,12 @@ class Child:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._popen.pid, sig)
 
+    def signal_leader(self, sig: int) -> bool:
+        """Send `sig` to the child alone (a proxy master's reload or quit); False when gone."""
+        if self.poll() is not None:
+            return False
+        return _signal_pid(self._popen.pid, sig)
+
     def wait(self, timeout_s: float) -> int | None:
         try:
             return self._popen.wait(timeout=timeout_s)
@@ -236,6 +245,29 @@ class Adopted:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._proc.pid, sig)
 
+    def signal_leader(self, sig: int) -> bool:
+        """Send `sig` to this process alone; False when it is gone."""
+        if self.poll() is not None:
+            return False
+        return _signal_pid(self._proc.pid, sig)
+
+    def cmdline(self) -> list[str]:
+        """Its argv ([] once it is gone or unreadable)."""
+        try:
+            return self._proc.cmdline()
+        except psutil.Error:
+            return []
+
+    def cwd(self) -> Path | None:
+        """Its working folder; None when we may not read it (no CAP_SYS_PTRACE).
+        Raises ProcessError when it is gone."""
+        try:
+            return Path(self._proc.cwd()).resolve()
+        except psutil.AccessDenied:
+            return None
+        except (OSError, psutil.Error) as exc:
+            raise ProcessError(f"pid {self._proc.pid} is gone") from exc
+
     def wait(self, timeout_s: float) -> int | None:
         deadline = time.monotonic() + timeout_s
         while self.poll() is None:
@@ -253,6 +285,46 @@ class Adopted:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._proc.pid, signal.SIGKILL)
         return self.poll()
+
+
+def find(pid: int, *, created: float | None = None, leader: bool = True) -> Adopted | None:
+    """A handle on the running process `pid` an earlier agent run started, or None when it
+    is gone, a zombie, not the one that started at `created` (a recycled pid) or, with
+    `leader`, not the leader of its own process group (every child we spawn is)."""
+    if pid <= 1:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        if created is not None and abs(proc.create_time() - created) >= 0.05:
+            return None
+        if leader and os.getpgid(pid) != pid:
+            return None
+        return Adopted(proc)
+    except (OSError, psutil.Error):
+        return None
+
+
+@dataclass(frozen=True)
+class ChildProcess:
+    pid: int
+    title: str  # its command line as one string (what a proxy master shows as its title)
+
+
+def children(pid: int) -> list[ChildProcess]:
+    """The direct children of `pid` with their titles ([] when it is gone)."""
+    try:
+        kids = psutil.Process(pid).children()
+    except psutil.Error:
+        return []
+    found = []
+    for kid in kids:
+        try:
+            found.append(ChildProcess(kid.pid, " ".join(kid.cmdline())))
+        except psutil.Error:
+            continue
+    return found
 
 
 def create_time(pid: int) -> float | None:
@@ -278,12 +350,13 @@ def same_process(pid: int, created: float) -> bool:
 def spawn(
     argv: Sequence[str],
     *,
-    env: Mapping[str, str],
-    cwd: Path,
+    env: Mapping[str, str] | None,
+    cwd: Path | None,
     log_path: Path,
     user: AppUser | None = None,
 ) -> Child:
-    """Start a child in a new session, stdout/stderr appended to `log_path`.
+    """Start a child in a new session, stdout/stderr appended to `log_path`; `env` and `cwd`
+    None: the agent's own.
 
     With `user` (the agent runs as root), the child runs as that app's uid in its cgroups
     (agent/privexec.py). The agent opens the log (0600, in a folder only it reads) and hands
@@ -291,7 +364,7 @@ def spawn(
     """
     log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    prepared = prepare(argv, env, user)
+    prepared = prepare(argv, os.environ if env is None else env, user)
     with os.fdopen(fd, "ab") as out:
         try:
             popen = subprocess.Popen(
@@ -339,6 +412,28 @@ def stop_group(pgid: int, *, grace_s: float) -> None:
             except (ProcessLookupError, PermissionError):
                 return
             time.sleep(0.05)
+
+
+def kill_group(pgid: int, *, timeout_s: float = 3.0) -> None:
+    """SIGKILL every process left in group `pgid` (a dead leader's workers may still hold its
+    port) and wait, bounded, until none is left."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.02)
+
+
+def _signal_pid(pid: int, sig: int) -> bool:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    except OSError as exc:
+        raise ProcessError(f"could not signal pid {pid}: {exc}") from exc
+    return True
 
 
 def pid_alive(pid: int) -> bool:

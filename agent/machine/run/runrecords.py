@@ -97,22 +97,16 @@ def read_records(run_dir: Path) -> list[RunRecord]:
 
 def adoptable(record: RunRecord) -> procs.Adopted | None:
     """A handle on the record's process when it is still the instance we started."""
-    pid = record.pid
-    if pid <= 1 or not procs.same_process(pid, record.create_time):
+    handle = procs.find(record.pid, created=record.create_time)
+    if handle is None:
         return None
     try:
-        proc = psutil.Process(pid)
-        if os.getpgid(pid) != pid:
-            return None
-        cwd = _cwd(proc)
-    except (OSError, psutil.Error):
+        cwd = handle.cwd()
+    except procs.ProcessError:
         return None
     if cwd is not None and cwd != Path(record.release_dir).resolve():
         return None
-    try:
-        return procs.Adopted(proc)
-    except psutil.Error:
-        return None
+    return handle
 
 
 def _cwd(proc: psutil.Process) -> Path | None:

@@ -1,4 +1,4 @@
-"""The one OS boundary for HAProxy: validate, start, reload, stop the master-worker process.
+"""HAProxy's master-worker process: validate, start, reload, stop (through agent/procs).
 
 HAProxy runs as our child in master-worker mode (`-W`, not daemonized), its output appended
 to a log file in state_dir. Reload = SIGUSR2 to the master, confirmed on the master CLI by a
@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
+from agent import procs
 from agent.errors import ProxyError, ReloadFailed, ValidationFailed
 
 log = logging.getLogger(__name__)
@@ -55,8 +52,7 @@ class HaproxyProcess:
         self.pid_file = pid_file
         self.master_socket = master_socket
         self.log_file = log_file
-        self._popen: subprocess.Popen[bytes] | None = None
-        self._adopted: psutil.Process | None = None
+        self._child: procs.Child | procs.Adopted | None = None
         # Set by close(): an apply still running in a thread when the agent stops must not
         # start HAProxy again behind its back (it would outlive the agent).
         self._closed = threading.Event()
@@ -68,13 +64,11 @@ class HaproxyProcess:
         """`haproxy -c -f <staged>`; raises ValidationFailed with HAProxy's own message."""
         argv = [self.binary, "-c", "-f", str(staged_config)]
         try:
-            done = subprocess.run(
-                argv, capture_output=True, timeout=VALIDATE_TIMEOUT_S, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
+            done = procs.run(argv, timeout_s=VALIDATE_TIMEOUT_S, check=False)
+        except procs.ProcessError as exc:
             raise ValidationFailed(f"could not run {' '.join(argv)}: {exc}") from exc
         if done.returncode != 0:
-            output = (done.stdout + done.stderr).decode(errors="replace").splitlines()
+            output = done.output.splitlines()
             # Keep the alerts and warnings; the version notices only add noise to a report.
             lines = [line for line in output if line.strip() and "[NOTICE]" not in line]
             raise ValidationFailed("\n".join(lines) or f"haproxy -c exited with {done.returncode}")
@@ -83,40 +77,28 @@ class HaproxyProcess:
 
     @property
     def pid(self) -> int | None:
-        if self._popen is not None:
-            return self._popen.pid
-        if self._adopted is not None:
-            return self._adopted.pid
-        return None
+        return self._child.pid if self._child is not None else None
 
     def running(self) -> bool:
-        if self._popen is not None:
-            return self._popen.poll() is None
-        if self._adopted is not None:
-            try:
-                return self._adopted.is_running() and self._adopted.status() != "zombie"
-            except psutil.Error:
-                return False
-        return False
+        return self._child is not None and self._child.poll() is None
 
     def adopt_or_clean(self) -> bool:
         """Adopt a master left running by a previous agent (same config); True when adopted."""
         pid = self._read_pid_file()
         if pid is None:
             return False
-        try:
-            proc = psutil.Process(pid)
-            cmdline = proc.cmdline()
-        except psutil.Error:
+        master = procs.find(pid, leader=False)
+        if master is None:
             return False
+        cmdline = master.cmdline()
         if str(self.config) not in cmdline or "-W" not in cmdline:
             return False
         if self._proc_info() is None:
             log.warning("HAProxy master %d does not answer on its socket; stopping it", pid)
-            self._adopted = proc
+            self._child = master
             self.stop(grace_s=0.5)
             return False
-        self._adopted = proc
+        self._child = master
         log.info("adopted the running HAProxy master %d", pid)
         return True
 
@@ -130,10 +112,8 @@ class HaproxyProcess:
     def _start(self) -> None:
         if self.running():
             return
-        self._popen = None
-        self._adopted = None
+        self._child = None
         self.master_socket.unlink(missing_ok=True)
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
         argv = [
             self.binary,
             "-W",
@@ -144,27 +124,19 @@ class HaproxyProcess:
             "-S",
             f"{self.master_socket},mode,600",
         ]
-        with self.log_file.open("ab") as out:
-            try:
-                self._popen = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # a Ctrl-C on the agent's terminal is ours to relay
-                    close_fds=True,
-                )
-            except OSError as exc:
-                raise ProxyError(f"could not start {self.binary}: {exc}") from exc
+        try:
+            # Its own session: a Ctrl-C on the agent's terminal is ours to relay.
+            child = procs.spawn(argv, env=None, cwd=None, log_path=self.log_file)
+        except procs.ProcessError as exc:
+            raise ProxyError(str(exc)) from exc
+        self._child = child
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            if self._popen.poll() is not None:
-                raise ProxyError(
-                    f"HAProxy exited with {self._popen.returncode} at start: {self.log_tail()}"
-                )
+            if (status := child.poll()) is not None:
+                raise ProxyError(f"HAProxy exited with {status} at start: {self.log_tail()}")
             info = self._proc_info()
             if info is not None and info.workers:
-                log.info("started HAProxy master %d (worker %s)", self._popen.pid, info.workers)
+                log.info("started HAProxy master %d (worker %s)", child.pid, info.workers)
                 return
             time.sleep(0.05)
         self.stop(grace_s=0.5)
@@ -181,12 +153,14 @@ class HaproxyProcess:
                 raise ReloadFailed(str(exc)) from exc
             return
         before = self._proc_info()
-        pid = self.pid
-        assert pid is not None
+        master = self._child
+        assert master is not None
         try:
-            os.kill(pid, signal.SIGUSR2)
-        except OSError as exc:
-            raise ReloadFailed(f"could not signal HAProxy master {pid}: {exc}") from exc
+            signalled = master.signal_leader(signal.SIGUSR2)
+        except procs.ProcessError as exc:
+            raise ReloadFailed(f"could not signal HAProxy master {master.pid}: {exc}") from exc
+        if not signalled:
+            raise ReloadFailed(f"HAProxy master {master.pid} exited before the reload")
         old_workers = set(before.workers) if before else set()
         deadline = time.monotonic() + RELOAD_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -213,27 +187,21 @@ class HaproxyProcess:
 
     def stop(self, *, grace_s: float = 10.0) -> None:
         """Soft stop (SIGUSR1: finish requests), SIGTERM after `grace_s`, then SIGKILL."""
-        pid = self.pid
-        if pid is None or not self.running():
+        master = self._child
+        if master is None or master.poll() is not None:
             self._reap()
             return
         for signum, wait_s in (
             (signal.SIGUSR1, grace_s),
             (signal.SIGTERM, 3.0),
-            (signal.SIGKILL, 3.0),
         ):
-            target = pid if signum != signal.SIGKILL else -pid  # SIGKILL: the whole group
-            try:
-                if target > 0:
-                    os.kill(target, signum)
-                else:
-                    os.killpg(pid, signum)
-            except ProcessLookupError:
+            if not master.signal_leader(signum) or master.wait(wait_s) is not None:
                 break
-            if self._wait(wait_s):
-                break
+        else:
+            master.signal(signal.SIGKILL)  # the whole group
+            master.wait(3.0)
         self._reap()
-        log.info("stopped HAProxy master %d", pid)
+        log.info("stopped HAProxy master %d", master.pid)
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -244,25 +212,8 @@ class HaproxyProcess:
 
     # ---- helpers ------------------------------------------------------------------------
 
-    def _wait(self, timeout_s: float) -> bool:
-        if self._popen is not None:
-            try:
-                self._popen.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                return False
-            return True
-        if self._adopted is not None:
-            try:
-                self._adopted.wait(timeout=timeout_s)
-            except psutil.TimeoutExpired:
-                return False
-            except psutil.Error:
-                return True
-        return True
-
     def _reap(self) -> None:
-        self._popen = None
-        self._adopted = None
+        self._child = None
         self.pid_file.unlink(missing_ok=True)
 
     def _read_pid_file(self) -> int | None:

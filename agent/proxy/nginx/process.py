@@ -22,10 +22,7 @@ import shutil
 import signal
 import stat
 import time
-from dataclasses import dataclass
 from pathlib import Path
-
-import psutil
 
 from agent import procs
 from agent.errors import ProxyError, ReloadFailed, ValidationFailed
@@ -143,26 +140,23 @@ class NginxProcess:
         master = self._running_master()
         if master is None:
             return False
-        try:
-            self._child = procs.Adopted(master)
-        except psutil.Error:
-            return False
+        self._child = master
         log.info("adopted the running nginx master %d", master.pid)
         return True
 
-    def _running_master(self) -> psutil.Process | None:
+    def _running_master(self) -> procs.Adopted | None:
         """The live nginx master of the pid file, when it runs with our prefix and config."""
         try:
             pid = int(self.pid_file.read_text().strip())
-            proc = psutil.Process(pid)
-            title = " ".join(proc.cmdline())
-            if proc.status() == psutil.STATUS_ZOMBIE or os.getpgid(pid) != pid:
-                return None
-        except (OSError, ValueError, psutil.Error):
+        except (OSError, ValueError):
             return None
+        master = procs.find(pid)
+        if master is None:
+            return None
+        title = " ".join(master.cmdline())
         if "nginx: master process" not in title or f"-c {self.conf} " not in f"{title} ":
             return None
-        return proc
+        return master
 
     # ---- validate / reload (the ConfigApplier callbacks) --------------------------------
 
@@ -192,7 +186,8 @@ class NginxProcess:
             master = self._child.pid
             old = {worker.pid for worker in _workers(master)}
             # To the master only: it re-reads the conf and replaces its workers gracefully.
-            os.kill(master, signal.SIGHUP)
+            if not self._child.signal_leader(signal.SIGHUP):
+                raise ReloadFailed(f"nginx exited before reload: {procs.tail(self.error_log)}")
             self._wait_for_new_workers(master, old)
             log.info("nginx reloaded (pid %d)", master)
             return
@@ -273,7 +268,7 @@ class NginxProcess:
                 self._child.poll(),
             )
             # Its workers may outlive it and still hold the port: end the whole group.
-            _kill_group(self._child.pid)
+            procs.kill_group(self._child.pid)
             self._child = None
         if not self.conf.is_file():
             return False
@@ -291,7 +286,7 @@ class NginxProcess:
         child, self._child = self._child, None
         if child is None or child.poll() is not None:
             return
-        os.kill(child.pid, signal.SIGQUIT)
+        child.signal_leader(signal.SIGQUIT)
         if child.wait(grace_s) is None:
             log.info("nginx did not quit within %.1fs, killing it", grace_s)
         child.stop(grace_s=1.0)
@@ -305,17 +300,13 @@ class NginxProcess:
             pid = int(self.pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):
             return
-        if not procs.pid_alive(pid) or not _is_nginx(pid):
+        stale = procs.find(pid, leader=False)
+        if stale is None or not any("nginx" in arg for arg in stale.cmdline()):
             return
         log.info("stopping nginx pid %d left over from an earlier run", pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGQUIT)
-        deadline = time.monotonic() + 5.0
-        while procs.pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if procs.pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        stale.signal_leader(signal.SIGQUIT)
+        if stale.wait(5.0) is None:
+            stale.signal_leader(signal.SIGKILL)
 
 
 def _prepare_shared_temp(folder: Path, user: str | None) -> None:
@@ -359,45 +350,9 @@ def _reachable_by(folder: Path, user: str) -> bool:
     return True
 
 
-def _kill_group(pgid: int, *, timeout_s: float = 3.0) -> None:
-    """SIGKILL every process left in group `pgid` and wait (bounded) until none is left."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            return
-        time.sleep(0.02)
-
-
-@dataclass(frozen=True)
-class _Worker:
-    pid: int
-    title: str  # nginx sets it: "nginx: worker process [is shutting down]"
-
-
-def _workers(master: int) -> list[_Worker]:
-    """The master's worker processes with their process titles."""
-    try:
-        children = psutil.Process(master).children()
-    except psutil.Error:
-        return []
-    found = []
-    for child in children:
-        try:
-            title = " ".join(child.cmdline())
-        except psutil.Error:
-            continue
-        if "worker process" in title:
-            found.append(_Worker(child.pid, title))
-    return found
-
-
-def _is_nginx(pid: int) -> bool:
-    try:
-        return b"nginx" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
+def _workers(master: int) -> list[procs.ChildProcess]:
+    """The master's worker processes (nginx titles them "nginx: worker process")."""
+    return [child for child in procs.children(master) if "worker process" in child.title]
 
 
 def _minimal_env() -> dict[str, str]:

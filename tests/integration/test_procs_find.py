@@ -1,0 +1,57 @@
+"""agent/procs.find: a process of an earlier agent run is found again only when it is the
+same process (start time) and, by default, the leader of its own group; the handle signals
+the leader alone or the whole group, and reports the exit."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+from agent import procs
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+
+def test_find_checks_start_time_and_group_leadership(tmp_path: Path) -> None:
+    child = procs.spawn(SLEEPER, env={}, cwd=tmp_path, log_path=tmp_path / "out.log")
+    try:
+        created = procs.create_time(child.pid)
+        assert created is not None
+        found = procs.find(child.pid, created=created)
+        assert found is not None and found.pid == child.pid
+        assert found.cmdline() == SLEEPER and found.cwd() == tmp_path.resolve()
+        assert procs.find(child.pid, created=created - 10) is None  # a recycled pid
+        assert procs.find(1) is None
+        assert found.signal_leader(signal.SIGTERM)
+        assert child.wait(10.0) is not None
+        assert found.wait(5.0) == procs.Adopted.UNKNOWN_STATUS
+        assert procs.find(child.pid, created=created) is None
+        assert not found.signal_leader(signal.SIGTERM)  # gone: not an error
+    finally:
+        child.stop(grace_s=1.0)
+
+
+def test_kill_group_ends_every_member(tmp_path: Path) -> None:
+    # A group leader with a child of its own (as an nginx master has its workers).
+    script = (
+        "import subprocess, sys, time;"
+        " subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+        " time.sleep(60)"
+    )
+    child = procs.spawn(
+        [sys.executable, "-c", script], env={}, cwd=tmp_path, log_path=tmp_path / "out.log"
+    )
+    try:
+        kids: list[procs.ChildProcess] = []
+        for _ in range(500):
+            kids = procs.children(child.pid)
+            if kids:
+                break
+            child.wait(0.01)
+        assert kids
+        procs.kill_group(child.pid)
+        assert child.wait(5.0) is not None
+        assert procs.find(kids[0].pid, leader=False) is None
+    finally:
+        child.stop(grace_s=1.0)
