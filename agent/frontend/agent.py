@@ -11,7 +11,6 @@ from that table, before the registry answers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import grp
 import hashlib
@@ -20,17 +19,18 @@ import os
 import pwd
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
 
-from agent.errors import AgentError, ProxyError, RegistryCallFailed, RenderError, ValidationFailed
+from agent.api_server import ApiServer, metrics_only_app
+from agent.errors import AgentError, ProxyError, RenderError, ValidationFailed
 from agent.frontend.default_cert import ensure_default_cert
 from agent.link import statefile
-from agent.link.client import RegistryClient, backoff_delays, join_or_load_token, rejoin
-from agent.link.rewatch import unless_rewatched
-from agent.machine.api.server import ApiServer, metrics_only_app
+from agent.link.client import RegistryClient
+from agent.link.join import require_a_token
+from agent.link.session import RegistrySession
 from agent.metrics import RENDER_SECONDS
 from agent.proxy.config_apply import ApplyResult, ConfigApplier
 from agent.proxy.haproxy import tls_runtime
@@ -91,20 +91,27 @@ class FrontendAgent:
         self._wanted: RoutingTable | None = None  # the newest table from the registry
         self._retry_at = 0.0
         self._lock = asyncio.Lock()  # one HAProxy operation at a time
-        self._report_now = asyncio.Event()
-        self._watch_index = 0  # the index the routing watch in flight waits past
-        self._rewatch = asyncio.Event()  # a report showed the registry past that index
+        self.session: RegistrySession[RoutingTable] = RegistrySession(
+            self.client,
+            settings,
+            what="routing",
+            fetch=self._fetch_routing,
+            apply=self._table_arrived,
+            start_index=0,
+            meanwhile="HAProxy keeps serving the last good config",
+            build_report=self._build_report,
+            heartbeat=self._heartbeat,
+        )
 
     # ---- lifecycle ----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set, then stop HAProxy and return."""
-        if not self.settings.host_token_file.is_file() and not self.settings.join_token:
+        try:
+            require_a_token(self.settings)  # before HAProxy starts
+        except AgentError:
             await self.client.aclose()
-            raise AgentError(
-                f"no host token in {self.settings.host_token_file} and no join token given;"
-                " pass --join-token (or PAAS_JOIN_TOKEN) the first time"
-            )
+            raise
         try:
             self.conf_dir.mkdir(parents=True, exist_ok=True)
             # The config folders hold private keys (certs/*.pem): owner only.
@@ -114,13 +121,12 @@ class FrontendAgent:
                     self.settings.state_dir, self.settings.domain, now=dt.datetime.now(dt.UTC)
                 )
             await self._start_proxy()
-            if not await self._join(stop):
+            if not await self.session.join(stop):
                 return
             api = ApiServer(metrics_only_app(), self.settings.address, self.settings.api_port)
             loops = [
-                asyncio.create_task(self._watch_loop(stop), name="routing-watch"),
-                asyncio.create_task(self._report_loop(), name="report"),
-                asyncio.create_task(api.serve(), name="metrics"),  # issue 8
+                asyncio.create_task(self.session.follow(stop), name="registry"),
+                asyncio.create_task(api.serve(), name="metrics"),
             ]
             stopper = asyncio.create_task(stop.wait(), name="stop")
             done, _ = await asyncio.wait([stopper, *loops], return_when=asyncio.FIRST_COMPLETED)
@@ -162,76 +168,22 @@ class FrontendAgent:
         log.info("HAProxy serves the last good config until the registry answers")
         return True
 
-    async def _join(self, stop: asyncio.Event) -> bool:
-        """Join (or load the kept token), retrying through outages; False when stopped."""
-        delays = backoff_delays()
-        logged = False
-        while not stop.is_set():
-            try:
-                await join_or_load_token(self.client, self.settings)
-                return True
-            except RegistryCallFailed as exc:
-                if not logged:
-                    log.warning("cannot join the registry yet, will retry: %s", exc)
-                    logged = True
-            await _sleep_or_stop(stop, next(delays))
-        return False
+    # ---- the registry link (agent/link/session.py) ---------------------------------------
 
-    # ---- loops --------------------------------------------------------------------------
+    async def _fetch_routing(self, index: int) -> RoutingTable:
+        return await self.client.routing(index=index, wait_s=self.settings.watch_wait_s)
 
-    async def _watch_loop(self, stop: asyncio.Event) -> None:
-        index = 0
-        outage = _Outage("routing watch")
-        while not stop.is_set():
-            started = time.monotonic()
-            try:
-                table = await self._fetch_routing(index)
-            except RegistryCallFailed as exc:
-                if exc.status == 401:
-                    await rejoin(self.client, self.settings, exc)
-                await _sleep_or_stop(stop, outage.failed(exc))
-                continue
-            if table is None:
-                log.info("the registry is past routing index %d: watching again at once", index)
-                continue
-            outage.recovered()
-            same_index = table.index == index
-            index = table.index
-            await self.apply_table(table)
-            if same_index and time.monotonic() - started < 1.0:
-                await _sleep_or_stop(stop, 0.5)  # the registry did not block; do not spin
+    async def _table_arrived(self, table: RoutingTable) -> None:
+        await self.apply_table(table)
 
-    async def _fetch_routing(self, index: int) -> RoutingTable | None:
-        """One watch; None when a report showed the registry past `index` first: a watch
-        sent while this frontend was cut off can hang long after the link is back, and the
-        changes made during the cut must not wait for it."""
-        self._watch_index = index
-        return await unless_rewatched(
-            self.client.routing(index=index, wait_s=self.settings.watch_wait_s), self._rewatch
-        )
+    def _build_report(self) -> HostReport:
+        return HostReport(applied_index=self.applied_index, proxy_error=self.proxy_error)
 
-    def _index_seen(self, index: int | None) -> None:
-        """A report's answer carries the registry's index: past our watch, watch again."""
-        if index is not None and 0 < self._watch_index < index:
-            self._rewatch.set()
-
-    async def _report_loop(self) -> None:
-        outage = _Outage("status report")
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._report_now.wait(), timeout=self.settings.heartbeat_interval_s
-                )
-            self._report_now.clear()
-            async with self._lock:
-                await self._ensure_running_locked()
-            await self._retry_refused()
-            report = HostReport(applied_index=self.applied_index, proxy_error=self.proxy_error)
-            try:
-                self._index_seen(await self.client.report(self.settings.name, report))
-                outage.recovered()
-            except RegistryCallFailed as exc:
-                outage.failed(exc)
+    async def _heartbeat(self) -> None:
+        """Before each report: restart HAProxy if it died, retry a refused table."""
+        async with self._lock:
+            await self._ensure_running_locked()
+        await self._retry_refused()
 
     # ---- reconcile ----------------------------------------------------------------------
 
@@ -259,7 +211,7 @@ class FrontendAgent:
                 log.debug("routing index %d unchanged, nothing to do", table.index)
                 return None
             result = await self._apply_locked(table)
-        self._report_now.set()
+        self.session.reporter.soon()
         return result
 
     async def _apply_locked(self, table: RoutingTable) -> ApplyResult | None:
@@ -313,7 +265,7 @@ class FrontendAgent:
         commands = None
         swapped = False
         if live is not None and self.process.running():
-            # Certificates and ACME answers first (issue 6): a renewal costs no reload.
+            # Certificates and ACME answers first: a renewal costs no reload.
             live, swapped = await asyncio.to_thread(self._swap_tls_at_runtime, live, view)
             commands = runtime_commands(live, view)
         if swapped and commands == []:
@@ -417,34 +369,6 @@ def worker_identity() -> tuple[str, str] | None:
             continue
         return user, group
     return None
-
-
-class _Outage:
-    """Log an outage once when it starts and once when it ends, not on every retry."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self._delays: Iterator[float] | None = None
-
-    def failed(self, exc: RegistryCallFailed) -> float:
-        if self._delays is None:
-            log.warning(
-                "%s failed, HAProxy keeps serving the last good config; retrying: %s",
-                self.what,
-                exc,
-            )
-            self._delays = backoff_delays()
-        return next(self._delays)
-
-    def recovered(self) -> None:
-        if self._delays is not None:
-            log.info("%s works again", self.what)
-            self._delays = None
-
-
-async def _sleep_or_stop(stop: asyncio.Event, delay: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=delay)
 
 
 # HAProxy refuses UNIX socket paths longer than this (sun_path minus its own suffixes).

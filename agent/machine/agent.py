@@ -29,6 +29,7 @@ from pathlib import Path
 import httpx
 
 from agent import procs
+from agent.api_server import ApiServer
 from agent.errors import AgentError, RegistryCallFailed
 from agent.link.client import (
     RegistryClient,
@@ -41,7 +42,6 @@ from agent.link.rewatch import unless_rewatched
 from agent.machine.adoption import adopt_instances
 from agent.machine.api.server import (
     AgentApi,
-    ApiServer,
     DataAccess,
     ReleasePhaseRequest,
     RunTarget,

@@ -11,8 +11,8 @@ import httpx
 from prometheus_client.exposition import generate_latest
 
 from agent import metrics
+from agent.api_server import ApiServer, metrics_only_app
 from agent.errors import ValidationFailed
-from agent.machine.api.server import ApiServer, metrics_only_app
 from agent.machine.run.supervisor import Policy, Supervisor
 from agent.proxy.config_apply import ConfigApplier
 from tests.support.prom import metric

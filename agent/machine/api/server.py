@@ -22,22 +22,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import uvicorn
-from prometheus_client import CONTENT_TYPE_LATEST
-from prometheus_client.exposition import generate_latest
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent import metrics
+from agent.api_server import metrics_endpoint
 from agent.machine.api.data import DataAccess, DataRoutes
 from agent.machine.run.logs import LogFollowers, LogStore, is_health_check
 from agent.machine.run.oneoff import run_streaming
@@ -124,7 +120,7 @@ class AgentApi:
         self.replays = ReplayGuard()
         self.app = Starlette(
             routes=[
-                Route("/metrics", _metrics, methods=["GET"]),
+                Route("/metrics", metrics_endpoint, methods=["GET"]),
                 Route("/v1/logs/{app}", self.logs, methods=["GET"]),
                 Route("/v1/run/{app}", self.run, methods=["POST"]),
                 Route("/v1/release-phase/{app}", self.release_phase, methods=["POST"]),
@@ -297,15 +293,6 @@ class AgentApi:
             await stream.aclose()  # type: ignore[attr-defined]
 
 
-async def _metrics(_request: Request) -> Response:
-    return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
-
-
-def metrics_only_app() -> Starlette:
-    """A frontend agent runs no apps: its API is /metrics alone."""
-    return Starlette(routes=[Route("/metrics", _metrics, methods=["GET"])])
-
-
 def _number(text: str | None, what: str) -> float | None:
     if text is None or text == "":
         return None
@@ -316,49 +303,3 @@ def _number(text: str | None, what: str) -> float | None:
     if value < 0 or value != value:
         raise ValueError(f"{what} must be 0 or more")
     return value
-
-
-class _OwnSignals(uvicorn.Server):
-    """The agent owns SIGTERM/SIGINT (it stops its apps first); uvicorn must not take them."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-class ApiServer:
-    """uvicorn on a socket we bind ourselves: the port is known before serving starts."""
-
-    def __init__(self, api: AgentApi | Starlette, address: str, port: int) -> None:
-        self.sock = socket.socket(
-            socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM
-        )
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((address, port))
-        self.sock.listen(128)
-        self.sock.setblocking(False)
-        self.port: int = self.sock.getsockname()[1]
-        config = uvicorn.Config(
-            api.app if isinstance(api, AgentApi) else api,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=1,
-        )
-        self.server = _OwnSignals(config)
-
-    async def serve(self) -> None:
-        log.info("agent API listening on port %d", self.port)
-        try:
-            await self.server.serve(sockets=[self.sock])
-        finally:
-            # A cancelled serve() skips uvicorn's shutdown, which leaves the listening socket
-            # registered with the event loop: closing only the fd would let the next socket
-            # that reuses its number fail with FileNotFoundError (epoll MOD on a stale fd).
-            # asyncio's Server.close() unregisters the reader before closing the socket.
-            for server in getattr(self.server, "servers", []):
-                server.close()
-            self.sock.close()
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
