@@ -44,9 +44,12 @@ stop:
 test: setup
 	$(BIN)/pytest -q
 
+# Style, types ([tool.mypy]) and the layer rules ([tool.importlinter]) in pyproject.toml.
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: setup
 	@command -v wrk >/dev/null 2>&1 || { $(APT) update && $(APT) install -y wrk; }
