@@ -13,11 +13,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
+from common import selfsigned
 from common.fsutil import atomic_write
 from common.names import check_domain
 
@@ -39,34 +35,15 @@ def make_self_signed(names: Sequence[str], *, now: dt.datetime) -> bytes:
         raise ValueError("a certificate needs at least one name")
     for name in names:
         check_domain(name)
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "paas self-signed"),
-            x509.NameAttribute(NameOID.COMMON_NAME, names[0]),
-        ]
+    cert_pem, key_pem = selfsigned.make_self_signed(
+        common_name=names[0],
+        organization="paas self-signed",
+        dns_names=names,
+        ip_addresses=[ipaddress.ip_address("127.0.0.1")],
+        now=now,
+        valid_for=VALIDITY,
     )
-    sans: list[x509.GeneralName] = [x509.DNSName(name) for name in names]
-    sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + VALIDITY)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return cert.public_bytes(serialization.Encoding.PEM) + key_pem
+    return cert_pem + key_pem
 
 
 def ensure_default_cert(state_dir: Path, domain: str | None, *, now: dt.datetime) -> Path:

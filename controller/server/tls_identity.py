@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
+from common import selfsigned
 from common.fsutil import atomic_write
 from common.registry_tls import fingerprint_of, is_loopback_host
 
@@ -75,35 +74,23 @@ def _fingerprint(cert_file: Path) -> str:
 
 
 def _self_signed(names: list[str]) -> tuple[bytes, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
+    """This host's name and localhost, plus the configured names and addresses."""
     hostname = socket.gethostname()
-    sans: list[x509.GeneralName] = [x509.DNSName(hostname), x509.DNSName("localhost")]
+    dns_names = [hostname, "localhost"]
+    addresses: list[selfsigned.IPAddress] = []
     for name in names:
         try:
             address = ipaddress.ip_address(name)
         except ValueError:
-            if name and x509.DNSName(name) not in sans:
-                sans.append(x509.DNSName(name))
+            if name and name not in dns_names:
+                dns_names.append(name)
             continue
         if not address.is_unspecified:
-            sans.append(x509.IPAddress(address))
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"paas-registry {hostname}")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
+            addresses.append(address)
+    return selfsigned.make_self_signed(
+        common_name=f"paas-registry {hostname}",
+        dns_names=dns_names,
+        ip_addresses=addresses,
+        now=datetime.datetime.now(datetime.UTC),
+        valid_for=datetime.timedelta(days=VALID_DAYS),
     )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
