@@ -4,12 +4,21 @@ The agents and the CLI keep using the replica that last answered and move to the
 it cannot be reached or answers 502/503 (or 500/504 to a read). A request that never reached
 the registry (connection refused, connect timeout) is always safe to send to the next replica;
 one that may have been half-processed is repeated only when repeating it changes nothing
-(reads, and the calls the caller marks idempotent such as an agent's status report).
+(reads, and the calls the caller marks idempotent such as an agent's status report). A body
+that cannot be sent twice (an upload read from a file as it goes) moves on only when it
+never left.
+
+`FailoverTransport` / `AsyncFailoverTransport` apply these rules under any httpx client: the
+client's `base_url` is the first replica, and each request is re-addressed to the replica
+tried (httpx's own transports only retry the same host; no kept library fails over).
 """
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import httpx
 
@@ -71,5 +80,178 @@ class UrlRing:
     def settle(self, index: int) -> None:
         self._current = index
 
+    def advance(self) -> None:
+        """The replica in use failed after it answered (a body cut off): use the next one."""
+        self._current = (self._current + 1) % len(self.urls)
+
     def __str__(self) -> str:
         return ", ".join(self.urls)
+
+
+# A request extension: `extensions={IDEMPOTENT: True}` says repeating the request changes
+# nothing (an agent's status report), so it may go to the next replica after any failure.
+IDEMPOTENT = "paas_idempotent"
+
+Failure = httpx.TransportError | int  # what a replica did: an error, or a status it answered
+
+
+@dataclass(frozen=True)
+class Attempt:
+    url: str
+    failure: Failure
+
+
+def attempts_of(exc: BaseException) -> list[Attempt]:
+    """Every replica a failed request was sent to and what happened, in order."""
+    return list(getattr(exc, "_paas_attempts", []))
+
+
+def _replayable(request: httpx.Request) -> bool:
+    return isinstance(request.stream, httpx.ByteStream)
+
+
+def _retry_error(request: httpx.Request, exc: httpx.TransportError) -> bool:
+    if not _replayable(request):
+        return never_sent(exc)
+    idempotent = bool(request.extensions.get(IDEMPOTENT))
+    return retry_transport_error(exc, request.method, idempotent=idempotent)
+
+
+def _retry_status(request: httpx.Request, status: int) -> bool:
+    if not _replayable(request):
+        return False
+    idempotent = bool(request.extensions.get(IDEMPOTENT))
+    return retry_status(status, request.method, idempotent=idempotent)
+
+
+class _Router:
+    """What the sync and async transports share: the ring and how a request is re-addressed."""
+
+    def __init__(self, ring: UrlRing, log: logging.Logger | None) -> None:
+        self.ring = ring
+        self.log = log
+        self._base = httpx.URL(ring.urls[0])
+
+    def plan(self, request: httpx.Request) -> Iterator[tuple[int, httpx.Request, bool]]:
+        """(replica index, the request addressed to it, whether another replica follows)."""
+        order = self.ring.attempts()
+        rest = self._rest(request)
+        for position, index in enumerate(order):
+            more = position + 1 < len(order)
+            if rest is None:  # not addressed to the registry: sent as it is, once
+                yield index, request, False
+                return
+            yield index, self._readdress(request, self.ring.urls[index], rest), more
+
+    def _rest(self, request: httpx.Request) -> bytes | None:
+        url, base = request.url, self._base
+        prefix = base.raw_path.rstrip(b"/")
+        if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
+            return None
+        if not url.raw_path.startswith(prefix):
+            return None
+        return url.raw_path[len(prefix) :]
+
+    @staticmethod
+    def _readdress(request: httpx.Request, replica: str, rest: bytes) -> httpx.Request:
+        target = httpx.URL(replica)
+        url = target.copy_with(raw_path=target.raw_path.rstrip(b"/") + rest)
+        if url == request.url:
+            return request
+        headers = request.headers.copy()
+        headers["Host"] = url.netloc.decode("ascii")
+        return httpx.Request(
+            request.method,
+            url,
+            headers=headers,
+            stream=request.stream,
+            extensions=request.extensions,
+        )
+
+    def moving_on(self, url: str, failure: Failure) -> None:
+        if self.log is None:
+            return
+        if isinstance(failure, int):
+            self.log.warning("registry %s answered %d; trying the next replica", url, failure)
+        else:
+            self.log.warning("registry %s unreachable (%s); trying the next replica", url, failure)
+
+
+def _record(exc: httpx.TransportError, tried: list[Attempt]) -> None:
+    exc._paas_attempts = tried  # type: ignore[attr-defined]
+
+
+class FailoverTransport(httpx.BaseTransport):
+    """The replicas in `ring`, tried in order through one inner transport (see module doc)."""
+
+    def __init__(
+        self, ring: UrlRing, inner: httpx.BaseTransport, *, log: logging.Logger | None = None
+    ) -> None:
+        self._router = _Router(ring, log)
+        self._inner = inner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        tried: list[Attempt] = []
+        for index, sent, more in self._router.plan(request):
+            url = self._router.ring.urls[index]
+            try:
+                response = self._inner.handle_request(sent)
+            except httpx.TransportError as exc:
+                tried.append(Attempt(url, exc))
+                if more and _retry_error(sent, exc):
+                    self._router.moving_on(url, exc)
+                    continue
+                _record(exc, tried)
+                raise
+            if more and _retry_status(sent, response.status_code):
+                response.read()
+                response.close()
+                tried.append(Attempt(url, response.status_code))
+                self._router.moving_on(url, response.status_code)
+                continue
+            self._router.ring.settle(index)
+            return response
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class AsyncFailoverTransport(httpx.AsyncBaseTransport):
+    """The same for async clients (the agents)."""
+
+    def __init__(
+        self,
+        ring: UrlRing,
+        inner: httpx.AsyncBaseTransport,
+        *,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self._router = _Router(ring, log)
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        tried: list[Attempt] = []
+        for index, sent, more in self._router.plan(request):
+            url = self._router.ring.urls[index]
+            try:
+                response = await self._inner.handle_async_request(sent)
+            except httpx.TransportError as exc:
+                tried.append(Attempt(url, exc))
+                if more and _retry_error(sent, exc):
+                    self._router.moving_on(url, exc)
+                    continue
+                _record(exc, tried)
+                raise
+            if more and _retry_status(sent, response.status_code):
+                await response.aread()
+                await response.aclose()
+                tried.append(Attempt(url, response.status_code))
+                self._router.moving_on(url, response.status_code)
+                continue
+            self._router.ring.settle(index)
+            return response
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 
 from agent.errors import ArtifactMismatch, RegistryCallFailed
 from agent.settings import AgentSettings
-from common.failover import UrlRing, retry_status, retry_transport_error
+from common.failover import IDEMPOTENT, AsyncFailoverTransport, UrlRing, attempts_of
 from common.fsutil import atomic_write
 from common.names import check_host_name, check_sha256
 from common.registry_tls import RegistryTrust, async_transport
@@ -68,7 +68,8 @@ class RegistryClient:
                 self.registries.urls, trust or RegistryTrust(), insecure_http=insecure_http
             )
         self._http = httpx.AsyncClient(
-            transport=transport,
+            base_url=self.registries.urls[0],  # each request goes to a replica in turn
+            transport=AsyncFailoverTransport(self.registries, transport, log=log),
             timeout=httpx.Timeout(REQUEST_TIMEOUT_S),
             follow_redirects=False,
         )
@@ -126,22 +127,21 @@ class RegistryClient:
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{random.randrange(1 << 30)}.part")
         digest = hashlib.sha256()
         try:
-            for position, index in enumerate(attempts := self.registries.attempts()):
-                url = self.registries.urls[index]
+            # The transport moves on when a replica cannot be reached or is unavailable; a
+            # body cut off half-way is fetched again, whole, from the next replica.
+            count = len(self.registries.urls)
+            for attempt in range(count):
                 digest = hashlib.sha256()
                 try:
                     async with self._http.stream(
                         "GET",
-                        f"{url}/v1/artifacts/{sha256}",
+                        f"/v1/artifacts/{sha256}",
                         headers=self._auth(self.token),
                         timeout=httpx.Timeout(REQUEST_TIMEOUT_S, read=60.0),
+                        extensions={IDEMPOTENT: True},
                     ) as response:
                         if response.status_code >= 400:
                             await response.aread()
-                            if position + 1 < len(attempts) and retry_status(
-                                response.status_code, "GET", idempotent=True
-                            ):
-                                continue
                             raise _status_error(response)
                         with tmp.open("wb") as out:
                             async for chunk in response.aiter_bytes(1 << 16):
@@ -149,11 +149,12 @@ class RegistryClient:
                                 out.write(chunk)
                             out.flush()
                             os.fsync(out.fileno())
-                    self.registries.settle(index)
                     break
                 except httpx.HTTPError as exc:
-                    if position + 1 < len(attempts):
+                    url = self._where(exc)
+                    if attempt + 1 < count and not attempts_of(exc):
                         log.warning("artifact download from %s failed (%s); next replica", url, exc)
+                        self.registries.advance()
                         continue
                     raise RegistryCallFailed(
                         f"artifact {sha256[:12]} download failed: {exc}"
@@ -192,45 +193,30 @@ class RegistryClient:
         timeout: httpx.Timeout | None = None,
         idempotent: bool = False,
     ) -> httpx.Response:
-        """Send to the replica in use; on failure move on to the next (see the module doc)."""
+        """Send to the replica in use; the transport moves on to the next (see the module doc)."""
         headers = self._auth(token if token is not None else self.token)
-        attempts = self.registries.attempts()
-        for position, index in enumerate(attempts):
-            url = self.registries.urls[index]
-            last = position + 1 == len(attempts)
-            try:
-                response = await self._http.request(
-                    method,
-                    f"{url}{path}",
-                    json=json,
-                    params=params,
-                    headers=headers,
-                    timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
-                )
-            except httpx.TransportError as exc:
-                if not last and retry_transport_error(exc, method, idempotent=idempotent):
-                    log.warning("registry %s unreachable (%s); trying the next replica", url, exc)
-                    continue
-                raise RegistryCallFailed(
-                    f"registry {url} unreachable ({method} {path}): {exc!r}"
-                ) from exc
-            except httpx.HTTPError as exc:
-                raise RegistryCallFailed(
-                    f"registry {url} unreachable ({method} {path}): {exc!r}"
-                ) from exc
-            if response.status_code >= 400:
-                if not last and retry_status(response.status_code, method, idempotent=idempotent):
-                    log.warning(
-                        "registry %s answered %d; trying the next replica",
-                        url,
-                        response.status_code,
-                    )
-                    continue
-                self.registries.settle(index)  # it answered: the refusal is its real answer
-                raise _status_error(response)
-            self.registries.settle(index)
-            return response
-        raise AssertionError("unreachable: the last attempt returns or raises")
+        try:
+            response = await self._http.request(
+                method,
+                path,
+                json=json,
+                params=params,
+                headers=headers,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                extensions={IDEMPOTENT: idempotent},
+            )
+        except httpx.HTTPError as exc:
+            raise RegistryCallFailed(
+                f"registry {self._where(exc)} unreachable ({method} {path}): {exc!r}"
+            ) from exc
+        if response.status_code >= 400:
+            raise _status_error(response)  # the replica answered: the refusal is its answer
+        return response
+
+    def _where(self, exc: httpx.HTTPError) -> str:
+        """The replica a failed request was last sent to."""
+        tried = attempts_of(exc)
+        return tried[-1].url if tried else self.registries.current
 
     @staticmethod
     def _auth(token: str | None) -> dict[str, str]:
