@@ -130,7 +130,7 @@ def _dns_names(cert: x509.Certificate) -> tuple[str, ...]:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         raw = sans.get_values_for_type(x509.DNSName)
     except x509.ExtensionNotFound:
-        raw = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        raw = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     names: list[str] = []
     for value in raw:
         try:

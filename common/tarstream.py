@@ -108,7 +108,7 @@ class _CheckedTarInfo(tarfile.TarInfo):
                 f"archive entry {self.name!r} has an extended header of {self.size} bytes,"
                 f" more than the limit of {_amount(MAX_HEADER_BYTES)}"
             )
-        return super()._proc_member(tar)  # type: ignore[misc, no-any-return]
+        return super()._proc_member(tar)  # type: ignore[misc]
 
 
 READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, RecursionError)
@@ -132,8 +132,8 @@ def open_stream(
         max_seconds=limits.max_seconds,
     )
     try:
-        with tarfile.open(
-            fileobj=bounded,  # type: ignore[arg-type]
+        with tarfile.open(  # type: ignore[call-overload]  # a read-only stream is enough for "r|"
+            fileobj=bounded,
             mode="r|",
             tarinfo=_CheckedTarInfo,
         ) as tar:

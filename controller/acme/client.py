@@ -143,7 +143,7 @@ class AcmeIssuer:
         net = client.ClientNetwork(
             self._jwk,
             alg=josepy.ES256,
-            verify_ssl=verify,  # type: ignore[arg-type]  (requests takes a CA bundle path)
+            verify_ssl=verify,  # type: ignore[arg-type]  # requests also takes a CA bundle path
             user_agent=USER_AGENT,
             timeout=int(self.timeout_s),
         )

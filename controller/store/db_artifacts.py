@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
@@ -105,17 +105,15 @@ class DbArtifactStore:
             with self.db.engine.begin() as conn:
                 count = 0
                 conn.execute(
-                    StoredArtifact.__table__.insert().values(
+                    insert(StoredArtifact).values(
                         sha256=sha256, size=size, chunks=-1, created_at=utcnow()
                     )
                 )
                 while data := read(CHUNK_BYTES):
-                    conn.execute(
-                        ArtifactChunk.__table__.insert().values(sha256=sha256, seq=count, data=data)
-                    )
+                    conn.execute(insert(ArtifactChunk).values(sha256=sha256, seq=count, data=data))
                     count += 1
                 conn.execute(
-                    StoredArtifact.__table__.update()
+                    update(StoredArtifact)
                     .where(StoredArtifact.sha256 == sha256)
                     .values(chunks=count)
                 )

@@ -106,7 +106,7 @@ def differences(engine: Engine) -> list[Any]:
 
 def describe(diffs: list[Any]) -> list[str]:
     """One short line per difference: `add_table acme_orders`, `add_column tokens.name`."""
-    lines = []
+    lines: list[str] = []
     for diff in diffs:
         if isinstance(diff, list):  # column modifications come grouped
             lines.extend(f"{d[0]} {d[2]}.{d[3]}" for d in diff)
