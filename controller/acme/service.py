@@ -20,8 +20,9 @@ import datetime as dt
 import logging
 import threading
 import time
+from typing import Any, cast
 
-from sqlalchemy import delete, select
+from sqlalchemy import CursorResult, delete, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -151,8 +152,11 @@ class AcmeRunner:
         work: list[tuple[int, str]] = []
         with self.ctx.db.write() as session:
             # Answers an order left behind (the registry stopped mid-order) are withdrawn.
-            stale = session.execute(
-                delete(AcmeChallenge).where(AcmeChallenge.created_at < moment - STALE_ANSWER)
+            stale = cast(
+                "CursorResult[Any]",
+                session.execute(
+                    delete(AcmeChallenge).where(AcmeChallenge.created_at < moment - STALE_ANSWER)
+                ),
             )
             if stale.rowcount:
                 bump(session, desired=True)
@@ -316,7 +320,8 @@ async def acme_loop(ctx: Context, runner: AcmeRunner) -> None:
             await asyncio.sleep(WAKE_POLL_S)  # cancellable, unlike a thread blocked in wait()
             waited += WAKE_POLL_S
             # `certs:auto` may have reached another replica: look for new requests now and then.
-            due = waited % NEW_REQUEST_POLL_S < WAKE_POLL_S and ctx.settings.acme_directory_url
+            polled = waited % NEW_REQUEST_POLL_S < WAKE_POLL_S
+            due = polled and bool(ctx.settings.acme_directory_url)
             if due and await run_in_threadpool(has_new_requests, ctx):
                 break
         runner.wake.clear()

@@ -231,8 +231,9 @@ def pin_data_host(session: Session, app: App) -> None:
             return
         log.warning("app %s was pinned to removed host %s; choosing again", app.name, app.data_host)
         app.data_host = None
-    [host] = _place_hosts(session, app, 1, staying=(), process="web") or [None]
-    if host is not None:
+    hosts = _place_hosts(session, app, 1, staying=(), process="web")
+    if hosts:
+        host = hosts[0]
         app.data_host = host.name
         log.info("app %s keeps data: pinned to host %s", app.name, host.name)
 

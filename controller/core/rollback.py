@@ -94,7 +94,7 @@ def rollback(
     )
 
 
-def _looping_query(now: datetime) -> Select[tuple[Release]]:
+def _looping_query(now: datetime) -> Select[Release]:
     """Active releases, not yet rolled back, with a web instance crash-looping long enough."""
     cutoff = now - timedelta(seconds=CRASH_LOOP_S)
     looping = exists().where(
