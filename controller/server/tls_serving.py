@@ -53,4 +53,4 @@ class TlsBoundedServer(WatchClosingServer):
         try:
             await super().startup(sockets)
         finally:
-            del loop.create_server  # type: ignore[method-assign]
+            del loop.create_server

@@ -107,14 +107,14 @@ async def _merged(
                 return
             while live_hosts:
                 try:
-                    host, item = await asyncio.wait_for(queue.get(), timeout=2.0)
+                    host, event = await asyncio.wait_for(queue.get(), timeout=2.0)
                 except TimeoutError:
                     yield b"\n"  # keeps the client connection checked
                     continue
-                if item is None:
+                if event is None:
                     live_hosts.discard(host)
-                elif "live" not in item:
-                    yield ndjson(item)
+                elif "live" not in event:
+                    yield ndjson(event)
         finally:
             for task in tasks:
                 task.cancel()

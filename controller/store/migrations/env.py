@@ -7,7 +7,7 @@ migrations run on whatever engine the registry (or `paas-registry migrate`) alre
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from alembic import context
 from sqlalchemy import Connection
@@ -16,7 +16,7 @@ from sqlalchemy.types import TypeDecorator
 from controller.store.schema import target_metadata
 
 
-def _render_item(kind: str, obj: Any, _autogen: Any) -> str | bool:
+def _render_item(kind: str, obj: Any, _autogen: Any) -> str | Literal[False]:
     """Draft revisions spell custom column types as their stored type (sa.DateTime for
     UTCDateTime), so revisions never import the models."""
     if kind == "type" and isinstance(obj, TypeDecorator):
