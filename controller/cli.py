@@ -417,7 +417,7 @@ def rotate_key(
     keyring = secretbox.keyring_of(db.engine)
     try:
         kid = key_rotation.add_new_key(keyring)
-        counts = key_rotation.reseal_all(db)
+        counts = key_rotation.reseal_all(db, state_dir=settings.state_dir)
         dropped = key_rotation.drop_old_keys(db, keyring) if drop_old else 0
     except secretbox.SecretBoxError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -3,26 +3,34 @@
 The new key goes first into the key file (the old ones stay after it, for reading) before any
 row changes, so a rotation stopped half way leaves every row readable; then each sealed column
 (controller/store/secretbox.py SEALED_COLUMNS) is read, opened with whichever key sealed it, and
-written back under the new key, one transaction per table. A running registry finds the new
-key in the file when it first meets a row sealed with it; it keeps sealing with the key it
-loaded until restarted, so old keys are dropped (`--drop-old`) only with the registries stopped.
+written back under the new key, one transaction per table; so is each host's agent API key
+(controller/store/agent_keys.py; one sealed with the legacy agent-api.key moves to the keyring).
+A running registry finds the new key in the file when it first meets a row sealed with it; it
+keeps sealing with the key it loaded until restarted, so old keys are dropped (`--drop-old`)
+only with the registries stopped.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
+from pathlib import Path
 
 from sqlalchemy import Text, select, type_coerce, update
 
-from controller.store import schema
+from controller.store import agent_keys, schema
 from controller.store.db import Database
 from controller.store.secretbox import (
     SEALED_COLUMNS,
     Keyring,
     SecretBoxError,
     key_id,
+    keyring_of,
     write_key_file,
 )
+
+log = logging.getLogger(__name__)
+HOST_KEYS = "hosts.api_key_sealed"
 
 
 def add_new_key(keyring: Keyring) -> str:
@@ -39,7 +47,7 @@ def add_new_key(keyring: Keyring) -> str:
     return key_id(new)
 
 
-def reseal_all(db: Database) -> dict[str, int]:
+def reseal_all(db: Database, *, state_dir: Path) -> dict[str, int]:
     """Write every sealed value back under the keyring's current key; rows per table."""
     tables = schema.target_metadata().tables
     counts: dict[str, int] = {}
@@ -54,7 +62,32 @@ def reseal_all(db: Database) -> dict[str, int]:
                         update(table).where(table.c.id == row_id).values({column: value})
                     )
         counts[f"{table_name}.{column_name}"] = len(rows)
+    counts[HOST_KEYS] = _reseal_host_keys(db, state_dir)
     return counts
+
+
+def _reseal_host_keys(db: Database, state_dir: Path) -> int:
+    """Each host's agent API key under the current key; one that does not open (its legacy
+    key file is gone) stays as it is: that host needs a re-join either way."""
+    keyring = keyring_of(db.engine)
+    hosts = schema.target_metadata().tables["hosts"]
+    done = 0
+    with db.write() as session:
+        rows = session.execute(
+            select(hosts.c.id, hosts.c.name, hosts.c.api_key_sealed).where(
+                hosts.c.api_key_sealed.is_not(None)
+            )
+        ).all()
+        for row_id, name, sealed in rows:
+            try:
+                key = agent_keys.unseal(keyring, name, sealed, state_dir=state_dir)
+            except agent_keys.SealError as exc:
+                log.warning("kept the agent API key of host %s as it is: %s", name, exc)
+                continue
+            fresh = agent_keys.seal(keyring, name, key)
+            session.execute(update(hosts).where(hosts.c.id == row_id).values(api_key_sealed=fresh))
+            done += 1
+    return done
 
 
 def drop_old_keys(db: Database, keyring: Keyring) -> int:
@@ -73,6 +106,14 @@ def drop_old_keys(db: Database, keyring: Keyring) -> int:
                         " (a registry wrote it during the rotation): rotate again, registries"
                         " stopped"
                     )
+        host_keys = select(tables["hosts"].c.api_key_sealed)
+        for (sealed,) in conn.execute(host_keys):
+            kid = agent_keys.sealed_with(sealed) if sealed is not None else None
+            if kid is not None and kid != current:
+                raise SecretBoxError(
+                    f"{HOST_KEYS} still holds a key sealed with an old key (a host joined during"
+                    " the rotation): rotate again, registries stopped"
+                )
     dropped = len(keyring.keys()) - 1
     write_key_file(keyring.path, [keyring.keys()[0]])
     keyring.keys(reload=True)

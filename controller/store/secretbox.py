@@ -8,6 +8,10 @@ the database, in a keyring: a text file of base64 keys, one a line, the first on
 from `PAAS_SECRET_KEY` (its text), else `PAAS_SECRET_KEY_FILE`, else `<state_dir>/secret.key`,
 made 0600 on first use. Replicas sharing PostgreSQL must share it (docs/operations.md).
 
+It is the registry's one keyring: the sealed columns use its keys as they are; every other
+purpose (the agents' API keys in controller/store/agent_keys.py) seals under a sub-key derived
+from them by HKDF (`subkey`), so one file holds every key and one rotation renews them all.
+
 The `Sealed` and `SealedJSON` column types do the work, so queries, views and the watch answers
 see plain values unchanged; the keyring is attached to each engine (`attach`), not global, so
 two registries in one process (tests, restore) keep their own keys.
@@ -28,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import JSON, Connection, Text
 from sqlalchemy.engine import Engine
 from sqlalchemy.types import TypeDecorator
@@ -47,6 +53,17 @@ class SecretBoxError(RuntimeError):
 
 def key_id(key: bytes) -> str:
     return hashlib.sha256(b"paas-secretbox\0" + key).hexdigest()[:8]
+
+
+def subkey(key: bytes, purpose: str) -> bytes:
+    """The 32-byte key for `purpose` derived from a keyring key (HKDF-SHA256): independent
+    of the key itself and of every other purpose's."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=_info(purpose))
+    return hkdf.derive(key)
+
+
+def _info(purpose: str) -> bytes:
+    return b"paas-registry keyring\0" + purpose.encode()
 
 
 def new_key_line() -> str:
@@ -72,11 +89,12 @@ def parse_keys(text: str, origin: str) -> list[bytes]:
     return keys
 
 
-def write_key_file(path: Path, keys: list[bytes]) -> None:
-    """Atomically replace `path` (0600 from creation on) with `keys`, the current one first."""
+def write_key_file(path: Path, keys: list[bytes], *, replace: bool = True) -> None:
+    """Atomically replace `path` (0600 from creation on) with `keys`, the current one first;
+    `replace=False`: FileExistsError when it exists (theirs is kept)."""
     text = "# paas-registry secret keyring: the first key seals, the others only open\n"
     text += "".join(base64.urlsafe_b64encode(k).decode() + "\n" for k in keys)
-    atomic_write(path, text, mode=0o600)
+    atomic_write(path, text, mode=0o600, replace=replace)
 
 
 @dataclass
@@ -112,12 +130,8 @@ class Keyring:
     @staticmethod
     def _create(path: Path) -> None:
         """A new one-key file; if another process made one first, theirs is kept."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
-        write_key_file(tmp, [base64.urlsafe_b64decode(new_key_line())])
         with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)
-        tmp.unlink(missing_ok=True)
+            write_key_file(path, [secrets.token_bytes(KEY_BYTES)], replace=False)
 
     def current(self) -> tuple[str, bytes]:
         key = self.keys()[0]

@@ -1,7 +1,7 @@
 """How the registry reaches machine agents' APIs (logs, one-off runs): address, port, key.
 
 Every request is signed with the host's agent API key (common/agent_auth.py), which the
-database holds only sealed with the registry's key file (controller/store/agent_keys.py).
+database holds only sealed with the registry's keyring (controller/store/agent_keys.py).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from common.agent_auth import SignedAuth
 from controller.errors import Conflict, NotFound
 from controller.store.agent_keys import SealError, unseal
 from controller.store.models import App, Host, Instance
+from controller.store.secretbox import keyring_of
 
 CONNECT_TIMEOUT_S = 5.0
 
@@ -51,7 +52,8 @@ def link_for(session: Session, host: Host, *, state_dir: Path) -> AgentLink:
             " (see docs/operations.md) to reach its logs and runs"
         )
     try:
-        key = unseal(state_dir, host.name, host.api_key_sealed)
+        keyring = keyring_of(session.get_bind())
+        key = unseal(keyring, host.name, host.api_key_sealed, state_dir=state_dir)
     except SealError as exc:
         raise Conflict(str(exc)) from exc
     return AgentLink(host=host.name, url=_url(host), key=key)

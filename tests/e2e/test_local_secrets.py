@@ -98,7 +98,7 @@ def check_nothing_leaks(cluster: LocalCluster) -> None:
         db.with_name("registry.db-shm"),
         state / "pids.json",
         state / "tokens.json",
-        state / "registry" / "agent-api.key",  # seals the agents' API keys in registry.db
+        state / "registry" / "secret.key",  # the keyring: seals the agents' API keys too
         state / "machine-1" / "host-token",
         state / "frontend-1" / "host-token",
         *(cluster.log_path(name) for name in ("registry", "machine-1", "frontend-1")),

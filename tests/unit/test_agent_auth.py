@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import secrets
 from pathlib import Path
 
 import pytest
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from common.agent_auth import WINDOW_S, ReplayGuard, api_key, authorization, check
-from controller.store.agent_keys import SealError, key_file, seal, unseal
+from controller.store.agent_keys import SealError, legacy_key_file, seal, unseal
+from controller.store.secretbox import Keyring
 
 KEY = api_key("host-token")
 NOW = 1_800_000_000.0
@@ -62,12 +67,33 @@ def test_each_signature_is_accepted_once() -> None:
     assert check(KEY, again, now=NOW + 1, **args) is None  # type: ignore[arg-type]
 
 
-def test_sealed_keys_open_only_with_the_key_file_and_for_their_host(tmp_path: Path) -> None:
-    sealed = seal(tmp_path / "a", "m1", KEY)
-    assert key_file(tmp_path / "a").stat().st_mode & 0o777 == 0o600
-    assert unseal(tmp_path / "a", "m1", sealed) == KEY
-    assert KEY.hex() not in sealed
+def test_sealed_keys_open_only_with_the_keyring_and_for_their_host(tmp_path: Path) -> None:
+    keyring = Keyring(path=tmp_path / "a" / "secret.key")
+    sealed = seal(keyring, "m1", KEY)
+    assert (tmp_path / "a" / "secret.key").stat().st_mode & 0o777 == 0o600
+    assert not legacy_key_file(tmp_path / "a").exists()  # one key file: the keyring
+    assert unseal(keyring, "m1", sealed, state_dir=tmp_path / "a") == KEY
+    assert KEY.hex() not in sealed and sealed.startswith(f"ak2:{keyring.current()[0]}:")
     with pytest.raises(SealError):
-        unseal(tmp_path / "a", "m2", sealed)  # moved to another host's row
+        unseal(keyring, "m2", sealed, state_dir=tmp_path / "a")  # moved to another host's row
+    other = Keyring(path=tmp_path / "b" / "secret.key")
+    with pytest.raises(SealError, match="not in"):
+        unseal(other, "m1", sealed, state_dir=tmp_path / "b")  # another registry's keyring
+    # Sealed under a key derived for this purpose, not the keyring key itself.
+    raw = base64.b64decode(sealed.split(":", 2)[2])
+    with pytest.raises(InvalidTag):
+        AESGCM(keyring.current()[1]).decrypt(raw[:12], raw[12:], b"m1")
+
+
+def test_a_key_sealed_with_the_legacy_agent_api_key_file_still_opens(tmp_path: Path) -> None:
+    """Registries before the one keyring sealed with <state_dir>/agent-api.key: still read."""
+    master = secrets.token_bytes(32)
+    legacy_key_file(tmp_path).write_bytes(master)
+    nonce = secrets.token_bytes(12)
+    sealed = base64.b64encode(nonce + AESGCM(master).encrypt(nonce, KEY, b"m1")).decode()
+    keyring = Keyring(path=tmp_path / "secret.key")
+    assert unseal(keyring, "m1", sealed, state_dir=tmp_path) == KEY
     with pytest.raises(SealError):
-        unseal(tmp_path / "b", "m1", sealed)  # another registry's key file
+        unseal(keyring, "m2", sealed, state_dir=tmp_path)
+    with pytest.raises(SealError, match=r"agent-api\.key"):
+        unseal(keyring, "m1", sealed, state_dir=tmp_path / "elsewhere")  # the file is gone

@@ -6,18 +6,23 @@ wrong key or passphrase refuses and changes nothing; rotate-key keeps everything
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 from click.testing import CliRunner
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from common.agent_auth import api_key
 from controller.acme.service import AcmeRunner
 from controller.cli import main as registry_cli
 from controller.store import secretbox
+from controller.store.agent_keys import unseal
 from controller.store.backup_seal import CHUNK
 from controller.testing import TestRegistry, test_registry
 from tests.support.certgen import chain
@@ -252,20 +257,57 @@ def test_rotate_key_then_everything_still_reads(tmp_path: Path) -> None:
     old_kid = secretbox.key_id(secretbox.parse_keys((state / "secret.key").read_text(), "f")[0])
     assert f"sb1:{old_kid}:".encode() in sqlite_bytes(state)
 
+    assert _host_key(state).startswith(f"ak2:{old_kid}:")  # the one keyring seals it too
+    assert not (state / "agent-api.key").exists()
+
     out = _cli("rotate-key", "--state-dir", str(state))
     keys = secretbox.parse_keys((state / "secret.key").read_text(), "f")
     new_kid = secretbox.key_id(keys[0])
     assert len(keys) == 2 and new_kid != old_kid and new_kid in out
     assert (state / "secret.key").stat().st_mode & 0o777 == 0o600
+    assert _host_key(state).startswith(f"ak2:{new_kid}:")
     with test_registry(state, domain="paas.test") as reg:
         assert_plain_through_the_api(reg, secrets)
 
     _cli("rotate-key", "--state-dir", str(state), "--drop-old")
     keys = secretbox.parse_keys((state / "secret.key").read_text(), "f")
     assert len(keys) == 1 and secretbox.key_id(keys[0]) not in (old_kid, new_kid)
+    keyring = secretbox.Keyring(path=state / "secret.key")
+    assert unseal(keyring, "m1", _host_key(state), state_dir=state) == api_key(secrets.host_token)
     with test_registry(state, domain="paas.test") as reg:
         assert_plain_through_the_api(reg, secrets)
     secrets.assert_absent(sqlite_bytes(state), "registry.db after rotation")
+
+
+def test_a_host_key_sealed_with_the_legacy_key_file_moves_to_the_keyring_on_rotation(
+    tmp_path: Path,
+) -> None:
+    """An installation from before the one keyring: its agent-api.key is still read, and
+    rotate-key reseals the host's key under the keyring."""
+    state = tmp_path / "reg"
+    with test_registry(state, domain="paas.test") as reg:
+        host_token = reg.join("m1")
+    master = os.urandom(32)
+    (state / "agent-api.key").write_bytes(master)
+    nonce = os.urandom(12)
+    legacy = AESGCM(master).encrypt(nonce, api_key(host_token), b"m1")
+    with contextlib.closing(sqlite3.connect(state / "registry.db")) as db:
+        value = base64.b64encode(nonce + legacy).decode()
+        db.execute("UPDATE hosts SET api_key_sealed = ? WHERE name = 'm1'", (value,))
+        db.commit()
+    keyring = secretbox.Keyring(path=state / "secret.key")
+    assert unseal(keyring, "m1", _host_key(state), state_dir=state) == api_key(host_token)
+
+    _cli("rotate-key", "--state-dir", str(state))
+    kid = secretbox.key_id(keyring.keys(reload=True)[0])
+    assert _host_key(state).startswith(f"ak2:{kid}:")
+    (state / "agent-api.key").unlink()  # no longer needed
+    assert unseal(keyring, "m1", _host_key(state), state_dir=state) == api_key(host_token)
+
+
+def _host_key(state: Path) -> str:
+    with contextlib.closing(sqlite3.connect(state / "registry.db")) as db:
+        return str(db.execute("SELECT api_key_sealed FROM hosts WHERE name = 'm1'").fetchone()[0])
 
 
 def test_rotate_key_refused_with_the_key_in_the_environment(tmp_path: Path) -> None:

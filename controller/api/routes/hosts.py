@@ -39,6 +39,7 @@ from controller.errors import Conflict, Forbidden
 from controller.store.agent_keys import seal
 from controller.store.db import bump, revision
 from controller.store.models import Host, Instance
+from controller.store.secretbox import keyring_of
 from controller.sync.shared_watch import shared_watch
 
 log = logging.getLogger("paas.registry")
@@ -79,7 +80,7 @@ def join_host(
         host.state, host.last_heartbeat = "up", now()
         token = issue_token(session, "host", host_name=body.name)
         # The key this registry signs agent API requests with; not derivable from the row.
-        host.api_key_sealed = seal(ctx.settings.state_dir, body.name, api_key(token))
+        host.api_key_sealed = seal(keyring_of(ctx.db.engine), body.name, api_key(token))
         if was_down:
             refill(session, now=now())
         bump(session, desired=True)
