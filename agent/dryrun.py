@@ -83,7 +83,7 @@ def machine_dry_run(settings: AgentSettings) -> DryRun:
     healthy = {
         record.instance.id: record.port
         for record in read_records(settings.state_dir / "run")
-        if adoptable(record) is not None
+        if record.port is not None and adoptable(record) is not None  # workers have no port
     }
     lines = [
         f"desired index {desired.index if desired else 0} ({len(instances)} instances,"

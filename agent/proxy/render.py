@@ -162,5 +162,6 @@ def render(env: jinja2.Environment, name: str, view: Mapping[str, object]) -> st
     except UnsafeTemplates:
         raise
     except jinja2.TemplateError as exc:
-        where = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
+        lineno = getattr(exc, "lineno", None)  # syntax errors carry one
+        where = f" (line {lineno})" if lineno else ""
         raise RenderError(f"template {name} failed{where}: {exc}") from exc

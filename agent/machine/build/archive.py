@@ -32,7 +32,7 @@ import stat
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import IO, Literal
 
 from agent.errors import UnsafeArchive
 from common.tarstream import ArchiveLimit, ArchiveUnreadable, Limits, members, open_stream
@@ -156,7 +156,7 @@ def _file_mode(mode: int) -> int:
     return mode | 0o600
 
 
-def _write_stream(fd: int, source: BinaryIO, size: int, name: str) -> None:
+def _write_stream(fd: int, source: IO[bytes], size: int, name: str) -> None:
     remaining = size
     while remaining > 0:
         chunk = source.read(min(COPY_CHUNK, remaining))

@@ -21,6 +21,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from agent import procs
 from agent.errors import AgentError
@@ -139,7 +140,7 @@ def delete_data(folders: AppFolders, app_id: str, *, state_dir: Path) -> int:
 # ---- export / import (as the app's uid) -----------------------------------------------------
 
 
-def _tar(argv: list[str], user: procs.AppUser | None, **streams: object) -> None:
+def _tar(argv: list[str], user: procs.AppUser | None, **streams: Any) -> None:
     prepared = procs.prepare(argv, {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}, user)
     try:
         done = subprocess.run(
@@ -149,7 +150,7 @@ def _tar(argv: list[str], user: procs.AppUser | None, **streams: object) -> None
             stderr=subprocess.PIPE,
             timeout=TAR_TIMEOUT_S,
             check=False,
-            **streams,  # type: ignore[arg-type]
+            **streams,
         )
     finally:
         prepared.close()
