@@ -306,7 +306,7 @@ def _current_cert(session: Session, row: AcmeDomain) -> Certificate | None:
 
 async def acme_loop(ctx: Context, runner: AcmeRunner) -> None:
     """Look for due domains every `acme_check_interval_s` (at once when woken). Runs only on
-    the leader (`ctx.leader`, issue 8): with several registry replicas exactly one may order,
+    the leader (`ctx.leader`): with several registry replicas exactly one may order,
     or the CA would see each order (and its rate limits) once per replica."""
     interval = ctx.settings.acme_check_interval_s
     while True:

@@ -45,10 +45,10 @@ DEADLINE_TICK_S = 0.5
 
 
 def create_app(settings: RegistrySettings) -> FastAPI:
-    ctx = build_context(settings)  # database, notifier, artifact store, leader (issue 8)
-    acme_runner = AcmeRunner(ctx)  # issues and renews ACME certificates (issue 6)
+    ctx = build_context(settings)  # database, notifier, artifact store, leader
+    acme_runner = AcmeRunner(ctx)  # issues and renews ACME certificates
     ttl_s = settings.heartbeat_ttl_s
-    liveness = new_liveness(ttl_s)  # host loss is judged against it (issue 14)
+    liveness = new_liveness(ttl_s)  # host loss is judged against it
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -96,7 +96,7 @@ def create_app(settings: RegistrySettings) -> FastAPI:
     app.include_router(routes_config.router)
     app.include_router(routes_artifacts.router)
     app.include_router(routes_hosts.router)
-    # Issue 8 (operations): tokens, audit log, logs, one-off runs, status page, /metrics.
+    # Operations: tokens, audit log, logs, one-off runs, status page, /metrics.
     app.include_router(routes_tokens.router)
     app.include_router(audit.router)
     app.include_router(routes_logs.router)
@@ -134,7 +134,7 @@ async def _deadline_tick(ctx: Context) -> None:
     """Fail overdue deploys even when nobody reads or reports (watchers then wake)."""
     while True:
         await asyncio.sleep(DEADLINE_TICK_S)
-        if not ctx.leader.is_leader():  # one replica decides (issue 8)
+        if not ctx.leader.is_leader():  # one replica decides
             continue
         try:
             await run_in_threadpool(expire_if_due, ctx)

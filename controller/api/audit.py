@@ -5,7 +5,7 @@ parameters and the token that was presented; never from the body, so config valu
 certificates and keys cannot reach it. Host heartbeats (`POST /v1/hosts/{host}/report`) are
 observed state, not changes anyone made, and are left out (one every few seconds per host).
 Calls without a known token are not recorded: they changed nothing, and 2,000 of them pushed
-every real event off the status page (issue 14).
+every real event off the status page.
 """
 
 from __future__ import annotations

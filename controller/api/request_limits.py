@@ -1,4 +1,4 @@
-"""Per-request limits at the registry's edge, before any route runs (issue 14).
+"""Per-request limits at the registry's edge, before any route runs.
 
 FastAPI reads and parses a JSON body before it resolves the route's dependencies, so a route's
 own `Depends(principal)` comes too late: a 216 MB body without a token was read whole before

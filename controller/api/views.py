@@ -163,7 +163,7 @@ def desired_state(
 
 
 def proxy_clients(session: Session) -> tuple[list[str], list[str]]:
-    """(frontend, machine) addresses a machine proxy serves (issue 12): every joined host of
+    """(frontend, machine) addresses a machine proxy serves (its only clients): every joined host of
     each role, whatever its state, so one that comes back is served at once."""
     hosts = session.execute(select(Host.role, Host.address)).all()
     return (

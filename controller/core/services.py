@@ -1,4 +1,4 @@
-"""Dependencies between apps and their service endpoints (issue 5).
+"""Dependencies between apps (`depends_on`) and their service endpoints.
 
 Each app gets a fixed service port from the registry; every machine proxy listens on
 127.0.0.1:<service port> for it and forwards to the machine proxies that route a healthy

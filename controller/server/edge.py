@@ -3,7 +3,7 @@
 uvicorn (h11) bounds the size of a request head (`h11_max_incomplete_event_size`) and closes
 idle kept-alive connections (`timeout_keep_alive`), but it has no timer while a request head
 is arriving: a client that connects and trickles (or never sends) its headers holds a file
-descriptor for ever, and 20,000 of them exhausted the registry's open-file limit (issue 14).
+descriptor for ever, and 20,000 of them exhaust the registry's open-file limit.
 `guarded_protocol` is uvicorn's own h11 protocol plus three checks:
 
 - a connection over its client address's cap is aborted at once; one arriving when the

@@ -45,7 +45,7 @@ async def heartbeat_tick(ctx: Context, liveness: Liveness) -> None:
     was_leader = False
     while True:
         await asyncio.sleep(interval)
-        leader = ctx.leader.is_leader()  # one replica sweeps (issue 8)
+        leader = ctx.leader.is_leader()  # one replica sweeps
         if leader and not was_leader:
             liveness.impaired(time.monotonic())
             log.info("leading the heartbeat sweep: every host first gets %.1f s of grace", ttl_s)

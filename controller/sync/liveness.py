@@ -1,4 +1,4 @@
-"""The registry's own liveness, against which host loss is judged (issue 14).
+"""The registry's own liveness, against which host loss is judged.
 
 A host is down when the registry did not hear it for a heartbeat TTL, but only if the
 registry was able to hear it all that time. After the registry was stalled (its event loop

@@ -1,4 +1,4 @@
-"""Baseline: the registry's schema as of the end of issue 7 (what `create_all` used to make).
+"""Baseline: the registry's schema before migrations existed (what `create_all` used to make).
 
 Databases created before alembic have exactly this schema; `controller.store.schema.upgrade` stamps
 them at this revision instead of recreating their tables.

@@ -1,4 +1,4 @@
-"""Artifacts in the database (issue 8): read by every registry replica on PostgreSQL.
+"""Artifacts in the database: read by every registry replica on PostgreSQL.
 
 Revision ID: 0002_artifact_chunks
 Revises: 0001_baseline

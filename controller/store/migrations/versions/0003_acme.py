@@ -1,4 +1,4 @@
-"""ACME (issue 6): the registry's account keys, the domains that get certificates by ACME,
+"""ACME: the registry's account keys, the domains that get certificates by ACME,
 and the http-01 answers published to the frontends.
 
 Revision ID: 0003_acme

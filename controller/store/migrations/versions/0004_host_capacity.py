@@ -1,4 +1,4 @@
-"""Host capacity and per-app memory (issue 4): what a host can run, what an app needs.
+"""Host capacity and per-app memory: what a host can run, what an app needs.
 
 Revision ID: 0004_host_capacity
 Revises: 0003_acme

@@ -1,4 +1,4 @@
-"""Operations (issue 8, part 2): token scopes and labels, the audit log, agent API ports.
+"""Operations: token scopes and labels, the audit log, agent API ports.
 
 Revision ID: 0005_operations
 Revises: 0004_host_capacity

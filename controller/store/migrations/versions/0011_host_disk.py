@@ -1,5 +1,5 @@
-"""Host disk figures (issue 15 item 7): what the agent's state folder uses, free and total;
-apps that keep data (issue 15 item 6) and the host they are pinned to.
+"""Host disk figures: what the agent's state folder uses, free and total;
+apps that keep data (paas.toml `data = true`) and the host they are pinned to.
 
 Revision ID: 0011_host_disk
 Revises: 0010_sealed_secrets

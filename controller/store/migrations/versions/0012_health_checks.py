@@ -1,4 +1,4 @@
-"""Per-app health check settings (issue 15 item 1): paas.toml [app] health_check_timeout and
+"""Per-app health check settings: paas.toml [app] health_check_timeout and
 health_threshold; NULL means the defaults (5 s, 3 checks).
 
 Revision ID: 0012_health_checks
