@@ -1,4 +1,4 @@
-"""`paas config`, `config:get`, `config:set`, `config:unset` (issue 5).
+"""`paas config`, `config:get`, `config:set`, `config:unset`: an app's config vars.
 
 Every change is a new release (same code, new config snapshot), followed like a deploy: the
 previous release serves until the new one passes its health check. Secret values are shown

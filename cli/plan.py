@@ -1,4 +1,4 @@
-"""What a change would do to an app's environment, shown before applying it (issue 5).
+"""What a change would do to an app's environment, shown before applying it.
 
 `env_diff` is pure; `deploy_plan` and `config_plan` read the registry but change nothing.
 Secret values are never shown: a changed secret reads `KEY: ******** (changed)`.

@@ -25,7 +25,7 @@ MAX_MANIFEST_DEPTH = 32  # nested arrays/tables in paas.toml; tomllib recurses p
 DEFAULT_HEALTH_TIMEOUT_S = 30.0  # a new instance must pass its health check within this
 MIN_HEALTH_TIMEOUT_S = 1.0
 MAX_HEALTH_TIMEOUT_S = 3600.0
-# Issue 15 item 1: a running instance's check that gets no answer within
+# Health checks: a running instance's check that gets no answer within
 # health_check_timeout while its process lives and listens is "busy"; it leaves the proxy only
 # after health_threshold failed checks in a row (a refused connection: at once).
 DEFAULT_HEALTH_CHECK_TIMEOUT_S = 5.0

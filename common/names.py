@@ -157,7 +157,7 @@ AcmeKeyAuthorization = Annotated[str, AfterValidator(check_acme_key_authorizatio
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
-# Issue 8: token labels (shown in `paas tokens` and the audit log) and `--since 10m` values.
+# Token labels (shown in `paas tokens` and the audit log) and `--since 10m` values.
 TOKEN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,62}$")
 DURATION_RE = re.compile(r"^(\d{1,7})(s|m|h|d)$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -126,7 +126,7 @@ class AgentApi:
                 Route("/v1/release-phase/{app}", self.release_phase, methods=["POST"]),
             ]
         )
-        if data is not None:  # issue 15 item 6: PAAS_DATA_DIR export/import/delete
+        if data is not None:  # PAAS_DATA_DIR export/import/delete (apps that keep data)
             routes = DataRoutes(data, self._verified_body)
             self.app.add_route("/v1/data/{app}", routes.export, methods=["GET"])
             self.app.add_route("/v1/data/{app}", routes.import_, methods=["PUT"])

@@ -1,4 +1,4 @@
-"""Service ports nobody else holds (issue 12): check a port is free before nginx listens on it.
+"""Service ports nobody else holds: check a port is free before nginx listens on it.
 
 Apps run on the same host as the machine nginx, so an app can bind a service port
 (127.0.0.1:20000-29999) before nginx does; a config listening there would then fail to

@@ -5,7 +5,7 @@ Pure: no I/O besides loading the template, no clock, no environment reads. Every
 in typed values; the template only formats them. Every value is re-validated with
 common.names before rendering (defence in depth: the registry checked them already).
 
-Who may connect (issue 12): the public listener serves only the frontends, whose
+Who may connect: the public listener serves only the frontends, whose
 X-Forwarded-* headers are passed on as they sent them, and the machine proxies of the
 cluster, whose service listeners forward to apps other apps depend on (headers set from the
 connection, since an app on that machine could connect too). Everyone else gets 403 before
@@ -45,7 +45,7 @@ class NginxPaths:
     temp: str  # client_body / proxy / fastcgi / uwsgi / scgi temp folders live in here
 
 
-# Issue 15 item 1: the path HAProxy checks each machine with (Host: the app's domain). nginx
+# The path HAProxy checks each machine with (Host: the app's domain). nginx
 # answers it itself - 200 when it routes a healthy instance of the app, 503 when not - so a
 # check proves the host and its nginx are alive without queueing behind the app's requests
 # (a busy single-worker app is not a dead host; the agent's own checks judge the app).
@@ -80,8 +80,9 @@ class AppServer:
 
 @dataclass(frozen=True)
 class ServiceServer:
-    """Issue 5: 127.0.0.1:`port` forwards to the proxies (`servers`, "addr:port") that route a
-    healthy instance of app `name`, with Host `domain`; no servers: it answers 503."""
+    """A service endpoint: 127.0.0.1:`port` forwards to the proxies (`servers`, "addr:port")
+    that route a healthy instance of app `name`, with Host `domain`; no servers: it answers
+    503."""
 
     name: str
     upstream: str

@@ -57,7 +57,7 @@ class App(Base):
     # The desired_seq at which the set of hosts serving this app last changed: a deploy is
     # routed only once every frontend has applied at least this index.
     routing_seq: Mapped[int | None] = mapped_column(Integer, default=None)
-    # Issue 5: every machine proxy listens on 127.0.0.1:<service_port> for this app, and the
+    # Every machine proxy listens on 127.0.0.1:<service_port> for this app, and the
     # apps named in paas.toml depends_on get <NAME>_URL pointing there.
     service_port: Mapped[int | None] = mapped_column(Integer, default=None)
     depends_on: Mapped[list[str]] = mapped_column(JSON, default=list, server_default=text("'[]'"))
@@ -65,9 +65,9 @@ class App(Base):
     constraints: Mapped[dict[str, str]] = mapped_column(
         JSON, default=dict, server_default=text("'{}'")
     )
-    # Issue 4: memory each instance needs (paas.toml memory = "256M"); None: not declared.
+    # Memory each instance needs (paas.toml memory = "256M"); None: not declared.
     memory_mb: Mapped[int | None] = mapped_column(Integer, default=None)
-    # Issue 15 item 6: paas.toml `data = true` pins the app to the host holding its
+    # paas.toml `data = true` pins the app to the host holding its
     # PAAS_DATA_DIR (`data_host`, chosen at its first deploy).
     keeps_data: Mapped[bool | None] = mapped_column(default=None)
     data_host: Mapped[str | None] = mapped_column(String(63), default=None)
@@ -79,7 +79,7 @@ class App(Base):
     # paas.toml [app] min_healthy_s / auto_rollback; None: never declared (the defaults).
     min_healthy_s: Mapped[float | None] = mapped_column(Float, default=None)
     auto_rollback: Mapped[bool | None] = mapped_column(default=None)
-    # paas.toml [app] health_check_timeout / health_threshold (issue 15 item 1); None: defaults.
+    # paas.toml [app] health_check_timeout / health_threshold; None: the defaults.
     health_check_timeout_s: Mapped[float | None] = mapped_column(Float, default=None)
     health_threshold: Mapped[int | None] = mapped_column(default=None)
 
@@ -170,14 +170,14 @@ class Host(Base):
     proxy_error: Mapped[str | None] = mapped_column(Text, default=None)
     state: Mapped[str] = mapped_column(String(8), default="up")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    # Issue 8: the port of the machine agent's API (logs, one-off runs), from its reports.
+    # The port of the machine agent's API (logs, one-off runs), from its reports.
     api_port: Mapped[int | None] = mapped_column(Integer, default=None)
-    # Issue 4: capacity from the agent's reports (psutil); None until it reports any.
+    # Capacity from the agent's reports (psutil); None until it reports any.
     cpu_count: Mapped[int | None] = mapped_column(Integer, default=None)
     memory_total_mb: Mapped[int | None] = mapped_column(Integer, default=None)
     memory_available_mb: Mapped[int | None] = mapped_column(Integer, default=None)
     load_1m: Mapped[float | None] = mapped_column(Float, default=None)
-    # Issue 15 item 7: the agent's state folder size and its disk's free/total (MiB).
+    # The agent's state folder size and its disk's free/total (MiB).
     state_disk_mb: Mapped[int | None] = mapped_column(BigInteger, default=None)
     disk_free_mb: Mapped[int | None] = mapped_column(BigInteger, default=None)
     disk_total_mb: Mapped[int | None] = mapped_column(BigInteger, default=None)
@@ -224,7 +224,7 @@ class Token(Base):
     kind: Mapped[str] = mapped_column(String(8))  # admin | deploy | join | host
     host_name: Mapped[str | None] = mapped_column(String(63), default=None, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    # Issue 8: a label shown by `paas tokens`, and the one app a deploy-scoped token may touch.
+    # A label shown by `paas tokens`, and the one app a deploy-scoped token may touch.
     name: Mapped[str | None] = mapped_column(String(63), default=None)
     app_name: Mapped[str | None] = mapped_column(String(63), default=None)
     # Deploy tokens: the domain suffixes an admin allowed it to claim (controller/core/domains.py).
