@@ -105,7 +105,7 @@ class App(Model):
     urls: list[str]  # https://<app>.<cluster domain>[:port]/ first, then one per domain
     active_release: int | None
     created_at: datetime
-    # Issue 5: the app's fixed service port (every machine proxy listens on
+    # The app's fixed service port (every machine proxy listens on
     # 127.0.0.1:<service_port> for it) and the apps it depends on (paas.toml depends_on).
     service_port: Port | None = None
     depends_on: list[AppName] = Field(default_factory=list)
@@ -308,7 +308,7 @@ class DesiredInstance(Model):
     )
     # paas.toml `memory`, per instance: the agent enforces it as a hard cgroup limit.
     memory_mb: int | None = Field(default=None, ge=1, le=1024 * 1024)
-    # Issue 15 item 1: a running instance's check waits this long for an answer; one that
+    # Health checks: a running instance's check waits this long for an answer; one that
     # times out while the process lives and listens is "busy", and only this many failed
     # checks in a row take it out of service (a refused connection does at once). paas.toml
     # [app] health_check_timeout / health_threshold.
@@ -321,8 +321,9 @@ class DesiredInstance(Model):
 
 
 class ServiceRoute(Model):
-    """Issue 5: a machine proxy listens on 127.0.0.1:`port` for app `name` and forwards to the
-    machine proxies (`servers`) that route a healthy instance of it, with Host `domain`."""
+    """A service endpoint: a machine proxy listens on 127.0.0.1:`port` for app `name` and
+    forwards to the machine proxies (`servers`) that route a healthy instance of it, with Host
+    `domain`."""
 
     name: AppName
     port: Port
@@ -335,7 +336,7 @@ class DesiredState(Model):
     host: HostName
     instances: list[DesiredInstance]
     services: list[ServiceRoute] = Field(default_factory=list)  # every app with a service port
-    # Issue 12: the only clients a machine proxy serves: the frontend hosts (their forwarded
+    # The only clients a machine proxy serves: the frontend hosts (their forwarded
     # headers are trusted) and the machine hosts (service traffic between proxies).
     frontends: list[Address] = Field(default_factory=list, max_length=1000)
     machines: list[Address] = Field(default_factory=list, max_length=10000)
@@ -359,7 +360,7 @@ class HostCapacity(Model):
     memory_total_mb: int = Field(ge=0, le=2**31 - 1)
     memory_available_mb: int = Field(ge=0, le=2**31 - 1)
     load_1m: float = Field(ge=0, le=1e6)  # 1-minute load average
-    # Issue 15 item 7: what the agent's state folder holds, and free/total space on its disk.
+    # Disk: what the agent's state folder holds, and free/total space on its disk.
     state_disk_mb: int | None = Field(default=None, ge=0, le=2**40)
     disk_free_mb: int | None = Field(default=None, ge=0, le=2**40)
     disk_total_mb: int | None = Field(default=None, ge=0, le=2**40)

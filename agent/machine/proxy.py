@@ -6,7 +6,7 @@ refuses a render (e.g. a hand-edited operator template) and reports why, and tri
 view again every APPLY_RETRY_S so that fixing the template is enough to recover. `routed` is
 the truth about the live config: the instances it sends traffic to.
 
-Issue 12: the public listener serves only the cluster's frontends and machine proxies (their
+Who may connect: the public listener serves only the cluster's frontends and machine proxies (their
 addresses come with the desired state, see `follow`), and a service port some other process
 holds is left out of the config and reported (agent/proxy/nginx/service_ports.py) instead of
 failing the
@@ -58,7 +58,7 @@ class MachineProxy:
         )
         self.routed: frozenset[int] = frozenset()
         self._live_ports: frozenset[int] = frozenset()  # the app ports the live config routes
-        # Issue 5: the cluster's service endpoints (from the desired state) this host listens on.
+        # The cluster's service endpoints (from the desired state) this host listens on.
         self.services: tuple[ServiceRoute, ...] = ()
         # The addresses of the cluster's frontends and machines (see `follow`).
         self.frontends: tuple[str, ...] = ()
