@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
@@ -38,7 +39,7 @@ def insecure_http(environ: dict[str, str] | None = None) -> bool:
     return env.get("PAAS_REGISTRY_INSECURE_HTTP", "") in {"1", "true", "yes"}
 
 
-def config_path(environ: dict[str, str] | None = None) -> Path:
+def config_path(environ: Mapping[str, str] | None = None) -> Path:
     """`$PAAS_CONFIG`, else ~/.config/paas/config.json; computed per call, never at import."""
     env = os.environ if environ is None else environ
     if env.get("PAAS_CONFIG"):
@@ -61,7 +62,7 @@ def save(login: Login, path: Path) -> None:
     atomic_write(path, login.model_dump_json(indent=2, exclude_none=True) + "\n", mode=0o600)
 
 
-def load(environ: dict[str, str] | None = None) -> Login:
+def load(environ: Mapping[str, str] | None = None) -> Login:
     """Env `PAAS_REGISTRY_URL` / `PAAS_TOKEN` / `PAAS_REGISTRY_FINGERPRINT` /
     `PAAS_REGISTRY_CA` override the saved login, field by field."""
     env = os.environ if environ is None else environ
@@ -75,7 +76,7 @@ def load(environ: dict[str, str] | None = None) -> Login:
         )
     pin = env.get("PAAS_REGISTRY_FINGERPRINT") or (saved.registry_fingerprint if saved else None)
     ca = env.get("PAAS_REGISTRY_CA") or (saved.registry_ca if saved else None)
-    try:  # one URL, or several registry replicas comma-separated (failover, issue 8)
+    try:  # one URL, or several registry replicas comma-separated (failover)
         urls = split_urls(url)
         pins = ",".join(parse_pins(pin)) or None
     except ValueError as exc:
