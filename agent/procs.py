@@ -10,6 +10,7 @@ behind the same interface as a child of ours.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -202,7 +203,7 @@ class Child:
         """Send `sig` to the child alone (a proxy master's reload or quit); False when gone."""
         if self.poll() is not None:
             return False
-        return _signal_pid(self._popen.pid, sig)
+        return signal_pid(self._popen.pid, sig)
 
     def wait(self, timeout_s: float) -> int | None:
         try:
@@ -249,7 +250,7 @@ class Adopted:
         """Send `sig` to this process alone; False when it is gone."""
         if self.poll() is not None:
             return False
-        return _signal_pid(self._proc.pid, sig)
+        return signal_pid(self._proc.pid, sig)
 
     def cmdline(self) -> list[str]:
         """Its argv ([] once it is gone or unreadable)."""
@@ -312,10 +313,10 @@ class ChildProcess:
     title: str  # its command line as one string (what a proxy master shows as its title)
 
 
-def children(pid: int) -> list[ChildProcess]:
-    """The direct children of `pid` with their titles ([] when it is gone)."""
+def children(pid: int, *, recursive: bool = False) -> list[ChildProcess]:
+    """The children of `pid` (with `recursive`, theirs too) and their titles ([] when gone)."""
     try:
-        kids = psutil.Process(pid).children()
+        kids = psutil.Process(pid).children(recursive=recursive)
     except psutil.Error:
         return []
     found = []
@@ -385,6 +386,33 @@ def spawn(
     return Child(popen)
 
 
+async def spawn_piped(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path,
+    user: AppUser | None = None,
+) -> asyncio.subprocess.Process:
+    """Start a child in a new session with stdout and stderr as pipes (a one-off run that
+    streams its output); with `user`, as that app user (see `prepare`)."""
+    prepared = prepare(argv, env, user)
+    try:
+        return await asyncio.create_subprocess_exec(
+            *prepared.argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=prepared.env,
+            cwd=cwd,
+            start_new_session=True,
+            pass_fds=prepared.pass_fds,
+        )
+    except OSError as exc:
+        raise ProcessError(f"could not start {argv[0]}: {exc}") from exc
+    finally:
+        prepared.close()
+
+
 def tail(path: Path, *, lines: int = 20, max_bytes: int = 64 * 1024) -> str:
     """The last `lines` lines of a log file ('' when it does not exist)."""
     try:
@@ -426,7 +454,8 @@ def kill_group(pgid: int, *, timeout_s: float = 3.0) -> None:
         time.sleep(0.02)
 
 
-def _signal_pid(pid: int, sig: int) -> bool:
+def signal_pid(pid: int, sig: int) -> bool:
+    """Send `sig` to one process; False when it is gone."""
     try:
         os.kill(pid, sig)
     except ProcessLookupError:
@@ -434,6 +463,24 @@ def _signal_pid(pid: int, sig: int) -> bool:
     except OSError as exc:
         raise ProcessError(f"could not signal pid {pid}: {exc}") from exc
     return True
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    """Send `sig` to process group `pgid`; a gone group is not an error."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def pids_of_uid(uid: int) -> list[int]:
+    """Every process running with `uid` as its real, effective or saved user id."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if uid in proc.uids():
+                found.append(proc.pid)
+        except psutil.Error:
+            continue
+    return found
 
 
 def pid_alive(pid: int) -> bool:

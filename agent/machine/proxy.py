@@ -23,8 +23,8 @@ import time
 from collections.abc import Iterable, Mapping
 
 import jinja2
-import psutil
 
+from agent import procs
 from agent.errors import RenderError
 from agent.machine.instances import ERROR_MAX, Instance, healthy_ports, is_web
 from agent.proxy.config_apply import ConfigApplier
@@ -181,10 +181,7 @@ class MachineProxy:
         master = self.process.pid
         if master is None:
             return frozenset()
-        try:
-            children = psutil.Process(master).children(recursive=True)
-        except psutil.Error:
-            return frozenset({master})
+        children = procs.children(master, recursive=True)
         return frozenset({master, *(child.pid for child in children)})
 
     def _lingering(self, instances: Mapping[int, Instance], serving: set[str]) -> dict[int, int]:

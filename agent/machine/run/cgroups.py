@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from agent import procs
 from agent.errors import AgentError
 from common.names import check_app_name
 
@@ -262,8 +263,8 @@ class Cgroups:
         ]
         pids = {pid for leaf in leaves for pid in _procs(leaf)}
         for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(procs.ProcessError):  # not ours to signal: left as is
+                procs.signal_pid(pid, signal.SIGKILL)
         if pids:
             log.info("killed %d app process(es) left in their cgroups", len(pids))
         deadline = time.monotonic() + 2.0

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -36,23 +35,11 @@ async def run_streaming(
 ) -> AsyncIterator[dict[str, object]]:
     """Yield {"stream": "stdout"|"stderr", "data": text} as output comes, then {"exit": code}
     (and "error" when it could not start or timed out)."""
-    prepared = procs.prepare(argv, env, user)
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *prepared.argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=prepared.env,
-            cwd=cwd,
-            start_new_session=True,
-            pass_fds=prepared.pass_fds,
-        )
-    except OSError as exc:
-        yield {"error": f"could not start {argv[0]}: {exc}", "exit": 127}
+        proc = await procs.spawn_piped(argv, env=env, cwd=cwd, user=user)
+    except procs.ProcessError as exc:
+        yield {"error": str(exc), "exit": 127}
         return
-    finally:
-        prepared.close()
     queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
     readers = [
         asyncio.create_task(_pump("stdout", proc.stdout, queue)),  # type: ignore[arg-type]
@@ -77,7 +64,7 @@ async def run_streaming(
                 continue
             yield {"stream": stream, "data": data.decode(errors="replace")}
         if timed_out:
-            _kill_group(proc.pid)
+            procs.signal_group(proc.pid, signal.SIGKILL)
             await proc.wait()
             yield {"error": f"timed out after {timeout_s:g}s; killed", "exit": TIMEOUT_EXIT}
             return
@@ -86,7 +73,7 @@ async def run_streaming(
     finally:
         if proc.returncode is None:
             log.info("one-off run %s ended early (caller gone); killing it", argv[0])
-            _kill_group(proc.pid)
+            procs.signal_group(proc.pid, signal.SIGKILL)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(proc.wait(), timeout=5)
         for task in readers:
@@ -99,8 +86,3 @@ async def _pump(name: str, reader: asyncio.StreamReader, queue: asyncio.Queue) -
         await queue.put((name, data))
         if not data:
             return
-
-
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)

@@ -20,8 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
+from agent import procs
 from agent.link import statefile
 from agent.machine.build.envspec import SavedSpec
 from agent.machine.build.installer import Installer
@@ -171,10 +170,6 @@ class Janitor:
 
 
 def _kill_uid(uid: int) -> None:
-    for proc in psutil.process_iter():
-        try:
-            if uid in proc.uids():
-                log.warning("killing process %d of a departed app (uid %d)", proc.pid, uid)
-                os.kill(proc.pid, signal.SIGKILL)
-        except (psutil.Error, ProcessLookupError):
-            continue
+    for pid in procs.pids_of_uid(uid):
+        log.warning("killing process %d of a departed app (uid %d)", pid, uid)
+        procs.signal_pid(pid, signal.SIGKILL)
