@@ -60,7 +60,7 @@ class Ports:
     http: int = 8080
     https: int = 8443
     proxy: int = 8081
-    agent_api: int = 8071  # the machine agent's API: logs, one-off runs, /metrics (issue 8)
+    agent_api: int = 8071  # the machine agent's API: logs, one-off runs, /metrics
 
 
 PORTS_OF = {REGISTRY: ("registry",), MACHINE: ("proxy", "agent_api"), FRONTEND: ("http", "https")}
