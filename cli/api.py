@@ -296,7 +296,7 @@ class RegistryClient:
         response = self._request("PATCH", f"/v1/apps/{app}/routing", json=body)
         return self._parse(response, RouteOptions)
 
-    # ---- config vars (issue 5) -----------------------------------------------------------
+    # ---- config vars -----------------------------------------------------------------------
 
     def get_config(self, app: str, *, reveal: bool = False) -> ConfigVars:
         params = {"reveal": "true"} if reveal else {}
