@@ -1,16 +1,18 @@
 """Typed client of the registry API (docs/api.md); every response is parsed with common.wire.
 
 Transport failures and error statuses become `cli.errors` exceptions here, at the boundary,
-so the commands never see an httpx exception.
+so the commands never see an httpx exception. Streams (logs, one-off runs, data export) are
+read as they arrive.
 
 The registry URL may list several replicas (`http://a:8070,http://b:8070`): a request that
-cannot reach one goes to the next (common/failover.py says which requests may be repeated).
+cannot reach one goes to the next (common/failover.py's transport says which may be repeated).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,26 +21,35 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from cli import config
 from cli.errors import ApiError, ConfigError, RegistryUnreachable
-from common.failover import UrlRing, retry_status, retry_transport_error
+from common.failover import FailoverTransport, UrlRing, attempts_of
 from common.registry_tls import RegistryTrust, RegistryTrustError, sync_transport
 from common.wire import (
     AcmeStatus,
     App,
     AppCreate,
+    AppDeleted,
     Artifact,
+    AuditEntry,
     Cert,
     ConfigUpdate,
     ConfigVars,
+    DataImported,
     Host,
     InstanceView,
+    LogEvent,
     Release,
     ReleaseCreate,
     RollbackRequest,
     RouteOptions,
     RouteOptionsUpdate,
+    RunEvent,
+    StreamEvent,
+    TokenCreated,
+    TokenInfo,
 )
 
 T = TypeVar("T")
+E = TypeVar("E", bound=StreamEvent)
 INDEX_HEADER = "X-Paas-Index"
 UPLOAD_CHUNK = 1 << 16
 
@@ -51,6 +62,16 @@ def _reason(exc: httpx.TransportError) -> str:
         return "timed out"
     # httpx wraps OS errors as "[Errno 111] Connection refused": keep the words only.
     return re.sub(r"^\[Errno -?\d+\]\s*", "", text).strip()
+
+
+def _unreachable(exc: httpx.TransportError) -> RegistryUnreachable:
+    """`cannot reach the registry at A: connection refused; B: answered 503`."""
+    tried = attempts_of(exc)
+    where = "; ".join(
+        f"{a.url}: {f'answered {a.failure}' if isinstance(a.failure, int) else _reason(a.failure)}"
+        for a in tried
+    )
+    return RegistryUnreachable(f"cannot reach the registry at {where or _reason(exc)}")
 
 
 def _detail(response: httpx.Response) -> str:
@@ -85,7 +106,8 @@ class RegistryClient:
     """One registry (or its replicas), one token. Pass `transport` in tests instead of patching.
 
     Without one, the transport checks the URLs and verifies TLS by `trust` (a CA file or the
-    pinned fingerprint), so the token is never sent in clear or to an impostor."""
+    pinned fingerprint), so the token is never sent in clear or to an impostor. Proxies from
+    the environment are not used: they would bypass that verification."""
 
     def __init__(
         self,
@@ -102,11 +124,22 @@ class RegistryClient:
             raise ConfigError(str(exc)) from exc
         if transport is None:
             transport = registry_transport(self.registries, trust)
+        self._timeout = timeout
+        # Operations may take long on the hosts' side (a data delete, an import): no read limit.
+        self._patient = httpx.Timeout(timeout, read=None)
         self._http = httpx.Client(
+            base_url=self.registries.urls[0],  # each request goes to a replica in turn
             headers={"Authorization": f"Bearer {token}"} if token else {},
             timeout=timeout,
-            transport=transport,
+            transport=FailoverTransport(self.registries, transport),
+            trust_env=False,
         )
+
+    @classmethod
+    def from_login(cls) -> RegistryClient:
+        """The client of the saved login (`paas login`) or the PAAS_* environment."""
+        login = config.load()
+        return cls(login.registry_url, login.token, trust=login.trust())
 
     @property
     def base_url(self) -> str:
@@ -125,51 +158,54 @@ class RegistryClient:
     # ---- plumbing ----------------------------------------------------------------------
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        response = self._send(method, path, **kwargs)
-        if response.status_code == 401:
-            raise ApiError("the registry refused the token (401); run paas login", status=401)
-        if response.status_code >= 400 and not (method == "HEAD" and response.status_code == 404):
-            raise ApiError(
-                f"{_detail(response)} ({response.status_code})", status=response.status_code
-            )
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise _unreachable(exc) from exc
+        _check(response, method)
         return response
 
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """To the replica in use, else the next ones; a streamed body is never sent twice."""
-        attempts = self.registries.attempts()
-        streamed = "content" in kwargs and not isinstance(kwargs["content"], bytes | str)
-        failures = []
-        for position, index in enumerate(attempts):
-            url = self.registries.urls[index]
-            more = position + 1 < len(attempts)
-            try:
-                response = self._http.request(method, f"{url}{path}", **kwargs)
-            except httpx.TransportError as exc:
-                failures.append(f"{url}: {_reason(exc)}")
-                if (
-                    more
-                    and retry_transport_error(exc, method, idempotent=False)
-                    and not (
-                        streamed and not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
-                    )
-                ):
-                    continue
-                where = "; ".join(failures)
-                raise RegistryUnreachable(f"cannot reach the registry at {where}") from exc
-            if (
-                more
-                and retry_status(response.status_code, method, idempotent=False)
-                and not streamed
-            ):
-                failures.append(f"{url}: answered {response.status_code}")
-                continue
-            self.registries.settle(index)
-            return response
-        raise AssertionError("unreachable: the last attempt returns or raises")
+    @contextmanager
+    def _open(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
+        """A response whose body is read as it arrives; no read timeout (a followed log may
+        stay quiet for hours)."""
+        kwargs.setdefault("timeout", self._patient)
+        try:
+            with self._http.stream(method, path, **kwargs) as response:
+                if response.status_code >= 400:
+                    response.read()
+                _check(response, method)
+                yield response
+        except httpx.TransportError as exc:
+            raise _unreachable(exc) from exc
+
+    def _events(self, model: type[E], method: str, path: str, **kwargs: Any) -> Iterator[E]:
+        """NDJSON objects as they arrive (blank keep-alive lines skipped)."""
+        with self._open(method, path, **kwargs) as response:
+            lines = response.iter_lines()
+            while True:
+                try:
+                    line = next(lines, None)
+                except httpx.TransportError as exc:
+                    raise RegistryUnreachable(f"the stream broke off: {_reason(exc)}") from exc
+                if line is None:
+                    return
+                if line.strip():
+                    yield self._parse_text(line, model, response)
 
     def _parse(self, response: httpx.Response, model: type[T] | Any) -> T:
         try:
             return TypeAdapter(model).validate_json(response.content)
+        except ValidationError as exc:
+            raise ApiError(
+                f"the registry sent an unexpected answer to {response.request.url.path}: "
+                f"{exc.errors()[0].get('msg', exc)}",
+                status=response.status_code,
+            ) from exc
+
+    def _parse_text(self, text: str, model: type[T], response: httpx.Response) -> T:
+        try:
+            return TypeAdapter(model).validate_json(text)
         except ValidationError as exc:
             raise ApiError(
                 f"the registry sent an unexpected answer to {response.request.url.path}: "
@@ -312,6 +348,80 @@ class RegistryClient:
         """Delete even when other apps depend on it."""
         self._request("DELETE", f"/v1/apps/{name}", params={"force": "true"})
 
+    def delete_app_and_data(self, name: str, *, force: bool = False) -> AppDeleted:
+        """Delete the app and ask every host to remove its data folders."""
+        params = {"delete_data": "true", **({"force": "true"} if force else {})}
+        response = self._request("DELETE", f"/v1/apps/{name}", params=params, timeout=self._patient)
+        return self._parse(response, AppDeleted) if response.content else AppDeleted()
+
+    # ---- operations: tokens, audit, hosts, logs, runs, data -----------------------------
+
+    def list_tokens(self) -> list[TokenInfo]:
+        response = self._request("GET", "/v1/tokens", timeout=self._patient)
+        return self._parse(response, list[TokenInfo])
+
+    def create_token(
+        self, scope: str, *, app: str | None, name: str | None, domains: list[str]
+    ) -> TokenCreated:
+        body = {"scope": scope, "app": app, "name": name, "domains": domains}
+        response = self._request("POST", "/v1/tokens", json=body, timeout=self._patient)
+        return self._parse(response, TokenCreated)
+
+    def revoke_token(self, token_id: int) -> None:
+        self._request("DELETE", f"/v1/tokens/{token_id}", timeout=self._patient)
+
+    def list_audit(
+        self, *, app: str | None = None, since: str | None = None, limit: int = 200
+    ) -> list[AuditEntry]:
+        params: dict[str, Any] = {"limit": limit}
+        if app is not None:
+            params["app"] = app
+        if since is not None:
+            params["since"] = since
+        response = self._request("GET", "/v1/audit", params=params, timeout=self._patient)
+        return self._parse(response, list[AuditEntry])
+
+    def remove_host(self, name: str) -> None:
+        self._request("DELETE", f"/v1/hosts/{name}", timeout=self._patient)
+
+    def logs(self, app: str, params: dict[str, Any]) -> Iterator[LogEvent]:
+        """The app's log lines from every host, as they come (`follow` keeps it open)."""
+        return self._events(LogEvent, "GET", f"/v1/apps/{app}/logs", params=params)
+
+    def run(
+        self, app: str, argv: list[str], *, host: str | None = None, timeout_s: float | None
+    ) -> Iterator[RunEvent]:
+        """A one-off command's output as it comes, then its exit status. Never sent to a
+        second replica once it may have started."""
+        body: dict[str, Any] = {"argv": argv, "timeout_s": timeout_s}
+        if host is not None:
+            body["host"] = host
+        return self._events(RunEvent, "POST", f"/v1/apps/{app}/run", json=body)
+
+    @contextmanager
+    def export_data(self, app: str) -> Iterator[tuple[str, Iterator[bytes]]]:
+        """(the host that holds the data, the tar.gz's bytes as they arrive)."""
+        with self._open("GET", f"/v1/apps/{app}/data") as response:
+            yield response.headers.get("x-paas-host", "?"), response.iter_raw()
+
+    def import_data(self, app: str, archive: bytes) -> DataImported:
+        response = self._request(
+            "PUT",
+            f"/v1/apps/{app}/data",
+            content=archive,
+            headers={"content-type": "application/gzip"},
+            timeout=self._patient,
+        )
+        return self._parse(response, DataImported)
+
+
+def _check(response: httpx.Response, method: str) -> None:
+    """An error status -> ApiError with the registry's own words (a HEAD's 404 is an answer)."""
+    if response.status_code == 401:
+        raise ApiError("the registry refused the token (401); run paas login", status=401)
+    if response.status_code >= 400 and not (method == "HEAD" and response.status_code == 404):
+        raise ApiError(f"{_detail(response)} ({response.status_code})", status=response.status_code)
+
 
 def _index(response: httpx.Response, previous: int) -> int:
     try:
@@ -320,7 +430,7 @@ def _index(response: httpx.Response, previous: int) -> int:
         return previous
 
 
-def dump(value: BaseModel | list[BaseModel] | dict[str, Any]) -> Any:
+def dump(value: BaseModel | Sequence[BaseModel] | Mapping[str, Any]) -> Any:
     """JSON-ready form of wire models (and dicts/lists of them) for `--json` output."""
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")

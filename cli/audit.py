@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from cli import output
-from cli.ops_api import OpsClient
+from cli.api import RegistryClient, dump
 from common.names import check_app_name, parse_duration
 
 
@@ -22,14 +22,12 @@ def register(
     @json_option
     def audit(app: str | None, since: str | None, limit: int, as_json: bool) -> None:
         """List the audit log, newest first."""
-        params: dict[str, Any] = {"limit": limit}
         if app is not None:
-            params["app"] = check_app_name(app)
+            check_app_name(app)
         if since is not None:
             parse_duration(since)
-            params["since"] = since
-        with OpsClient.from_login() as api:
-            entries = api.call("GET", "/v1/audit", params=params)
+        with RegistryClient.from_login() as api:
+            entries = dump(api.list_audit(app=app, since=since, limit=limit))
         if as_json:
             output.print_json(entries)
             return

@@ -12,8 +12,8 @@ import sys
 
 import click
 
+from cli.api import RegistryClient
 from cli.errors import CliError
-from cli.ops_api import OpsClient
 from common.names import check_app_name
 
 MAX_IMPORT_BYTES = 256 << 20  # the registry's and the agent's bound too
@@ -29,9 +29,8 @@ def register(group: click.Group) -> None:
         if out.isatty():
             raise CliError("stdout is a terminal; redirect it: paas data:export APP > data.tar.gz")
         size = 0
-        with OpsClient.from_login() as api, api._open("GET", f"/v1/apps/{app}/data") as response:
-            host = response.headers.get("x-paas-host", "?")
-            for chunk in response.iter_raw():
+        with RegistryClient.from_login() as api, api.export_data(app) as (host, chunks):
+            for chunk in chunks:
                 out.write(chunk)
                 size += len(chunk)
         out.flush()
@@ -48,11 +47,6 @@ def register(group: click.Group) -> None:
         body = source.read(MAX_IMPORT_BYTES + 1)
         if len(body) > MAX_IMPORT_BYTES:
             raise CliError(f"the archive is larger than {MAX_IMPORT_BYTES >> 20} MiB")
-        with OpsClient.from_login() as api:
-            result = api.call(
-                "PUT",
-                f"/v1/apps/{app}/data",
-                content=body,
-                headers={"content-type": "application/gzip"},
-            )
-        click.echo(f"imported {result['bytes']} bytes into {app}'s data on host {result['host']}")
+        with RegistryClient.from_login() as api:
+            result = api.import_data(app, body)
+        click.echo(f"imported {result.bytes} bytes into {app}'s data on host {result.host}")

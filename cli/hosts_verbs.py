@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from cli.ops_api import OpsClient
+from cli.api import RegistryClient
 from common.names import check_host_name
 
 
@@ -21,6 +21,6 @@ def register(group: click.Group) -> None:
         check_host_name(name)
         if not yes:
             click.confirm(f"remove host {name} (its instances move to other hosts)?", abort=True)
-        with OpsClient.from_login() as api:
-            api.call("DELETE", f"/v1/hosts/{name}")
+        with RegistryClient.from_login() as api:
+            api.remove_host(name)
         click.echo(f"removed host {name}; it may join again with the join token")

@@ -10,8 +10,9 @@ from typing import Any
 
 import click
 
-from cli.ops_api import OpsClient
+from cli.api import RegistryClient
 from common.names import check_app_name, check_host_name, parse_duration
+from common.wire import LogEvent
 
 # C0 controls but tab and newline, DEL, and C1 controls: ESC starts CSI/OSC sequences
 # (colours, cursor moves, window titles, OSC 52 clipboard writes), and 0x9b / 0x9d are CSI
@@ -26,10 +27,10 @@ def escape_controls(text: str) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
-def format_line(item: dict[str, Any], *, raw: bool = False) -> str:
+def format_line(item: LogEvent, *, raw: bool = False) -> str:
     """`2026-11-28T02:30:00.123Z web.12@machine-1: text`; control sequences escaped
     unless `raw`."""
-    line = f"{item['time']} {item['app']}.{item['instance']}@{item['host']}: {item['line']}"
+    line = f"{item.time} {item.app}.{item.instance}@{item.host}: {item.line}"
     return line if raw else escape_controls(line)
 
 
@@ -71,12 +72,12 @@ def register(group: click.Group) -> None:
         if since is not None:
             parse_duration(since)
             params["since"] = since
-        with OpsClient.from_login() as api:
-            for item in api.stream("GET", f"/v1/apps/{app}/logs", params=params):
-                if "error" in item:
-                    click.echo(f"warning: {escape_controls(str(item['error']))}", err=True)
-                elif "line" in item:
-                    if not health and HEALTH_CHECK_MARK in str(item["line"]):
+        with RegistryClient.from_login() as api:
+            for item in api.logs(app, params):
+                if item.error is not None:
+                    click.echo(f"warning: {escape_controls(item.error)}", err=True)
+                elif item.line is not None:
+                    if not health and HEALTH_CHECK_MARK in item.line:
                         continue
                     click.echo(format_line(item, raw=raw))
                     sys.stdout.flush()

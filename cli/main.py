@@ -28,7 +28,6 @@ from cli import (
 from cli.api import RegistryClient
 from cli.deploy import Deployer
 from cli.errors import ApiError, CliError, DeployFailed
-from cli.ops_api import OpsClient
 from common.names import InvalidName, check_app_name, check_domain
 from common.wire import AppCreate
 
@@ -64,8 +63,7 @@ def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def client() -> RegistryClient:
-    login = config.load()
-    return RegistryClient(login.registry_url, login.token, trust=login.trust())
+    return RegistryClient.from_login()
 
 
 @click.group(cls=PaasGroup)
@@ -164,11 +162,10 @@ def apps_delete(name: str, yes: bool, force: bool, delete_data: bool) -> None:
     if not yes:
         raise CliError(f"deleting {name} stops it and removes its releases; add --yes to confirm")
     if delete_data:
-        params = {"delete_data": "true", **({"force": "true"} if force else {})}
-        with OpsClient.from_login() as ops:
-            answer = ops.call("DELETE", f"/v1/apps/{name}", params=params) or {}
+        with client() as api:
+            answer = api.delete_app_and_data(name, force=force)
         click.echo(f"deleted app {name}")
-        for host, outcome in sorted((answer.get("data") or {}).items()):
+        for host, outcome in sorted(answer.data.items()):
             click.echo(f"  data on {host}: {outcome}")
         return
     with client() as api:

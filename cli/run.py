@@ -6,12 +6,11 @@ Its stdout and stderr are copied to ours as they come; `paas run` exits with its
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import click
 
+from cli.api import RegistryClient
 from cli.errors import CliError
-from cli.ops_api import OpsClient
 from common.names import check_app_name, check_host_name
 
 
@@ -30,20 +29,19 @@ def register(group: click.Group) -> None:
     def run(app: str, argv: tuple[str, ...], host: str | None, timeout: float | None) -> None:
         """Run CMD ARGS on a host in APP's current release environment (put -- before CMD)."""
         check_app_name(app)
-        body: dict[str, Any] = {"argv": list(argv), "timeout_s": timeout}
         if host is not None:
-            body["host"] = check_host_name(host)
+            check_host_name(host)
         code: int | None = None
-        with OpsClient.from_login() as api:
-            for item in api.stream("POST", f"/v1/apps/{app}/run", json=body):
-                if "data" in item:
-                    out = sys.stdout if item.get("stream") == "stdout" else sys.stderr
-                    out.write(item["data"])
+        with RegistryClient.from_login() as api:
+            for item in api.run(app, list(argv), host=host, timeout_s=timeout):
+                if item.data is not None:
+                    out = sys.stdout if item.stream == "stdout" else sys.stderr
+                    out.write(item.data)
                     out.flush()
-                if "error" in item:
-                    click.echo(f"error: {item['error']}", err=True)
-                if "exit" in item:
-                    code = int(item["exit"])
+                if item.error is not None:
+                    click.echo(f"error: {item.error}", err=True)
+                if item.exit is not None:
+                    code = item.exit
         if code is None:
             raise RunFailed("the run ended without an exit status (connection lost?)", 255)
         click.get_current_context().exit(code)

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from cli import output
-from cli.ops_api import OpsClient
+from cli.api import RegistryClient, dump
 from common.names import InvalidName, check_app_name, check_domain, check_token_name
 
 
@@ -19,8 +19,8 @@ def register(
     @json_option
     def tokens(as_json: bool) -> None:
         """List API tokens (never their values)."""
-        with OpsClient.from_login() as api:
-            found = api.call("GET", "/v1/tokens")
+        with RegistryClient.from_login() as api:
+            found = dump(api.list_tokens())
         if as_json:
             output.print_json(found)
             return
@@ -72,9 +72,8 @@ def register(
                 check_domain(domain)
             except InvalidName as exc:
                 raise click.UsageError(f"--domains: {exc}") from None
-        body = {"scope": scope, "app": app, "name": name, "domains": allowed}
-        with OpsClient.from_login() as api:
-            made = api.call("POST", "/v1/tokens", json=body)
+        with RegistryClient.from_login() as api:
+            made = dump(api.create_token(scope, app=app, name=name, domains=allowed))
         if as_json:
             output.print_json(made)
             return
@@ -88,6 +87,6 @@ def register(
     @click.argument("token_id", type=click.IntRange(1))
     def tokens_revoke(token_id: int) -> None:
         """Revoke token ID (see `paas tokens`); it stops working at once."""
-        with OpsClient.from_login() as api:
-            api.call("DELETE", f"/v1/tokens/{token_id}")
+        with RegistryClient.from_login() as api:
+            api.revoke_token(token_id)
         click.echo(f"revoked token #{token_id}")

@@ -110,15 +110,15 @@ def _replayable(request: httpx.Request) -> bool:
     return isinstance(request.stream, httpx.ByteStream)
 
 
-def _retry_error(request: httpx.Request, exc: httpx.TransportError) -> bool:
-    if not _replayable(request):
+def _retry_error(request: httpx.Request, exc: httpx.TransportError, *, replayable: bool) -> bool:
+    if not replayable:
         return never_sent(exc)
     idempotent = bool(request.extensions.get(IDEMPOTENT))
     return retry_transport_error(exc, request.method, idempotent=idempotent)
 
 
-def _retry_status(request: httpx.Request, status: int) -> bool:
-    if not _replayable(request):
+def _retry_status(request: httpx.Request, status: int, *, replayable: bool) -> bool:
+    if not replayable:
         return False
     idempotent = bool(request.extensions.get(IDEMPOTENT))
     return retry_status(status, request.method, idempotent=idempotent)
@@ -192,18 +192,19 @@ class FailoverTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         tried: list[Attempt] = []
+        replayable = _replayable(request)  # judged before a transport may read the body
         for index, sent, more in self._router.plan(request):
             url = self._router.ring.urls[index]
             try:
                 response = self._inner.handle_request(sent)
             except httpx.TransportError as exc:
                 tried.append(Attempt(url, exc))
-                if more and _retry_error(sent, exc):
+                if more and _retry_error(sent, exc, replayable=replayable):
                     self._router.moving_on(url, exc)
                     continue
                 _record(exc, tried)
                 raise
-            if more and _retry_status(sent, response.status_code):
+            if more and _retry_status(sent, response.status_code, replayable=replayable):
                 response.read()
                 response.close()
                 tried.append(Attempt(url, response.status_code))
@@ -232,18 +233,19 @@ class AsyncFailoverTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         tried: list[Attempt] = []
+        replayable = _replayable(request)  # judged before a transport may read the body
         for index, sent, more in self._router.plan(request):
             url = self._router.ring.urls[index]
             try:
                 response = await self._inner.handle_async_request(sent)
             except httpx.TransportError as exc:
                 tried.append(Attempt(url, exc))
-                if more and _retry_error(sent, exc):
+                if more and _retry_error(sent, exc, replayable=replayable):
                     self._router.moving_on(url, exc)
                     continue
                 _record(exc, tried)
                 raise
-            if more and _retry_status(sent, response.status_code):
+            if more and _retry_status(sent, response.status_code, replayable=replayable):
                 await response.aread()
                 await response.aclose()
                 tried.append(Attempt(url, response.status_code))

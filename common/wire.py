@@ -413,6 +413,75 @@ class RoutingTable(Model):
     challenges: list[RouteChallenge] = Field(default_factory=list, max_length=1000)
 
 
+# ---- operations: tokens, audit, logs, one-off runs, data --------------------------------
+
+
+class TokenInfo(Model):
+    id: int
+    scope: str
+    name: str | None
+    app: str | None
+    host: str | None
+    domains: list[str] = Field(default_factory=list)
+    created_at: datetime
+
+
+class TokenCreated(TokenInfo):
+    token: str  # shown once; the registry keeps only its sha256
+
+
+class AuditEntry(Model):
+    id: int
+    at: datetime
+    token_id: int | None
+    token_name: str | None
+    scope: str | None
+    method: str
+    route: str
+    app: str | None
+    summary: str
+    status: int
+
+
+class StreamEvent(BaseModel):
+    """One NDJSON object of a stream; fields a newer registry adds are ignored, not refused,
+    so a long-running `paas logs -f` keeps printing."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class LogEvent(StreamEvent):
+    """A line of an app's log, or an error about a host whose logs could not be read."""
+
+    time: str | None = None
+    app: str | None = None
+    instance: int | str | None = None
+    host: str | None = None
+    line: str | None = None
+    error: str | None = None
+
+
+class RunEvent(StreamEvent):
+    """Output of a one-off run (`stream` + `data`), an error, or its exit status (the end)."""
+
+    stream: str | None = None
+    data: str | None = None
+    error: str | None = None
+    exit: int | None = None
+    host: str | None = None
+
+
+class DataImported(Model):
+    host: str
+    bytes: int
+
+
+class AppDeleted(Model):
+    """`DELETE /v1/apps/{app}?delete_data=true`: what happened to the data on each host."""
+
+    data: dict[str, str] = Field(default_factory=dict)
+
+
 # ---- errors -----------------------------------------------------------------------------
 
 

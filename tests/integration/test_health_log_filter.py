@@ -22,6 +22,7 @@ from agent.machine.run.logs import LogStore, is_health_check
 from agent.machine.run.supervisor import Policy
 from cli import logs as cli_logs
 from common.agent_auth import SignedAuth, api_key
+from common.wire import LogEvent
 from tests.integration.test_agent_api import _settings
 from tests.integration.test_machine_agent import FakeRegistry, _desired, _state
 
@@ -152,7 +153,7 @@ def test_the_registry_forwards_health_to_the_agents(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from controller.api.routes import logs as routes_logs
-    from controller.testing import test_registry
+    from tests.support.registry_app import test_registry
 
     asked: list[dict[str, Any]] = []
 
@@ -184,9 +185,9 @@ class FakeOps:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def stream(self, method: str, path: str, *, params: dict[str, Any]) -> list[dict[str, Any]]:
+    def logs(self, app: str, params: dict[str, Any]) -> list[LogEvent]:
         self.params = params
-        return self.items
+        return [LogEvent.model_validate(item) for item in self.items]
 
 
 @pytest.mark.parametrize("flag", [None, "--health", "--all"])
@@ -197,7 +198,7 @@ def test_cli_shows_health_check_lines_only_with_the_flag(
 
     line = {"time": "2026-12-03T10:00:00.000Z", "app": "web", "instance": 1, "host": "m1"}
     ops = FakeOps([{**line, "line": CHECK_LINE}, {**line, "line": USER_LINE}])
-    monkeypatch.setattr(cli_logs.OpsClient, "from_login", classmethod(lambda cls: ops))
+    monkeypatch.setattr(cli_logs.RegistryClient, "from_login", classmethod(lambda cls: ops))
     group = click.Group()
     cli_logs.register(group)
     result = CliRunner().invoke(group, ["logs", "web", *([flag] if flag else [])])

@@ -139,21 +139,19 @@ def test_watch_sends_index_and_reads_header() -> None:
 
 
 def test_real_transports_refuse_clear_text_and_unverified_registries(tmp_path) -> None:
-    """Without an injected transport both CLI clients build the verified one
+    """Without an injected transport the CLI's client builds the verified one
     (common/registry_tls.py): http:// off loopback and https:// with no pin or CA are refused
     before anything connects; the opt-in env allows http:// (test networks)."""
     from cli.errors import ConfigError
-    from cli.ops_api import OpsClient
     from common.registry_tls import RegistryTrust
 
     pin = RegistryTrust(pins=("sha256:" + "ab" * 32,))
-    for make in (RegistryClient, OpsClient):
-        with pytest.raises(ConfigError, match="refusing plain http://"):
-            make("http://127.0.0.1:1,http://198.18.0.5:8070", "tok", trust=pin)
-        with pytest.raises(ConfigError, match="fingerprint"):
-            make("https://198.18.0.5:8070", "tok")
-        make("https://198.18.0.5:8070", "tok", trust=pin).close()
-        make("http://127.0.0.1:1", "tok").close()
+    with pytest.raises(ConfigError, match="refusing plain http://"):
+        RegistryClient("http://127.0.0.1:1,http://198.18.0.5:8070", "tok", trust=pin)
+    with pytest.raises(ConfigError, match="fingerprint"):
+        RegistryClient("https://198.18.0.5:8070", "tok")
+    RegistryClient("https://198.18.0.5:8070", "tok", trust=pin).close()
+    RegistryClient("http://127.0.0.1:1", "tok").close()
 
 
 def test_insecure_http_opt_in_is_explicit(monkeypatch) -> None:

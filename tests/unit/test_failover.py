@@ -154,3 +154,82 @@ def test_cli_does_not_repeat_a_post_cut_mid_way() -> None:
         ("a.test", "GET"),
         ("b.test", "GET"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("cut", "expected"),
+    [(httpx.ConnectError, ["a.test", "b.test"]), (httpx.ReadError, ["a.test"])],
+)
+def test_an_upload_read_as_it_goes_moves_on_only_if_it_never_left(
+    tmp_path: Path, cut: type[httpx.TransportError], expected: list[str]
+) -> None:
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(b"x" * 100)
+    sha = "a" * 64
+    hosts: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        hosts.append(request.url.host)
+        if request.url.host == "a.test":
+            raise cut("replica gone", request=request)
+        assert request.content == b"x" * 100
+        return httpx.Response(200, json={"sha256": sha, "size": 100})
+
+    with CliClient(f"{A},{B}", "tok", transport=httpx.MockTransport(handler)) as api:
+        if cut is httpx.ConnectError:
+            assert api.upload_artifact(sha, archive).size == 100
+        else:
+            with pytest.raises(RegistryUnreachable):
+                api.upload_artifact(sha, archive)
+    assert hosts == expected
+
+
+def test_each_replica_keeps_its_own_path_and_host_header() -> None:
+    seen: list[tuple[str, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((str(request.url), request.headers["host"]))
+        if request.url.host == "a.test":
+            return httpx.Response(503, json={"detail": "busy"})
+        return httpx.Response(200, json={"ok": True})
+
+    urls = f"{A}/base,http://b.test:9000/other/"
+    with CliClient(urls, "tok", transport=httpx.MockTransport(handler)) as api:
+        assert api.health() is True
+    assert seen == [
+        (f"{A}/base/v1/health", "a.test:8070"),
+        ("http://b.test:9000/other/v1/health", "b.test:9000"),
+    ]
+
+
+def test_agent_download_cut_off_half_way_is_fetched_whole_from_the_next_replica(
+    tmp_path: Path,
+) -> None:
+    import hashlib
+
+    body = b"artifact bytes " * 1000
+    sha = hashlib.sha256(body).hexdigest()
+
+    class Cut(httpx.AsyncByteStream):
+        async def __aiter__(self):  # type: ignore[no-untyped-def]
+            yield body[:100]
+            raise httpx.ReadError("connection reset")
+
+    hosts: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        hosts.append(request.url.host)
+        if request.url.host == "a.test":
+            return httpx.Response(200, stream=Cut())
+        return httpx.Response(200, content=body)
+
+    client = AgentClient(f"{A},{B}", token="t", transport=httpx.MockTransport(handler))
+    dest = tmp_path / "a.tar.gz"
+
+    async def go() -> None:
+        await client.download_artifact(sha, dest)
+        await client.aclose()
+
+    asyncio.run(go())
+    assert hosts == ["a.test", "b.test"] and dest.read_bytes() == body
+    assert client.base_url == B
