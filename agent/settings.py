@@ -1,4 +1,5 @@
-"""Typed agent settings, validated once at start: CLI options > PAAS_* environment > TOML file.
+"""Typed agent settings, validated once at start: CLI options > PAAS_* environment > TOML file
+(the chain of common/settings.py).
 
 Every value that reaches a config file, a path or an argv is checked here with common.names,
 so a typo stops the agent with one clear line instead of producing a broken proxy config.
@@ -10,12 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic_settings import SettingsConfigDict
 
 from agent.machine.build.package_index import (
     PackageIndex,
@@ -28,15 +24,16 @@ from agent.machine.run.uids import parse_uid_range
 from common.failover import split_urls
 from common.names import check_address, check_domain, check_host_name, check_label
 from common.registry_tls import RegistryTrust, check_urls, parse_pins
+from common.settings import PaasSettings
 
 Role = Literal["machine", "frontend"]
 
 
-class AgentSettings(BaseSettings):
+class AgentSettings(PaasSettings):
     """Everything an agent needs to know about itself; one instance per process."""
 
     # Errors name the setting, never echo its value: index URLs and join_token hold secrets.
-    model_config = SettingsConfigDict(env_prefix="PAAS_", extra="forbid", hide_input_in_errors=True)
+    model_config = SettingsConfigDict(hide_input_in_errors=True)
 
     role: Role
     registry_url: str
@@ -61,7 +58,7 @@ class AgentSettings(BaseSettings):
     tls_cert: Path | None = None
     # frontend: the cluster domain; the self-signed default certificate covers *.<domain>.
     domain: str | None = None
-    labels: dict[str, str] = {}
+    labels: dict[str, str] = Field(default_factory=dict)
     # machine, agent running as root: every app runs as its own uid from this range (gid =
     # uid, no passwd entry needed; agent/machine/run/uids.py). A non-root agent runs apps as itself.
     app_uids: str = "70000-79999"
@@ -100,11 +97,14 @@ class AgentSettings(BaseSettings):
     # behind a
     # mirror or offline; passed to uv and pip explicitly (builds see a clean environment).
     index_url: str | None = None
-    extra_index_urls: list[str] = []
-    find_links: list[str] = []  # folders (absolute paths) or URLs of wheels
-    trusted_hosts: list[str] = []  # TLS not verified: uv --allow-insecure-host
+    extra_index_urls: list[str] = Field(default_factory=list)
+    # folders (absolute paths) or URLs of wheels
+    find_links: list[str] = Field(default_factory=list)
+    # TLS not verified: uv --allow-insecure-host
+    trusted_hosts: list[str] = Field(default_factory=list)
     no_index: bool = False  # only find_links (offline)
-    build_env: dict[str, str] = {}  # more UV_* / PIP_* variables for builds
+    # more UV_* / PIP_* variables for builds
+    build_env: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("index_url")
     @classmethod
@@ -267,29 +267,5 @@ def parse_port_range(text: str) -> tuple[int, int]:
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> AgentSettings:
-    """Build settings with precedence overrides > PAAS_* env > TOML `config_file`.
-
-    Overrides whose value is None are dropped, so unset CLI options do not hide env values.
-    """
-    given = {key: value for key, value in overrides.items() if value is not None}
-    if config_file is None:
-        return AgentSettings(**given)
-    toml_path = Path(config_file)
-    if not toml_path.is_file():
-        raise FileNotFoundError(f"config file {toml_path} does not exist")
-
-    class _WithToml(AgentSettings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            toml = TomlConfigSettingsSource(settings_cls, toml_file=toml_path)
-            return (init_settings, env_settings, toml)
-
-    merged = _WithToml(**given)
-    return AgentSettings.model_validate(merged.model_dump())
+    """Settings with precedence overrides > PAAS_* env > TOML `config_file` (None: not given)."""
+    return AgentSettings.load(config_file, **overrides)

@@ -1,22 +1,22 @@
-"""Typed registry settings: defaults < TOML file < `PAAS_*` environment < command-line options."""
+"""Typed registry settings: defaults < TOML file < `PAAS_*` environment < command-line options
+(the chain of common/settings.py; the file may keep them under [registry])."""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.names import check_domain
+from common.settings import PaasSettings
 
 if TYPE_CHECKING:
     from controller.store.secretbox import Keyring
 
 
-class RegistrySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PAAS_", extra="forbid")
+class RegistrySettings(PaasSettings):
+    toml_table: ClassVar[str | None] = "registry"
 
     state_dir: Path = Path("./paas-state")
     database_url: str | None = None  # default: sqlite:///<state_dir>/registry.db
@@ -113,19 +113,3 @@ class RegistrySettings(BaseSettings):
     def url_for(self, domain: str) -> str:
         port = "" if self.public_https_port == 443 else f":{self.public_https_port}"
         return f"https://{domain}{port}/"
-
-    @classmethod
-    def load(cls, config_file: Path | None = None, **overrides: Any) -> RegistrySettings:
-        """Merge a TOML file, the environment and explicit overrides (None means "not given")."""
-        from_file: dict[str, Any] = {}
-        if config_file is not None:
-            with open(config_file, "rb") as f:
-                from_file = tomllib.load(f)
-            from_file = from_file.get("registry", from_file)
-        from_env = cls()
-        merged = {
-            **from_file,
-            **{name: getattr(from_env, name) for name in from_env.model_fields_set},
-            **{name: value for name, value in overrides.items() if value is not None},
-        }
-        return cls(**merged)
