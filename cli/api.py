@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -71,7 +71,9 @@ def _unreachable(exc: httpx.TransportError) -> RegistryUnreachable:
         f"{a.url}: {f'answered {a.failure}' if isinstance(a.failure, int) else _reason(a.failure)}"
         for a in tried
     )
-    return RegistryUnreachable(f"cannot reach the registry at {where or _reason(exc)}")
+    if not where:
+        return RegistryUnreachable(f"cannot reach the registry: {_reason(exc)}")
+    return RegistryUnreachable(f"cannot reach the registry at {where}")
 
 
 def _detail(response: httpx.Response) -> str:
@@ -168,28 +170,25 @@ class RegistryClient:
     @contextmanager
     def _open(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
         """A response whose body is read as it arrives; no read timeout (a followed log may
-        stay quiet for hours)."""
+        stay quiet for hours). A connection lost while reading: RegistryUnreachable."""
         kwargs.setdefault("timeout", self._patient)
-        try:
-            with self._http.stream(method, path, **kwargs) as response:
+        with ExitStack() as stack:
+            try:
+                response = stack.enter_context(self._http.stream(method, path, **kwargs))
                 if response.status_code >= 400:
                     response.read()
-                _check(response, method)
+            except httpx.TransportError as exc:
+                raise _unreachable(exc) from exc
+            _check(response, method)
+            try:
                 yield response
-        except httpx.TransportError as exc:
-            raise _unreachable(exc) from exc
+            except httpx.TransportError as exc:
+                raise RegistryUnreachable(f"the stream broke off: {_reason(exc)}") from exc
 
     def _events(self, model: type[E], method: str, path: str, **kwargs: Any) -> Iterator[E]:
         """NDJSON objects as they arrive (blank keep-alive lines skipped)."""
         with self._open(method, path, **kwargs) as response:
-            lines = response.iter_lines()
-            while True:
-                try:
-                    line = next(lines, None)
-                except httpx.TransportError as exc:
-                    raise RegistryUnreachable(f"the stream broke off: {_reason(exc)}") from exc
-                if line is None:
-                    return
+            for line in response.iter_lines():
                 if line.strip():
                     yield self._parse_text(line, model, response)
 
