@@ -1,11 +1,12 @@
 """The frontend agent: watch the routing table, render HAProxy config, apply it, report.
 
-One reconcile loop (watch -> view model -> render -> apply -> report) and one heartbeat loop
-(report the same values, restart HAProxy if it died, retry a refused config so a fixed
-template recovers by itself). A registry outage never touches HAProxy: it keeps serving the
-last good config while we retry with jittered backoff. The last routing table applied is
-kept in state_dir/routing.json; a restarted agent adopts the running HAProxy, or starts it
-from that table, before the registry answers.
+The link to the registry (join, watch, re-watch, reports, outages) is the one both agents
+share (agent/link/session.py); this module is what is the frontend's own: each routing table
+goes view model -> render -> apply, and each heartbeat restarts HAProxy if it died and
+retries a refused config, so a fixed template recovers by itself. A registry outage never
+touches HAProxy: it keeps serving the last good config while the link retries. The last
+routing table applied is kept in state_dir/routing.json; a restarted agent adopts the
+running HAProxy, or starts it from that table, before the registry answers.
 """
 
 from __future__ import annotations
@@ -261,12 +262,13 @@ class FrontendAgent:
         """Server-set changes go through the runtime API (no reload), then the files are
         validated and swapped so a later reload keeps them; everything else, or a runtime
         update HAProxy refused, is a full seamless reload."""
-        live = self._live_view
         commands = None
         swapped = False
-        if live is not None and self.process.running():
+        if self._live_view is not None and self.process.running():
             # Certificates and ACME answers first: a renewal costs no reload.
-            live, swapped = await asyncio.to_thread(self._swap_tls_at_runtime, live, view)
+            live, swapped = await asyncio.to_thread(
+                self._swap_tls_at_runtime, self._live_view, view
+            )
             commands = runtime_commands(live, view)
         if swapped and commands == []:
             result = await asyncio.to_thread(self.applier.apply, files, reload=False)

@@ -2,6 +2,7 @@
 
 Every httpx error is translated into RegistryCallFailed here, so the agents' loops handle one
 family: `retryable` tells an outage (back off and keep serving) from a refusal (log it).
+Joining (agent/link/join.py), watching (watch.py) and reporting (reporter.py) build on it.
 
 `base_url` may list several registry replicas (comma-separated): a request that cannot reach
 one goes to the next at once (common/failover.py), and a watch resumes there with its index.
@@ -12,13 +13,11 @@ on every connection, and http:// is refused off loopback (common/registry_tls.py
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import logging
 import os
 import random
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -28,7 +27,6 @@ from pydantic import BaseModel, ValidationError
 from agent.errors import ArtifactMismatch, RegistryCallFailed
 from agent.settings import AgentSettings
 from common.failover import IDEMPOTENT, AsyncFailoverTransport, UrlRing, attempts_of
-from common.fsutil import atomic_write
 from common.names import check_host_name, check_sha256
 from common.registry_tls import RegistryTrust, async_transport
 from common.wire import (
@@ -243,86 +241,3 @@ def _parse(model: type[M], response: httpx.Response) -> M:
             f"registry sent an invalid {model.__name__} for {response.request.url.path}: {exc}",
             status=response.status_code,
         ) from exc
-
-
-def backoff_delays(
-    *, base: float = 0.5, cap: float = 15.0, rng: Callable[[], float] = random.random
-) -> Iterator[float]:
-    """Endless retry delays: doubling from `base` up to `cap`, each with 'equal jitter'
-    (half fixed, half random) so a fleet of agents does not retry in lock-step."""
-    ceiling = base
-    while True:
-        yield ceiling / 2 + rng() * ceiling / 2
-        ceiling = min(cap, ceiling * 2)
-
-
-async def join_with_retry(
-    client: RegistryClient, settings: AgentSettings, stop: asyncio.Event
-) -> bool:
-    """join_or_load_token, retried with back-off through outages; False once `stop` is set.
-    A refusal that no retry can fix (a wrong join token) raises."""
-    delays = backoff_delays()
-    logged = False
-    while not stop.is_set():
-        try:
-            await join_or_load_token(client, settings)
-            return True
-        except RegistryCallFailed as exc:
-            if not exc.retryable:
-                raise
-            if not logged:
-                log.warning("could not join the registry (will keep trying): %s", exc)
-                logged = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=next(delays))
-    return False
-
-
-async def rejoin(client: RegistryClient, settings: AgentSettings, exc: RegistryCallFailed) -> None:
-    """The registry no longer knows our host token (e.g. it was reset): join again if we
-    have a join token; a failure is left to the caller's next retry."""
-    if not settings.join_token:
-        return
-    log.warning("registry refused the host token (%s); joining again", exc)
-    settings.host_token_file.unlink(missing_ok=True)
-    with contextlib.suppress(RegistryCallFailed):
-        await join_or_load_token(client, settings)
-
-
-async def join_or_load_token(client: RegistryClient, settings: AgentSettings) -> str:
-    """The host token: read from state_dir/host-token if present, else join once and keep it.
-
-    Sets `client.token` too. The join token is needed only the first time.
-    """
-    token_file = settings.host_token_file
-    if token_file.is_file():
-        token = token_file.read_text().strip()
-        if token:
-            client.token = token
-            log.info("using the host token kept in %s", token_file)
-            return token
-    if not settings.join_token:
-        raise RegistryCallFailed(
-            f"no host token in {token_file} and no join token given; pass --join-token"
-            " (or PAAS_JOIN_TOKEN) the first time",
-            status=401,
-        )
-    joined = await client.join(
-        HostJoin(
-            name=settings.name,
-            role=settings.role,
-            address=settings.address,
-            proxy_port=settings.advertised_proxy_port,
-            labels=settings.labels,
-        ),
-        join_token=settings.join_token,
-    )
-    atomic_write(token_file, joined.token, mode=0o600)
-    client.token = joined.token
-    log.info(
-        "joined the registry as %s host %r; host token kept in %s",
-        settings.role,
-        joined.name,
-        token_file,
-    )
-    return joined.token

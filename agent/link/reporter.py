@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from agent.errors import RegistryCallFailed
 from agent.link.client import RegistryClient
+from agent.link.outage import OutageLog
 from common.wire import HostReport
-
-log = logging.getLogger(__name__)
 
 COALESCE_S = 0.01
 
@@ -27,9 +25,10 @@ class Reporter:
         host: str,
         *,
         build: Callable[[], HostReport],
-        sent: Callable[[HostReport], None],
         heartbeat_s: float,
+        sent: Callable[[HostReport], None] | None = None,
         index_seen: Callable[[int], None] | None = None,
+        before_each: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._client = client
         self._host = host
@@ -37,8 +36,12 @@ class Reporter:
         self._sent = sent  # told about every report the registry accepted
         self._heartbeat_s = heartbeat_s
         self._index_seen = index_seen  # told the registry's desired index after each report
+        self._before_each = before_each  # heartbeat duties of the agent, run before a report
         self._soon = asyncio.Event()
-        self._outage = False
+        self.outage = OutageLog(
+            "could not report to the registry (will keep trying)",
+            "reports reach the registry again",
+        )
 
     def soon(self) -> None:
         """Something changed: report it now instead of at the next heartbeat."""
@@ -51,6 +54,8 @@ class Reporter:
             if self._soon.is_set():
                 await asyncio.sleep(COALESCE_S)  # let a burst of changes settle
             self._soon.clear()
+            if self._before_each is not None:
+                await self._before_each()
             await self.send()
 
     async def send(self) -> bool:
@@ -58,14 +63,11 @@ class Reporter:
         try:
             index = await self._client.report(self._host, report)
         except RegistryCallFailed as exc:
-            if not self._outage:
-                log.warning("could not report to the registry (will keep trying): %s", exc)
-                self._outage = True
+            self.outage.failed(exc)
             return False
-        if self._outage:
-            log.info("reports reach the registry again")
-            self._outage = False
-        self._sent(report)
+        self.outage.recovered()
+        if self._sent is not None:
+            self._sent(report)
         if index is not None and self._index_seen is not None:
             self._index_seen(index)
         return True

@@ -11,10 +11,10 @@ The request carries the app's own domain as `Host`: frameworks that check it (Dj
 ALLOWED_HOSTS) answer 400 to `Host: 127.0.0.1`. Redirects are not followed (a redirect to
 the login page still means the app answers).
 
-Busy is not dead (issue 15 item 1): a refused connection means nothing listens (`refused`),
+Busy is not dead: a refused connection means nothing listens (`refused`),
 but a check that times out may only wait behind a slow request of a single-worker app
 (`timeout`); the agent then looks at the process and its socket before it calls it dead
-(agent/machine/agent.py, agent/machine/run/supervisor.py `Verdict`). The timeout is per app
+(agent/machine/checks.py, agent/machine/run/supervisor.py `Verdict`). The timeout is per app
 (DesiredInstance.health_check_timeout_s, default 5 s).
 """
 

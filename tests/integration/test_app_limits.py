@@ -22,12 +22,12 @@ import pytest
 
 from agent import procs
 from agent.machine.agent import MachineAgent
+from agent.machine.checks import InstanceChecks
 from agent.machine.health import listener_uids
 from agent.machine.run.cgroups import Cgroups, Limits
 from agent.machine.run.supervisor import Policy
 from common.wire import DesiredInstance
 from tests.conftest import short_dir
-from tests.support.isolation_support import uid_range
 from tests.integration.test_machine_agent import (
     APP_PY,
     FakeRegistry,
@@ -38,6 +38,7 @@ from tests.integration.test_machine_agent import (
     machine_settings,
     recorded_pid,
 )
+from tests.support.isolation_support import uid_range
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cgroups and app uids need root")
 
@@ -220,9 +221,13 @@ def test_a_port_taken_by_another_uid_is_not_routed(tmp_path: Path) -> None:
                 def uid_of(self, app: str) -> int:
                     return low  # the victim app's uid
 
-            agent = MachineAgent.__new__(MachineAgent)
-            agent.users = Users()  # type: ignore[assignment]
-            ok, detail = agent._listener_is_the_app("victim", port, "answered 200")
+            checks = InstanceChecks(
+                None,  # type: ignore[arg-type]  # no HTTP check here
+                Users(),  # type: ignore[arg-type]
+                worker_up_s=1.0,
+                checked=lambda: None,
+            )
+            ok, detail = checks.listener_is_the_app("victim", port, "answered 200")
             assert not ok
             assert f"listened on by uid(s) [{low + 1}]" in detail
         finally:

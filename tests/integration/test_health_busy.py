@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from agent.machine.agent import needs_restart
 from agent.machine.health import HealthChecker, listener_uids
+from agent.machine.rollout import needs_restart
 from agent.machine.run.supervisor import Policy, Supervisor
 from common.wire import DesiredInstance, RouteOptions
 

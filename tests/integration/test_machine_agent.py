@@ -531,11 +531,11 @@ def test_changed_definition_replaces_the_instance_without_a_failed_request(
                         )
                     ]
                 )
-                await registry.until("restart under way", lambda: 1 in agent._restart_to)
+                await registry.until("restart under way", lambda: 1 in agent.rollout.restart_to)
                 registry.set_desired([version("c")])
                 await registry.until("c serves", lambda: "c" in load.bodies)
-                await registry.until("restart done", lambda: 1 not in agent._restart_to)
-                await registry.until("old processes gone", lambda: agent._retiring == [])
+                await registry.until("restart done", lambda: 1 not in agent.rollout.restart_to)
+                await registry.until("old processes gone", lambda: agent.rollout.retiring == [])
                 final_pid = recorded_pid(state, 1)
                 routing = version("c").routing.model_copy(update={"max_body_mb": 5})
                 registry.set_desired([version("c", routing=routing)])
@@ -585,9 +585,9 @@ def test_failed_replacement_keeps_the_old_process_serving_and_recorded(tmp_path:
             async with Hammer(proxy_port, "hello.paas.test") as load:
                 broken = _desired(1, sha, serve=True, env=env, command="python crash.py")
                 registry.set_desired([broken])
-                await registry.until("restart under way", lambda: 1 in agent._restart_to)
-                await registry.until("restart given up", lambda: 1 not in agent._restart_to)
-                await registry.until("replacement gone", lambda: agent._retiring == [])
+                await registry.until("restart under way", lambda: 1 in agent.rollout.restart_to)
+                await registry.until("restart given up", lambda: 1 not in agent.rollout.restart_to)
+                await registry.until("replacement gone", lambda: agent.rollout.retiring == [])
                 sent = load.sent
                 await registry.until("requests after it", lambda: load.sent > sent + 10)
             assert load.failures == [], load.failures[:5]

@@ -27,7 +27,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from agent.errors import RegistryCallFailed
-from agent.link.client import RegistryClient, join_or_load_token
+from agent.link.client import RegistryClient
+from agent.link.join import join_or_load_token
 from agent.settings import AgentSettings
 from cli.local import kill_tree
 from common.registry_tls import (

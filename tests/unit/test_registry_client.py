@@ -13,7 +13,9 @@ import httpx
 import pytest
 
 from agent.errors import ArtifactMismatch, RegistryCallFailed
-from agent.link.client import RegistryClient, backoff_delays, join_or_load_token
+from agent.link.client import RegistryClient
+from agent.link.join import join_or_load_token
+from agent.link.outage import backoff_delays
 from agent.settings import AgentSettings, load_settings
 from common.wire import HostJoin, HostReport, InstanceReport
 
