@@ -344,7 +344,7 @@ def backup(
     --passphrase-file, a passphrase. Safe while the registry runs: rows come from one
     consistent snapshot.
     """
-    from controller.api.context import artifact_store_for
+    from controller.context import artifact_store_for
     from controller.store import backup as backups
 
     settings = RegistrySettings.load(config_file, state_dir=state_dir, database_url=database_url)
@@ -377,7 +377,7 @@ def restore(
     """Load a backup FILE into the registry's database (either backend); stop the registries
     first. Refuses a database that holds anything unless --force, and a file the secret key
     (or --passphrase-file) does not open."""
-    from controller.api.context import artifact_store_for
+    from controller.context import artifact_store_for
     from controller.store import backup as backups
 
     settings = RegistrySettings.load(config_file, state_dir=state_dir, database_url=database_url)

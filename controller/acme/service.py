@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from common import wire
 from controller.acme.client import AcmeFailed, AcmeIssuer, Challenge, new_account_key_pem
-from controller.api.context import Context
+from controller.context import Context
 from controller.core.certs import add_certificate, app_domain_names
 from controller.core.clock import now
 from controller.errors import Conflict, Invalid, NotFound, RegistryError

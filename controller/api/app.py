@@ -18,7 +18,6 @@ from starlette.concurrency import run_in_threadpool
 from common.names import InvalidName
 from controller.acme.service import AcmeRunner, acme_loop
 from controller.api import audit, metrics, status
-from controller.api.context import Context, build_context
 from controller.api.queries import expire_if_due
 from controller.api.request_limits import RequestLimits, RequestLimitsMiddleware
 from controller.api.routes import apps as routes_apps
@@ -32,6 +31,7 @@ from controller.api.routes import logs as routes_logs
 from controller.api.routes import routing as routes_routing
 from controller.api.routes import run as routes_run
 from controller.api.routes import tokens as routes_tokens
+from controller.context import Context, build_context
 from controller.errors import RegistryError
 from controller.settings import RegistrySettings
 from controller.store.artifact_gc import artifact_gc_loop

@@ -25,8 +25,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.names import AppName, InvalidName, check_app_name, parse_duration
 from controller.api.auth import PRINCIPAL_KEY, Principal, require_admin
-from controller.api.context import Context, get_ctx
+from controller.api.context import get_ctx
 from controller.api.metrics import route_template
+from controller.context import Context
 from controller.store.models import AuditEvent
 
 log = logging.getLogger("paas.registry")

@@ -16,7 +16,8 @@ from fastapi import Depends, Request
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from controller.api.context import Context, get_ctx
+from controller.api.context import get_ctx
+from controller.context import Context
 from controller.errors import Forbidden, Unauthorized
 from controller.store.models import Token
 

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from controller.api.context import Context
+from controller.context import Context
 from controller.core.clock import now
 from controller.core.deploys import expire_deadlines, has_overdue
 from controller.core.rollback import has_crash_loops, roll_back_crash_loops

@@ -8,7 +8,7 @@ import logging
 import httpx
 from starlette.concurrency import run_in_threadpool
 
-from controller.api.context import Context
+from controller.context import Context
 from controller.core import release_phase
 from controller.core.clock import now
 from controller.core.release_phase import PhaseResult, PhaseRun

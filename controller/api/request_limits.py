@@ -36,7 +36,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controller.api.auth import lookup
-from controller.api.context import Context
+from controller.context import Context
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 ARTIFACT_UPLOAD = re.compile(r"^/v1/artifacts/[^/]+$")

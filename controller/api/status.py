@@ -31,8 +31,9 @@ from starlette.concurrency import run_in_threadpool
 
 from controller.api.audit import recent
 from controller.api.auth import bearer, hash_token
-from controller.api.context import Context, get_ctx
+from controller.api.context import get_ctx
 from controller.api.views import app_view, host_view
+from controller.context import Context
 from controller.store.models import App, Host, Instance, Release, Token
 
 COOKIE = "paas_status"

@@ -13,7 +13,7 @@ import time
 
 from starlette.concurrency import run_in_threadpool
 
-from controller.api.context import Context
+from controller.context import Context
 from controller.core.clock import now
 from controller.core.hostloss import lost_hosts, mark_lost
 from controller.sync.liveness import Liveness, look

@@ -14,11 +14,12 @@ from common import wire
 from common.manifest import ManifestError, parse_manifest, parse_procfile, require_web
 from common.names import AppName
 from controller.api.auth import Principal, require_app_scope
-from controller.api.context import Context, get_ctx
+from controller.api.context import get_ctx
 from controller.api.queries import expire_if_due, get_app, watch
 from controller.api.release_phase import run_release_phase
 from controller.api.routes.data import delete_everywhere
 from controller.api.views import app_view, instance_view, release_view, up_frontends
+from controller.context import Context
 from controller.core.clock import now
 from controller.core.deploys import add_domains, awaits_release_phase, create_release, scale_active
 from controller.core.domains import check_claimable

@@ -13,7 +13,8 @@ from controller.api.auth import (
     require_artifact_reader,
     require_uploader,
 )
-from controller.api.context import Context, get_ctx
+from controller.api.context import get_ctx
+from controller.context import Context
 from controller.errors import NotFound, TooLarge
 from controller.store.artifacts import ArtifactStore
 

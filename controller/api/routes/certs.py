@@ -9,8 +9,9 @@ from common import wire
 from common.names import AppName, Domain, Sha256
 from controller.acme import service as acme
 from controller.api.auth import require_app_scope
-from controller.api.context import Context, get_ctx
+from controller.api.context import get_ctx
 from controller.api.queries import get_app
+from controller.context import Context
 from controller.core.certs import add_certificate, cert_view, delete_certificate, list_certificates
 from controller.core.clock import now
 from controller.store.db import bump

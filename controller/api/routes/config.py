@@ -8,9 +8,10 @@ from common import wire
 from common.manifest import Manifest
 from common.names import AppName
 from controller.api.auth import require_app_scope
-from controller.api.context import Context, get_ctx
+from controller.api.context import get_ctx
 from controller.api.queries import get_app
 from controller.api.views import REDACTED
+from controller.context import Context
 from controller.core.clock import now
 from controller.core.deploys import create_release
 from controller.errors import Invalid

@@ -23,8 +23,9 @@ from starlette.responses import StreamingResponse
 
 from common.names import AppName
 from controller.api.auth import require_app_scope
-from controller.api.context import Context, get_ctx
+from controller.api.context import get_ctx
 from controller.api.queries import get_app
+from controller.context import Context
 from controller.errors import Conflict, Invalid, NotFound, RegistryError
 from controller.store.models import Host
 from controller.sync.agent_link import AgentLink, agent_client, app_hosts, link_for, named_host

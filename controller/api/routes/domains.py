@@ -7,9 +7,10 @@ from fastapi import APIRouter, Depends, status
 from common import wire
 from common.names import AppName, Domain
 from controller.api.auth import Principal, require_app_scope
-from controller.api.context import Context, get_ctx
+from controller.api.context import get_ctx
 from controller.api.queries import get_app
 from controller.api.views import app_view
+from controller.context import Context
 from controller.core.deploys import add_domains
 from controller.core.domains import check_claimable
 from controller.errors import NotFound

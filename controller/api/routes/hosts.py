@@ -29,9 +29,11 @@ from controller.api.auth import (
     require_join,
     revoke_tokens,
 )
-from controller.api.context import Context, get_ctx
+from controller.api.context import get_ctx
 from controller.api.queries import INDEX_HEADER, get_host
+from controller.api.shared_watch import shared_watch
 from controller.api.views import desired_state, host_view, routing_table
+from controller.context import Context
 from controller.core.clock import now
 from controller.core.deploys import apply_report
 from controller.core.hostloss import refill
@@ -40,7 +42,6 @@ from controller.store.agent_keys import seal
 from controller.store.db import bump, revision
 from controller.store.models import Host, Instance
 from controller.store.secretbox import keyring_of
-from controller.sync.shared_watch import shared_watch
 
 log = logging.getLogger("paas.registry")
 

@@ -9,8 +9,9 @@ from fastapi import APIRouter, Depends
 from common import wire
 from common.names import AppName
 from controller.api.auth import require_app_scope
-from controller.api.context import Context, get_ctx
+from controller.api.context import get_ctx
 from controller.api.queries import get_app
+from controller.context import Context
 from controller.core.route_options import options_for, update_options
 from controller.store.db import bump
 

@@ -22,8 +22,9 @@ from starlette.concurrency import run_in_threadpool
 from common.names import AppName, HostName
 from common.streaming import NDJSON, ClosingStream
 from controller.api.auth import require_app_scope
-from controller.api.context import Context, get_ctx
+from controller.api.context import get_ctx
 from controller.api.queries import get_app
+from controller.context import Context
 from controller.errors import Conflict, Invalid, NotFound, RegistryError
 from controller.sync.agent_link import AgentLink, agent_client, app_hosts, link_for, named_host
 

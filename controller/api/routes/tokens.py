@@ -18,7 +18,8 @@ from sqlalchemy import func, select
 
 from common.names import AppName, Domain, check_token_name
 from controller.api.auth import Principal, issue_token_row, require_admin
-from controller.api.context import Context, get_ctx
+from controller.api.context import get_ctx
+from controller.context import Context
 from controller.core.domains import check_allowance
 from controller.errors import Conflict, NotFound
 from controller.store.models import App, Token

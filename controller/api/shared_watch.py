@@ -10,8 +10,8 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from controller.api.context import Context
 from controller.api.queries import INDEX_HEADER, current_index, expire_if_due
+from controller.context import Context
 from controller.sync.watch import parse_wait, wait_past
 
 
