@@ -37,7 +37,7 @@ class AgentSettings(PaasSettings):
 
     role: Role
     registry_url: str
-    # Issue 14: an https:// registry proves itself by a CA file or the pinned sha256 of its
+    # An https:// registry proves itself by a CA file or the pinned sha256 of its
     # certificate (common/registry_tls.py); http:// only on loopback unless the opt-in.
     registry_ca: Path | None = None
     registry_fingerprint: str | None = None
@@ -73,7 +73,7 @@ class AgentSettings(PaasSettings):
     build_memory_mb: int = Field(default=2048, ge=64)  # a venv build's memory limit
     max_instances: int = Field(default=200, ge=1, le=100_000)  # instances on this host
     release_max_mb: int = Field(default=512, ge=1, le=64 * 1024)  # unpacked release size
-    # Issue 8: the agent's own API (logs, one-off runs, /metrics) on `address`; 0 = any free
+    # The agent's own API (logs, one-off runs, /metrics) on `address`; 0 = any free
     # port (reported to the registry). Instance logs rotate at log_max_bytes, keeping log_keep.
     api_port: int = Field(default=0, ge=0, le=65535)
     log_max_bytes: int = Field(default=10 * 1024 * 1024, ge=4096)
@@ -82,19 +82,18 @@ class AgentSettings(PaasSettings):
     # A worker (a non-web Procfile process: no port, no health check) counts as healthy once
     # its process has stayed up this long.
     worker_up_s: float = Field(default=1.0, gt=0, le=300)
-    # Issue 15 item 7 (agent/machine/storage/janitor.py, agent/machine/storage/disk.py): release
-    # folders kept per app (plus
-    # those in use), unused venvs removed once this old, an app with no instance here for
-    # gone_app_s loses its folders (not its data); new releases are refused while free space
-    # is below min_free_mb or min_free_percent. disk_check_s: how often all this runs.
+    # Disk hygiene (agent/machine/storage/janitor.py, agent/machine/storage/disk.py): release
+    # folders kept per app (plus those in use), unused venvs removed once this old, an app
+    # with no instance here for gone_app_s loses its folders (not its data); new releases are
+    # refused while free space is below min_free_mb or min_free_percent. disk_check_s: how
+    # often all this runs.
     keep_releases: int = Field(default=5, ge=2, le=1000)
     venv_min_age_s: float = Field(default=600.0, ge=0)
     gone_app_s: float = Field(default=600.0, ge=0)
     min_free_mb: int = Field(default=1024, ge=0)
     min_free_percent: float = Field(default=5.0, ge=0, le=100)
     disk_check_s: float = Field(default=60.0, gt=0)
-    # Issue 15: where app builds find packages (agent/machine/build/package_index.py), for hosts
-    # behind a
+    # Where app builds find packages (agent/machine/build/package_index.py), for hosts behind a
     # mirror or offline; passed to uv and pip explicitly (builds see a clean environment).
     index_url: str | None = None
     extra_index_urls: list[str] = Field(default_factory=list)
@@ -149,7 +148,7 @@ class AgentSettings(PaasSettings):
     @field_validator("registry_url")
     @classmethod
     def _registry_url(cls, value: str) -> str:
-        """One URL, or several registry replicas comma-separated (failover, issue 8)."""
+        """One URL, or several registry replicas comma-separated (failover)."""
         if not all(u.strip().startswith(("http://", "https://")) for u in value.split(",")):
             raise ValueError(f"registry_url {value!r} must start with http:// or https://")
         return ",".join(split_urls(value))

@@ -30,16 +30,16 @@ class RegistrySettings(PaasSettings):
     domain: str = "localhost"  # the cluster domain: every app answers on <app>.<domain>
     public_https_port: int = Field(default=443, ge=1, le=65535)  # only for URLs shown to users
     max_artifact_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
-    # Issue 15 item 7 (controller/store/artifact_gc.py): artifacts no release names are removed once
+    # Artifact GC (controller/store/artifact_gc.py): artifacts no release names are removed once
     # older than the grace period (an upload waits for its release that long), checked this often.
     artifact_gc_grace_s: float = Field(default=3600, ge=0)
     artifact_gc_interval_s: float = Field(default=600, gt=0)
     deploy_timeout_s: float = Field(default=300, gt=0)
     heartbeat_ttl_s: float = Field(default=30, gt=0)
-    # Issue 5: the range the fixed per-app service ports (127.0.0.1:<port> on every host) come from.
+    # The range the fixed per-app service ports (127.0.0.1:<port> on every host) come from.
     service_port_min: int = Field(default=20000, ge=1024, le=65535)
     service_port_max: int = Field(default=29999, ge=1024, le=65535)
-    # Issue 6: ACME (http-01). No directory URL: `paas certs:auto` is refused.
+    # ACME (http-01). No directory URL: `paas certs:auto` is refused.
     acme_directory_url: str | None = None  # e.g. https://acme-v02.api.letsencrypt.org/directory
     acme_ca_bundle: Path | None = None  # CA file trusted for the directory (a test CA)
     acme_email: str | None = None  # contact of the registry's ACME account
@@ -48,9 +48,9 @@ class RegistrySettings(PaasSettings):
     acme_retry_min_s: float = Field(default=60, gt=0)  # first retry after a failure...
     acme_retry_max_s: float = Field(default=6 * 3600, gt=0)  # ...doubling up to this
     acme_publish_timeout_s: float = Field(default=30, gt=0)  # frontends must serve answers
-    # Issue 8: audit events older than this are deleted (checked every few hundred writes).
+    # Audit events older than this are deleted (checked every few hundred writes).
     audit_keep_days: float = Field(default=365, gt=0)
-    # Issue 14: limits at the registry's edge, checked before any work (docs/operations.md).
+    # Limits at the registry's edge, checked before any work (docs/operations.md).
     header_timeout_s: float = Field(default=10, gt=0)  # request line + headers must arrive
     keepalive_timeout_s: float = Field(default=5, gt=0)  # an idle kept-alive connection closes
     body_idle_timeout_s: float = Field(default=30, gt=0)  # a body that stops arriving: 408
@@ -63,12 +63,11 @@ class RegistrySettings(PaasSettings):
     max_json_bytes: int = Field(default=1024 * 1024, ge=1)  # any body but an artifact upload
     token_rate_per_s: float = Field(default=50, gt=0)  # mutating requests per token...
     token_burst: int = Field(default=200, ge=1)  # ...with this many at once
-    # Issue 14: the keyring sealing secrets at rest (controller/store/secretbox.py): PAAS_SECRET_KEY
+    # The keyring sealing secrets at rest (controller/store/secretbox.py): PAAS_SECRET_KEY
     # (its text), else this file, else <state_dir>/secret.key (made 0600 on first use).
     secret_key_file: Path | None = None
     secret_key: SecretStr | None = Field(default=None, repr=False)
-    # Issue 14: TLS on the wire (controller/server/tls_identity.py). Off loopback the registry
-    # speaks
+    # TLS on the wire (controller/server/tls_identity.py). Off loopback the registry speaks
     # HTTPS with this pair, else with a self-signed one made in <state_dir>/tls/ at first start;
     # plain HTTP there only with insecure_http (behind a TLS-terminating proxy on the host).
     tls_cert: Path | None = None
