@@ -18,6 +18,19 @@ from tests.support.pg import SKIP_REASON as PG_SKIP_REASON
 from tests.support.pg import PgServer, pg_bin, running_postgres
 
 REPO = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+TIERS = ("unit", "integration", "e2e", "system")  # a folder of tests/ each, a marker each
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with its tier, from the folder it lives in (`-m unit`, `-m 'not system'`)."""
+    for item in items:
+        try:
+            tier = item.path.resolve().relative_to(TESTS).parts[0]
+        except ValueError:
+            continue
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
 
 
 def free_port() -> int:
@@ -56,7 +69,8 @@ def _isolated_cli_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PgServer]:
-    """A throwaway PostgreSQL for the session (tests/support/pg.py); skips only without its binaries."""
+    """A throwaway PostgreSQL for the session (tests/support/pg.py); skips only without its
+    binaries."""
     if pg_bin() is None:
         pytest.skip(PG_SKIP_REASON)
     with running_postgres() as server:

@@ -19,7 +19,7 @@ from agent.proxy.render import make_environment, template_dirs
 from common.wire import RouteChallenge, RoutingTable
 from controller.acme.client import AcmeFailed, Challenge
 from controller.acme.service import is_due, retry_delay
-from controller.testing import TestRegistry, test_registry
+from tests.support.registry_app import TestRegistry, test_registry
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)

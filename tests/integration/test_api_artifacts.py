@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from controller.store.artifact_scan import SCAN_SLOTS
-from controller.testing import TestRegistry, make_artifact, sha256_of, test_registry
 from tests.support.archive_corpus import MiB, TarGz, big_file, file, many_members_targz
 from tests.support.mounts import tmpfs
+from tests.support.registry_app import TestRegistry, make_artifact, sha256_of, test_registry
 
 
 @pytest.fixture

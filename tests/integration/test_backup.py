@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from controller.cli import main as registry_cli
-from controller.testing import sha256_of, test_registry
 from tests.support.pg import PgServer
+from tests.support.registry_app import sha256_of, test_registry
 
 
 def _url(kind: str, tmp_path: Path, name: str, request: pytest.FixtureRequest) -> str | None:

@@ -25,7 +25,7 @@ from agent.procs import AppUser
 from common.manifest import ManifestError, parse_manifest
 from controller.core.placement import HostSlot, place
 from controller.store.artifact_gc import collect_artifacts
-from controller.testing import make_artifact, test_registry
+from tests.support.registry_app import make_artifact, test_registry
 
 ROOT = os.geteuid() == 0
 PROCFILE = "web: python app.py\n"

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controller.testing import make_artifact, sha256_of
+from tests.support.registry_app import make_artifact, sha256_of
 from tests.support.registry_proc import registry_process
 
 PAAS = str(Path(sys.executable).parent / "paas")

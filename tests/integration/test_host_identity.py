@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controller.testing import TestRegistry, test_registry
+from tests.support.registry_app import TestRegistry, test_registry
 from tests.support.registry_proc import registry_process
 
 PAAS = str(Path(sys.executable).parent / "paas")

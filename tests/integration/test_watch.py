@@ -12,7 +12,7 @@ import pytest
 
 from controller.errors import Invalid
 from controller.sync.watch import LocalNotifier, parse_wait, wait_past
-from controller.testing import TestRegistry, test_registry
+from tests.support.registry_app import TestRegistry, test_registry
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.testing import TestRegistry, make_artifact, sha256_of, test_registry
+from tests.support.registry_app import TestRegistry, make_artifact, sha256_of, test_registry
 
 SHA = "a" * 64
 
@@ -124,7 +124,8 @@ def test_hosts_may_fetch_artifacts_but_not_upload(reg: TestRegistry) -> None:
 
 
 def test_rejoin_issues_new_token_and_revokes_old(reg: TestRegistry) -> None:
-    """Only an admin may re-join a host that already joined (tests/integration/test_host_identity.py)."""
+    """Only an admin may re-join a host that already joined
+    (tests/integration/test_host_identity.py)."""
     old = reg.join("m1", address="127.0.0.2", port=9000)
     body = {"name": "m1", "role": "machine", "address": "127.0.0.3", "proxy_port": 9001}
     response = reg.client.post("/v1/hosts/join", json=body, headers=reg.admin)

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from controller.cli import main
 from controller.settings import RegistrySettings
-from controller.testing import test_registry
+from tests.support.registry_app import test_registry
 
 
 @pytest.mark.sqlite_only  # the embedded SQLite default

@@ -11,7 +11,7 @@ import pytest
 
 from cli.api import RegistryClient
 from cli.errors import ApiError
-from controller.testing import TestRegistry, test_registry
+from tests.support.registry_app import TestRegistry, test_registry
 
 
 @pytest.fixture

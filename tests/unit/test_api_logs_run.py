@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.testing import TestRegistry, test_registry
+from tests.support.registry_app import TestRegistry, test_registry
 
 
 @pytest.fixture

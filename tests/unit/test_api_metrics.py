@@ -7,8 +7,8 @@ import threading
 import time
 from pathlib import Path
 
-from controller.testing import TestRegistry, test_registry
 from tests.support.prom import metric
+from tests.support.registry_app import TestRegistry, test_registry
 
 
 def scrape(reg: TestRegistry) -> str:

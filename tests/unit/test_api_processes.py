@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from controller.testing import TestRegistry, test_registry
+from tests.support.registry_app import TestRegistry, test_registry
 
 FILES = {"Procfile": "web: python app.py\nworker: python w.py\n"}
 

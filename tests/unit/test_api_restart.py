@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from controller.store import schema, secretbox
-from controller.testing import test_registry
+from tests.support.registry_app import test_registry
 
 SLOW = {"Procfile": "web: python app.py\n", "paas.toml": "[app]\nhealth_timeout = 1\n"}
 

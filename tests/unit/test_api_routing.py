@@ -10,8 +10,8 @@ import pytest
 
 from cli.errors import CliError
 from cli.routing import parse_settings
-from controller.testing import TestRegistry, test_registry
 from tests.support.injection_corpus import CORPUS
+from tests.support.registry_app import TestRegistry, test_registry
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.testing import TestRegistry, make_artifact, test_registry
+from tests.support.registry_app import TestRegistry, make_artifact, test_registry
 
 FILL = {"app": "other", "version": "1", "domain": "x.example.com", "sha256": "a" * 64}
 
@@ -91,7 +91,7 @@ def test_a_deploy_token_deploys_and_rolls_back_its_app(
     reg: TestRegistry, deploy_token: str
 ) -> None:
     data = make_artifact({"Procfile": "web: python app.py\n"})
-    from controller.testing import sha256_of
+    from tests.support.registry_app import sha256_of
 
     sha = sha256_of(data)
     put = reg.client.put(f"/v1/artifacts/{sha}", content=data, headers=reg.headers(deploy_token))
@@ -184,7 +184,7 @@ def test_the_last_admin_token_cannot_be_revoked(tmp_path: Path) -> None:
 def test_a_deploy_token_cannot_download_an_artifact(reg: TestRegistry, deploy_token: str) -> None:
     """Another tenant's code, by its sha256 (seen in a log, or its own): hosts and the admin
     download artifacts, a deploy token only learns whether one is stored."""
-    from controller.testing import sha256_of
+    from tests.support.registry_app import sha256_of
 
     data = make_artifact({"Procfile": "web: python secret_code.py\n"})
     sha = sha256_of(data)

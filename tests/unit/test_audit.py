@@ -7,7 +7,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from controller.store.models import AuditEvent
-from controller.testing import test_registry
+from tests.support.registry_app import test_registry
 
 SECRET = "s3cr3t-value-that-must-not-leak"
 

@@ -18,7 +18,7 @@ from cli.plan import env_diff
 from common.manifest import Manifest
 from common.wire import RouteServer, ServiceRoute
 from controller.api.routes.config import is_secret_key
-from controller.testing import TestRegistry, test_registry
+from tests.support.registry_app import TestRegistry, test_registry
 
 SECRET = "hunter2-not-shown"
 

@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 
 from controller.store.db_artifacts import CHUNK_BYTES, DbArtifactStore
 from controller.store.models.artifacts import ArtifactChunk, StoredArtifact
-from controller.testing import TestRegistry, make_artifact, sha256_of, test_registry
 from tests.support.pg import PgServer
+from tests.support.registry_app import TestRegistry, make_artifact, sha256_of, test_registry
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 
 from common.manifest import ManifestError, parse_manifest
 from controller.core.services import DependencyError, check_dependencies, env_key, find_cycle
-from controller.testing import TestRegistry, make_artifact, test_registry
+from tests.support.registry_app import TestRegistry, make_artifact, test_registry
 
 
 def test_env_key_upper_cases_and_replaces_dashes() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from common.manifest import ManifestError, parse_manifest
-from controller.testing import TestRegistry, test_registry
+from tests.support.registry_app import TestRegistry, test_registry
 
 
 @pytest.fixture

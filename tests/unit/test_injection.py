@@ -22,8 +22,8 @@ from agent.proxy.haproxy import view as haproxy
 from agent.proxy.nginx import view as nginx
 from agent.proxy.render import default_template_dir, make_environment, template_dirs
 from common import names, wire
-from controller.testing import TestRegistry, test_registry
 from tests.support.injection_corpus import CORPUS
+from tests.support.registry_app import TestRegistry, test_registry
 
 PATHS = nginx.NginxPaths(
     pid="/var/lib/paas/nginx/nginx.pid",

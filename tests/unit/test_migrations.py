@@ -125,7 +125,7 @@ def test_clear_secrets_of_an_old_database_are_sealed_on_upgrade(
     account key in clear; after the upgrade none is left in clear and the registry reads them."""
     import json
 
-    from controller.testing import test_registry
+    from tests.support.registry_app import test_registry
 
     schema.upgrade(engine, "0009_agent_api_keys")
     secret, key_pem = "old-clear-secret-5d1e", "-----BEGIN PRIVATE KEY-----\nOLDKEYBODY\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from common.manifest import ManifestError, parse_manifest
-from controller.testing import TestRegistry, test_registry
+from tests.support.registry_app import TestRegistry, test_registry
 
 
 def _join(reg: TestRegistry, name: str, labels: dict[str, str]) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.machine.capacity import measure
-from controller.testing import TestRegistry, test_registry
+from tests.support.registry_app import TestRegistry, test_registry
 
 
 def capacity(total: int, available: int, *, cpus: int = 2, load: float = 0.1) -> dict[str, object]:

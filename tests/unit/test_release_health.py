@@ -21,7 +21,7 @@ from controller.api.queries import get_host
 from controller.core.deploys import apply_report, expire_deadlines
 from controller.core.release_health import CRASH_LOOP_S, STABLE_AFTER_S
 from controller.core.rollback import has_crash_loops, roll_back_crash_loops
-from controller.testing import TestRegistry, test_registry
+from tests.support.registry_app import TestRegistry, test_registry
 
 TIMEOUT_S = 300.0
 # The pure clock: ahead of the wall clock (so the background tick never switches or rolls back

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from common.manifest import MAX_INSTANCES, MAX_PROCESS_TYPES
-from controller.testing import TestRegistry, make_artifact, test_registry
+from tests.support.registry_app import TestRegistry, make_artifact, test_registry
 
 
 @pytest.fixture

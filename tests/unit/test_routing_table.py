@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from controller.testing import TestRegistry, test_registry
+from tests.support.registry_app import TestRegistry, test_registry
 
 
 def _servers(reg: TestRegistry, app: str) -> list[str]:

@@ -24,9 +24,9 @@ from controller.cli import main as registry_cli
 from controller.store import secretbox
 from controller.store.agent_keys import unseal
 from controller.store.backup_seal import CHUNK
-from controller.testing import TestRegistry, test_registry
 from tests.support.certgen import chain
 from tests.support.pg import PgServer
+from tests.support.registry_app import TestRegistry, test_registry
 
 SECRET = "hunter2-s3cret-VALUE-7f3a"
 PLAIN = "plain-config-value-91c2"  # every value is sealed, not only those marked secret

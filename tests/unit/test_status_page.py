@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from controller.testing import test_registry
+from tests.support.registry_app import test_registry
 
 
 def test_status_page_protection_and_content(tmp_path: Path) -> None:

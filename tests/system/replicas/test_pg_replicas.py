@@ -26,9 +26,9 @@ import pytest
 
 from agent.link.client import RegistryClient as AgentClient
 from cli.local import kill_tree
-from controller.testing import make_artifact, sha256_of
 from tests.conftest import free_port_range, free_ports, short_dir
 from tests.support.pg import PgServer
+from tests.support.registry_app import make_artifact, sha256_of
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[3]
