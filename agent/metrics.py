@@ -1,4 +1,4 @@
-"""Prometheus metrics of an agent, served by agent/machine/api/server.py at `GET /metrics`.
+"""Prometheus metrics of an agent, served by agent/api_server.py at `GET /metrics`.
 
 Counters are process-wide (one agent per process in production; tests that run several
 agents in one process compare deltas). Instances by state are read from the running agent
