@@ -1,4 +1,4 @@
-"""The schema is owned by the alembic revisions in controller/migrations/versions.
+"""The schema is owned by the alembic revisions in controller/store/migrations/versions.
 
 `upgrade` brings a database to head (`paas-registry migrate`); `pending` says what a database
 still lacks, so the registry can refuse to start on it; `differences` compares the head schema
