@@ -65,5 +65,17 @@ class OutageLog:
 
 async def sleep_or_stop(stop: asyncio.Event, delay: float) -> None:
     """Wait `delay` seconds, or less when `stop` is set meanwhile."""
+    await wait_until_set(stop, delay)
+
+
+async def wait_until_set(event: asyncio.Event, timeout: float) -> bool:
+    """Whether `event` was set within `timeout` seconds.
+
+    Not `asyncio.wait_for(event.wait(), timeout)`: on Python 3.11 it can swallow a
+    cancellation that arrives as its timeout fires, and a loop built on it then runs on
+    after its task was cancelled (an agent stopping on an error never finished stopping).
+    """
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=delay)
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    return event.is_set()

@@ -7,12 +7,11 @@ heartbeat simply tries again, so an outage never stops the agent or what it serv
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
 from agent.errors import RegistryCallFailed
 from agent.link.client import RegistryClient
-from agent.link.outage import OutageLog
+from agent.link.outage import OutageLog, wait_until_set
 from common.wire import HostReport
 
 COALESCE_S = 0.01
@@ -49,8 +48,7 @@ class Reporter:
 
     async def run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._soon.wait(), timeout=self._heartbeat_s)
+            await wait_until_set(self._soon, self._heartbeat_s)
             if self._soon.is_set():
                 await asyncio.sleep(COALESCE_S)  # let a burst of changes settle
             self._soon.clear()

@@ -22,7 +22,6 @@ disk hygiene, logs, agent API).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import httpx
 
 from agent.api_server import ApiServer
 from agent.link.client import RegistryClient
+from agent.link.outage import wait_until_set
 from agent.link.session import RegistrySession
 from agent.machine.adoption import adopt_instances
 from agent.machine.api.server import AgentApi
@@ -348,8 +348,7 @@ class MachineAgent:
     async def _tick_loop(self) -> None:
         last_nginx_check = 0.0
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._tick_timeout())
+            await wait_until_set(self._wake, self._tick_timeout())
             self._wake.clear()
             now = time.monotonic()
             for inst in list(self.instances.values()):

@@ -14,8 +14,8 @@ import pytest
 
 from agent.errors import ArtifactMismatch, RegistryCallFailed
 from agent.link.client import RegistryClient
-from agent.link.join import join_or_load_token
-from agent.link.outage import backoff_delays
+from agent.link.join import join_or_load_token, join_with_retry
+from agent.link.outage import OutageLog, backoff_delays
 from agent.settings import AgentSettings, load_settings
 from common.wire import HostJoin, HostReport, InstanceReport
 
@@ -182,6 +182,45 @@ def test_no_token_and_no_join_token_is_a_clear_error(tmp_path: Path) -> None:
             await join_or_load_token(client, settings(tmp_path))
 
     run(go())
+
+
+def test_join_retries_an_outage_and_stops_on_a_refused_join_token(tmp_path: Path) -> None:
+    """The one join both agents use: a 503 is waited out, a wrong join token (401) is not."""
+    answers = [httpx.Response(503, json={"detail": "starting"})]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.headers["authorization"] != "Bearer join-secret":
+            return httpx.Response(401, json={"detail": "unknown or revoked token"})
+        if answers:
+            return answers.pop()
+        return httpx.Response(200, json={"name": "front-1", "token": "issued-token"})
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        good = settings(tmp_path / "good", join_token="join-secret")
+        assert await join_with_retry(make_client(handler, token=None), good, stop)
+        assert good.host_token_file.read_text() == "issued-token"
+        wrong = settings(tmp_path / "wrong", join_token="wrong-token")
+        with pytest.raises(RegistryCallFailed, match="unknown or revoked token") as refused:
+            await join_with_retry(make_client(handler, token=None), wrong, stop)
+        assert refused.value.status == 401 and not wrong.host_token_file.exists()
+
+    run(go())
+    assert answers == []
+
+
+def test_outage_log_says_start_and_end_once(caplog: pytest.LogCaptureFixture) -> None:
+    outage = OutageLog("registry unreachable", "registry reachable again")
+    with caplog.at_level("INFO", logger="agent.link.outage"):
+        outage.recovered()  # no outage yet: nothing to say
+        delays = [outage.failed(RegistryCallFailed(f"try {n}")) for n in range(4)]
+        outage.recovered()
+        outage.recovered()
+    assert [r.getMessage() for r in caplog.records] == [
+        "registry unreachable: try 0",
+        "registry reachable again",
+    ]
+    assert len(delays) == 4 and all(0 < d <= 15.0 for d in delays)
 
 
 def test_backoff_grows_with_jitter_and_caps() -> None:
