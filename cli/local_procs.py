@@ -112,12 +112,14 @@ def _ourselves() -> set[int]:
 
 def processes_under(folders: Iterable[Path | str], *, tools: bool = True) -> list[Member]:
     """Live processes whose cwd or an argument lies under one of `folders`. `tools=False`
-    leaves out `paas` commands (a user's `paas local status --state-dir ...` is not part of
-    the cluster)."""
+    leaves out what a user runs there: `paas` commands and anything with a controlling
+    terminal (a shell or `less` in the state folder); the cluster's processes have none,
+    as each component starts in a session of its own."""
     marks = [os.path.realpath(f) for f in folders]
     skip = _ourselves()
     found = []
-    for proc in psutil.process_iter(["pid", "ppid", "name", "cmdline", "cwd", "status"]):
+    attrs = ["pid", "ppid", "name", "cmdline", "cwd", "status", "terminal"]
+    for proc in psutil.process_iter(attrs):
         info = proc.info
         if info["pid"] in skip or info.get("status") == psutil.STATUS_ZOMBIE:
             continue
@@ -128,7 +130,7 @@ def processes_under(folders: Iterable[Path | str], *, tools: bool = True) -> lis
             for mark in marks
         ):
             continue
-        if not tools and _program(cmdline) == CLI_PROGRAM:
+        if not tools and (info.get("terminal") or _program(cmdline) == CLI_PROGRAM):
             continue
         role = _role(info.get("name") or "", cmdline)
         ppid = info.get("ppid") or 0

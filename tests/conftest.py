@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from cli.local import LocalCluster, Ports, kill_tree, port_free
+from tests.support.clock import fake_clock  # noqa: F401  (a fixture)
+from tests.support.leaks import _watch_basetemp, pytest_sessionfinish, track  # noqa: F401
 from tests.support.pg import SKIP_REASON as PG_SKIP_REASON
 from tests.support.pg import PgServer, pg_bin, running_postgres
 
@@ -91,16 +93,17 @@ def _test_database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
 
 
 def _kill_recorded(cluster: LocalCluster) -> None:
-    """Last resort when down() failed: SIGKILL the recorded pids, and only those."""
-    for pid in cluster.running().values():
-        kill_tree(pid)
+    """Last resort when down() failed: SIGKILL every process of the cluster (found from its
+    state folder, not from possibly stale pids), and only those."""
+    for member in cluster.members():
+        kill_tree(member.pid)
 
 
 @contextlib.contextmanager
 def short_dir(prefix: str = "paas-") -> Iterator[Path]:
     """A tmp folder with a short path: HAProxy refuses unix sockets longer than 97 bytes,
     and pytest's tmp_path (/tmp/pytest-of-root/pytest-N/test_long_name0/...) gets close."""
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path = track(Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp")))  # leaks.py checks it
     try:
         yield path
     finally:

@@ -1,0 +1,49 @@
+"""How `paas local` tells its processes apart (cli/local_procs.py, cli/local.py): by folder,
+by role from the command line, and by start ticks that no clock step moves."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+
+from cli.local import _alive, free_range
+from cli.local_procs import _role, is_under, start_ticks
+
+
+def test_under_a_folder_also_once_it_was_deleted() -> None:
+    assert is_under("/tmp/p/s", "/tmp/p/s")
+    assert is_under("/tmp/p/s/machine-1/apps/x", "/tmp/p/s")
+    assert is_under("/tmp/p/s/machine-1 (deleted)", "/tmp/p/s")
+    assert not is_under("/tmp/p/s2", "/tmp/p/s")
+    assert not is_under("/tmp/p", "/tmp/p/s")
+
+
+def test_roles_from_command_lines() -> None:
+    py = "/repo/.venv/bin/python"
+    assert _role("python", (py, "/repo/.venv/bin/paas-registry", "serve")) == "registry"
+    agent = (py, "/v/bin/paas-agent", "--role", "machine", "--name", "machine-1")
+    assert _role("paas-agent", agent) == "machine-1"
+    assert _role("nginx", ("nginx: worker process",)) == "nginx"
+    assert _role("haproxy", ("/usr/sbin/haproxy", "-W", "-f", "/s/h.cfg")) == "haproxy"
+    assert _role("python3", ("python3", "app.py")) == "app"
+
+
+def test_identity_survives_a_wall_clock_step() -> None:
+    """psutil's create_time is boot time + ticks, and boot time follows the wall clock: after
+    a step of 1 s (or a slow drift across a whole second) a recorded create_time no longer
+    matches, and the old check called a live agent dead. Ticks since boot do not move."""
+    me = os.getpid()
+    ticks = start_ticks(me)
+    assert ticks is not None and ticks > 0
+    stepped = psutil.Process(me).create_time() + 1.0
+    assert not _alive(me, stepped)  # what a record without ticks got after the step
+    assert _alive(me, stepped, ticks)
+    assert not _alive(me, None, ticks + 1)  # a reused pid started at another moment
+
+
+def test_free_ranges_do_not_overlap() -> None:
+    first = free_range(50)
+    second = free_range(50, avoid=(first,))
+    assert second[1] < first[0] or second[0] > first[1]
+    assert first[1] - first[0] == 49
