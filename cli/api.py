@@ -190,21 +190,12 @@ class RegistryClient:
         with self._open(method, path, **kwargs) as response:
             for line in response.iter_lines():
                 if line.strip():
-                    yield self._parse_text(line, model, response)
+                    yield self._parse(response, model, line)
 
-    def _parse(self, response: httpx.Response, model: type[T] | Any) -> T:
+    def _parse(self, response: httpx.Response, model: type[T] | Any, text: str | None = None) -> T:
+        """The response's body (or `text`, one line of a stream) as `model`."""
         try:
-            return TypeAdapter(model).validate_json(response.content)
-        except ValidationError as exc:
-            raise ApiError(
-                f"the registry sent an unexpected answer to {response.request.url.path}: "
-                f"{exc.errors()[0].get('msg', exc)}",
-                status=response.status_code,
-            ) from exc
-
-    def _parse_text(self, text: str, model: type[T], response: httpx.Response) -> T:
-        try:
-            return TypeAdapter(model).validate_json(text)
+            return TypeAdapter(model).validate_json(response.content if text is None else text)
         except ValidationError as exc:
             raise ApiError(
                 f"the registry sent an unexpected answer to {response.request.url.path}: "

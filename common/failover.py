@@ -177,8 +177,39 @@ class _Router:
             self.log.warning("registry %s unreachable (%s); trying the next replica", url, failure)
 
 
-def _record(exc: httpx.TransportError, tried: list[Attempt]) -> None:
-    exc._paas_attempts = tried  # type: ignore[attr-defined]
+class _Trip:
+    """One request's way through the replicas: what each did, and whether to move on."""
+
+    def __init__(self, router: _Router, request: httpx.Request) -> None:
+        self.router = router
+        self.request = request
+        self.replayable = _replayable(request)  # judged before a transport may read the body
+        self.tried: list[Attempt] = []
+
+    def plan(self) -> Iterator[tuple[int, httpx.Request, bool]]:
+        return self.router.plan(self.request)
+
+    def failed(self, index: int, exc: httpx.TransportError, *, more: bool) -> bool:
+        """True: try the next replica. False: the caller re-raises `exc` (which then tells
+        `attempts_of` every replica tried)."""
+        url = self.router.ring.urls[index]
+        self.tried.append(Attempt(url, exc))
+        if more and _retry_error(self.request, exc, replayable=self.replayable):
+            self.router.moving_on(url, exc)
+            return True
+        exc._paas_attempts = self.tried  # type: ignore[attr-defined]
+        return False
+
+    def unavailable(self, index: int, response: httpx.Response, *, more: bool) -> bool:
+        """True: discard this answer and try the next replica. False: it is the answer."""
+        status = response.status_code
+        if more and _retry_status(self.request, status, replayable=self.replayable):
+            url = self.router.ring.urls[index]
+            self.tried.append(Attempt(url, status))
+            self.router.moving_on(url, status)
+            return True
+        self.router.ring.settle(index)
+        return False
 
 
 class FailoverTransport(httpx.BaseTransport):
@@ -191,27 +222,18 @@ class FailoverTransport(httpx.BaseTransport):
         self._inner = inner
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        tried: list[Attempt] = []
-        replayable = _replayable(request)  # judged before a transport may read the body
-        for index, sent, more in self._router.plan(request):
-            url = self._router.ring.urls[index]
+        trip = _Trip(self._router, request)
+        for index, sent, more in trip.plan():
             try:
                 response = self._inner.handle_request(sent)
             except httpx.TransportError as exc:
-                tried.append(Attempt(url, exc))
-                if more and _retry_error(sent, exc, replayable=replayable):
-                    self._router.moving_on(url, exc)
+                if trip.failed(index, exc, more=more):
                     continue
-                _record(exc, tried)
                 raise
-            if more and _retry_status(sent, response.status_code, replayable=replayable):
-                response.read()
-                response.close()
-                tried.append(Attempt(url, response.status_code))
-                self._router.moving_on(url, response.status_code)
-                continue
-            self._router.ring.settle(index)
-            return response
+            if not trip.unavailable(index, response, more=more):
+                return response
+            response.read()
+            response.close()
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def close(self) -> None:
@@ -232,27 +254,18 @@ class AsyncFailoverTransport(httpx.AsyncBaseTransport):
         self._inner = inner
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        tried: list[Attempt] = []
-        replayable = _replayable(request)  # judged before a transport may read the body
-        for index, sent, more in self._router.plan(request):
-            url = self._router.ring.urls[index]
+        trip = _Trip(self._router, request)
+        for index, sent, more in trip.plan():
             try:
                 response = await self._inner.handle_async_request(sent)
             except httpx.TransportError as exc:
-                tried.append(Attempt(url, exc))
-                if more and _retry_error(sent, exc, replayable=replayable):
-                    self._router.moving_on(url, exc)
+                if trip.failed(index, exc, more=more):
                     continue
-                _record(exc, tried)
                 raise
-            if more and _retry_status(sent, response.status_code, replayable=replayable):
-                await response.aread()
-                await response.aclose()
-                tried.append(Attempt(url, response.status_code))
-                self._router.moving_on(url, response.status_code)
-                continue
-            self._router.ring.settle(index)
-            return response
+            if not trip.unavailable(index, response, more=more):
+                return response
+            await response.aread()
+            await response.aclose()
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def aclose(self) -> None:

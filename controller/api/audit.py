@@ -17,13 +17,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.names import AppName, InvalidName, check_app_name, parse_duration
+from common.wire import AuditEntry
 from controller.api.auth import PRINCIPAL_KEY, Principal, require_admin
 from controller.api.context import get_ctx
 from controller.api.metrics import route_template
@@ -35,19 +35,6 @@ log = logging.getLogger("paas.registry")
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 NOT_AUDITED = frozenset({"/v1/hosts/{host}/report"})
 SUMMARY_MAX = 300
-
-
-class AuditEntry(BaseModel):
-    id: int
-    at: datetime
-    token_id: int | None
-    token_name: str | None
-    scope: str | None
-    method: str
-    route: str
-    app: str | None
-    summary: str
-    status: int
 
 
 def summary_of(scope: Scope) -> str:

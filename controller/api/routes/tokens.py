@@ -9,7 +9,6 @@ may be revoked here, but not created.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Path, Response, status
@@ -17,6 +16,7 @@ from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import func, select
 
 from common.names import AppName, Domain, check_token_name
+from common.wire import TokenCreated, TokenInfo
 from controller.api.auth import Principal, issue_token_row, require_admin
 from controller.api.context import get_ctx
 from controller.context import Context
@@ -45,20 +45,6 @@ class TokenCreate(BaseModel):
         if self.scope == "admin" and self.domains:
             raise ValueError("an admin token may claim any domain; leave domains out")
         return self
-
-
-class TokenInfo(BaseModel):
-    id: int
-    scope: str
-    name: str | None
-    app: str | None
-    host: str | None
-    domains: list[str] = Field(default_factory=list)
-    created_at: datetime
-
-
-class TokenCreated(TokenInfo):
-    token: str  # shown once; the registry keeps only its sha256
 
 
 def _info(row: Token) -> dict[str, object]:
