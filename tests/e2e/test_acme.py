@@ -31,7 +31,8 @@ from tests.e2e.helpers import REPO, logs, paas
 from tests.e2e.request_loop import RequestLoop
 from tests.support.pebble import Pebble, require_pebble, running_pebble
 
-pytestmark = pytest.mark.e2e
+# One xdist worker runs this module, in order; its fixtures start once (--dist loadgroup).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-acme")]
 APP = "acmeshop"
 DOMAIN = "shop.acme-e2e.test"
 

@@ -16,7 +16,8 @@ import pytest
 from cli.local import LocalCluster
 from tests.e2e.helpers import REPO, answer_now, https_get, logs, paas
 
-pytestmark = pytest.mark.e2e
+# One xdist worker runs this module, in order; its fixtures start once (--dist loadgroup).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-deploy")]
 HELLO = "hello.localhost"
 
 

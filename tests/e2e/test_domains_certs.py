@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from cli.local import LocalCluster
-from tests.support.certgen import chain
 from tests.e2e.helpers import REPO, logs, paas
+from tests.support.certgen import chain
 
-pytestmark = pytest.mark.e2e
+# One xdist worker runs this module, in order; its fixtures start once (--dist loadgroup).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-domains-certs")]
 APP = "shopfront"
 DOMAIN = "shop.example.test"
 

@@ -26,7 +26,8 @@ from cli.local import LocalCluster
 from common.agent_auth import api_key, authorization
 from tests.conftest import running_cluster, short_dir
 
-pytestmark = pytest.mark.e2e
+# One xdist worker runs this module, in order; its fixtures start once (--dist loadgroup).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-local-secrets")]
 
 NOBODY = 65534
 

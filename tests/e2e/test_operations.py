@@ -22,7 +22,8 @@ from cli.local import LocalCluster
 from tests.e2e.helpers import PAAS, REPO, https_get, logs, paas
 from tests.support.prom import metric
 
-pytestmark = pytest.mark.e2e
+# One xdist worker runs this module, in order; its fixtures start once (--dist loadgroup).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-operations")]
 APP = "ops"
 OTHER = "ops-other"
 

@@ -21,7 +21,8 @@ import pytest
 from cli.local import LocalCluster
 from tests.e2e.helpers import https_get, logs, paas
 
-pytestmark = pytest.mark.e2e
+# One xdist worker runs this module, in order; its fixtures start once (--dist loadgroup).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-passthrough")]
 APP = "passthrough"
 HOST = f"{APP}.localhost"
 SOURCE = Path(__file__).parent / "apps" / "passthrough"

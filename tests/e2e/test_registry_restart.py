@@ -24,7 +24,8 @@ from tests.conftest import running_cluster, short_dir
 from tests.e2e.helpers import PAAS, REPO, answer_now, logs, paas
 from tests.e2e.request_loop import RequestLoop
 
-pytestmark = pytest.mark.e2e
+# One xdist worker runs this module, in order; its fixtures start once (--dist loadgroup).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-registry-restart")]
 APP = "restart"
 HOST = f"{APP}.localhost"
 

@@ -25,7 +25,8 @@ from tests.e2e.helpers import REPO, answer_now, logs, paas
 from tests.e2e.request_loop import RequestLoop
 from tests.support.mounts import tmpfs
 
-pytestmark = pytest.mark.e2e
+# One xdist worker runs this module, in order; its fixtures start once (--dist loadgroup).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-release-faults")]
 APP = "faults"
 HOST = f"{APP}.localhost"
 HEALTH_TIMEOUT_S = 3  # keeps the "health check never passes" case short

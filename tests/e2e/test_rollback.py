@@ -13,7 +13,8 @@ from cli.local import LocalCluster
 from tests.e2e.helpers import REPO, answer_now, logs, paas
 from tests.e2e.request_loop import RequestLoop
 
-pytestmark = pytest.mark.e2e
+# One xdist worker runs this module, in order; its fixtures start once (--dist loadgroup).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-rollback")]
 APP = "rollme"
 HOST = f"{APP}.localhost"
 

@@ -21,7 +21,8 @@ from cli.local import LocalCluster
 from tests.e2e.helpers import https_get, logs, paas
 from tests.integration.test_thirdparty import _wheel
 
-pytestmark = pytest.mark.e2e
+# One xdist worker runs this module, in order; its fixtures start once (--dist loadgroup).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-thirdparty")]
 APP = "thirdparty"
 HOST = f"{APP}.localhost"
 

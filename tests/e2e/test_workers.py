@@ -21,7 +21,8 @@ from tests.conftest import short_dir
 from tests.e2e.helpers import REPO, answer_now, logs, paas
 from tests.e2e.request_loop import RequestLoop
 
-pytestmark = pytest.mark.e2e
+# One xdist worker runs this module, in order; its fixtures start once (--dist loadgroup).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-workers")]
 APP = "workers"
 HOST = f"{APP}.localhost"
 

@@ -1,1 +1,2 @@
-"""Whole systems: several hosts in network namespaces, the host image under systemd, registry replicas."""
+"""Whole systems: several hosts in network namespaces, the host image under systemd,
+registry replicas."""

@@ -35,6 +35,9 @@ from tests.support.archive_corpus import (
     tree_of,
 )
 
+# One xdist worker runs the corpus once for every case (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("ami-debian-python")
+
 needs_debian_python = pytest.mark.skipif(
     not DEBIAN_PYTHON.exists(),
     reason=f"{DEBIAN_PYTHON} (Debian 12's own Python 3.11.2, the host image's) is not installed",

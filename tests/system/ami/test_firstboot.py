@@ -12,8 +12,8 @@ from types import ModuleType
 import pytest
 
 from agent.settings import load_settings
-from tests.system.ami.fake_imds import endpoint, fake_imds
 from tests.conftest import free_port
+from tests.system.ami.fake_imds import endpoint, fake_imds
 
 SCRIPT = Path(__file__).resolve().parents[3] / "ami" / "files" / "paas_firstboot.py"
 JOIN = "Hnu88MajdDjKoVUG9Ar5VC8kaZAcNODaRpaDGnTAJsI"

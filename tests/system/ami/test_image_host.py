@@ -22,13 +22,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import short_dir
 from tests.system.ami import rootfs
 from tests.system.ami.fake_imds import endpoint, fake_imds
 from tests.system.ami.image_host import REPO, UPLOAD, ImageHost
 from tests.system.ami.netns import Link, free_port_on, veth_namespace
 from tests.system.ami.tools import require
 from tests.system.ami.units import Unit
-from tests.conftest import short_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 

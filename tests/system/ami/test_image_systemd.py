@@ -27,13 +27,13 @@ import httpx
 import psutil
 import pytest
 
+from tests.conftest import short_dir
 from tests.system.ami import rootfs
 from tests.system.ami.fake_imds import endpoint, fake_imds
 from tests.system.ami.image_host import REPO, UPLOAD, ImageHost
 from tests.system.ami.netns import Link, veth_namespace
 from tests.system.ami.systemd_boot import BootedHost, mask_for_container
 from tests.system.ami.tools import require
-from tests.conftest import short_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -20,7 +20,8 @@ from tests.system.multihost.cluster import BIN, FRONTEND, REGISTRY, MultiHostClu
 from tests.system.multihost.net import Network, test_network
 from tests.system.multihost.traffic import Loop, answering_hosts
 
-pytestmark = pytest.mark.e2e
+# One xdist worker runs these tests, in order, on one cluster (--dist loadgroup).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("system-multihost")]
 APP = "spread"
 MACHINES = ["m1", "m2", "m3"]
 APP_PY = """\

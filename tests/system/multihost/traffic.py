@@ -1,5 +1,6 @@
-"""Requests through the frontend: one-off ones, and the shared steady loop (tests/support/request_loop.py)
-that records which host answered each request and every failure with the time it happened."""
+"""Requests through the frontend: one-off ones, and the shared steady loop
+(tests/support/request_loop.py) that records which host answered each request and every
+failure with the time it happened."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from collections import Counter
 
 import httpx
 
-from tests.system.multihost.cluster import MultiHostCluster
 from tests.support.request_loop import RequestLoop
+from tests.system.multihost.cluster import MultiHostCluster
 
 
 def get(cluster: MultiHostCluster, app: str, path: str = "/") -> httpx.Response:

@@ -30,6 +30,9 @@ from tests.conftest import free_port_range, free_ports, short_dir
 from tests.support.pg import PgServer
 from tests.support.registry_app import make_artifact, sha256_of
 
+# One xdist worker: the replicas share its PostgreSQL server (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("system-replicas")
+
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[3]
 
