@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -17,11 +18,13 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from agent.link.client import RegistryClient as AgentClient
@@ -86,7 +89,17 @@ class Replicas:
         )
         log.close()
 
-    def start_registry(self, i: int) -> None:
+    def start_registries(self, *, at_once: bool) -> None:
+        """Every replica; `at_once`: all started before waiting for any (whichever leads),
+        else one after the other, so the first one started is the leader."""
+        for i in range(len(self.ports)):
+            self.spawn_registry(i)
+            if not at_once:
+                self.wait_registry(i)
+        for i in range(len(self.ports)):
+            self.wait_registry(i)
+
+    def spawn_registry(self, i: int) -> None:
         self.start(
             f"registry{i}",
             [
@@ -99,6 +112,8 @@ class Replicas:
             ],
             env=self.registry_env(),
         )  # fmt: skip
+
+    def wait_registry(self, i: int) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert self.procs[f"registry{i}"].poll() is None, self.logs()
@@ -140,17 +155,45 @@ class Replicas:
         return {"Authorization": f"Bearer {token or self.admin}"}
 
 
-@pytest.fixture
-def replicas(postgres: PgServer) -> Iterator[Replicas]:
+@pytest.fixture(scope="module")
+def migrated(postgres: PgServer) -> str:
+    """A database migrated by `paas-registry migrate` once, the template of each test's own."""
+    template = f"rep_template_{os.getpid()}"
+    with psycopg.connect(_dsn(postgres), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{template}"')
+    done = subprocess.run(
+        [str(BIN / "paas-registry"), "migrate", "--database-url", postgres.url(template)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_child_env(),
+    )
+    assert done.returncode == 0 and "applied" in done.stdout, done.stdout + done.stderr
+    return template
+
+
+def _dsn(postgres: PgServer) -> str:
+    return f"host=127.0.0.1 port={postgres.port} user=postgres dbname=postgres"
+
+
+def _fresh_database(postgres: PgServer, template: str) -> str:
+    """A new database, a copy of the migrated template (PostgreSQL copies it in one step)."""
+    name = f"rep_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(_dsn(postgres), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    return postgres.url(name)
+
+
+@contextlib.contextmanager
+def _running_replicas(postgres: PgServer, template: str, *, at_once: bool) -> Iterator[Replicas]:
     with short_dir("paas-rep-") as root:
         group = Replicas(
             root=root,
-            db_url=postgres.new_database("rep"),
+            db_url=_fresh_database(postgres, template),
             ports=free_ports(2),
             service_ports=free_port_range(),
         )
         try:
-            assert "applied" in group.run("migrate", "--database-url", group.db_url)
             tokens = json.loads(
                 group.run(
                     "init", "--json", "--database-url", group.db_url,
@@ -158,11 +201,24 @@ def replicas(postgres: PgServer) -> Iterator[Replicas]:
                 )
             )  # fmt: skip
             group.admin, group.join = tokens["admin_token"], tokens["join_token"]
-            group.start_registry(0)
-            group.start_registry(1)
+            group.start_registries(at_once=at_once)
             yield group
         finally:
             group.stop_all()
+
+
+@pytest.fixture
+def replicas(postgres: PgServer, migrated: str) -> Iterator[Replicas]:
+    """Two replicas of the test's own, for the tests that kill one; the first one leads."""
+    with _running_replicas(postgres, migrated, at_once=False) as group:
+        yield group
+
+
+@pytest.fixture(scope="module")
+def shared_replicas(postgres: PgServer, migrated: str) -> Iterator[Replicas]:
+    """Two replicas for the tests that only read and write through them (distinct apps)."""
+    with _running_replicas(postgres, migrated, at_once=True) as group:
+        yield group
 
 
 def _leaders(group: Replicas) -> list[str]:
@@ -173,7 +229,8 @@ def _log(group: Replicas, name: str) -> str:
     return (group.root / f"{name}.log").read_text(errors="replace")
 
 
-def test_watch_on_a_wakes_for_a_change_through_b(replicas: Replicas) -> None:
+def test_watch_on_a_wakes_for_a_change_through_b(shared_replicas: Replicas) -> None:
+    replicas = shared_replicas
     a, b = replicas.url(0), replicas.url(1)
     joined = httpx.post(
         f"{b}/v1/hosts/join",
@@ -272,9 +329,10 @@ def test_one_leader_and_takeover(replicas: Replicas) -> None:
     assert "is now the leader" in _log(replicas, other), replicas.logs()
 
 
-def test_concurrent_writes_through_both_replicas_lose_nothing(replicas: Replicas) -> None:
+def test_concurrent_writes_through_both_replicas_lose_nothing(shared_replicas: Replicas) -> None:
     """Release versions are a read-modify-write: 2 x 10 deploys of one app in parallel through
     both replicas must give versions 1..20 exactly once (the revision row lock)."""
+    replicas = shared_replicas
     data = make_artifact({"Procfile": "web: python app.py\n"})
     sha = sha256_of(data)
     with httpx.Client(headers=replicas.headers(), timeout=30) as http:
