@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 APT     := DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: setup system-packages demo stop test lint bench
+.PHONY: setup system-packages demo stop test test-fast lint bench
 
 setup: system-packages $(STAMP)
 
@@ -41,8 +41,18 @@ demo: setup
 stop:
 	@if [ -x $(BIN)/paas ]; then $(BIN)/paas local down; else echo "nothing to stop"; fi
 
+# Tests run in parallel workers (pytest-xdist); most wait on processes, so more workers than
+# cores pay. Tests that must not run beside each other share an xdist_group (--dist loadgroup).
+TEST_WORKERS ?= 4
+PYTEST_PAR   := $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
+# Every tier: unit, integration, e2e, system (tests/*; markers of the same names).
 test: setup
-	$(BIN)/pytest -q
+	$(PYTEST_PAR)
+
+# The unit and integration tiers only, for the edit-test loop.
+test-fast: setup
+	$(PYTEST_PAR) tests/unit tests/integration
 
 # Style, types ([tool.mypy]) and the layer rules ([tool.importlinter]) in pyproject.toml.
 lint: setup

@@ -1,13 +1,20 @@
 """Helpers for tests of the registry: a real app on a temporary SQLite, tokens and artifacts.
 
-Lives in the package (not in a conftest) so the agent and CLI tests can start a registry too.
+Lives in tests/support (not in a conftest) so the agent and CLI tests can start a registry too.
+A fresh SQLite registry starts from a copy of one database migrated once per test process
+(`_migrated_template`): the same file a first start makes, without replaying every migration
+in every test (the migrations have their own tests, tests/unit/test_migrations.py).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
+import os
+import shutil
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +26,8 @@ from fastapi.testclient import TestClient
 from controller.api.app import create_app
 from controller.api.auth import issue_token
 from controller.settings import RegistrySettings
+from controller.store import secretbox
+from controller.store.db import Database
 
 DEFAULT_FILES = {"Procfile": "web: python app.py\n", "paas.toml": "min_healthy_s = 0\n"}
 
@@ -93,6 +102,7 @@ class TestRegistry:
 def test_registry(state_dir: Path, **overrides: Any) -> Iterator[TestRegistry]:
     """A registry app on `state_dir` with fresh admin and join tokens, lifespan running."""
     settings = RegistrySettings(state_dir=state_dir, **overrides)
+    _start_from_template(settings)
     app = create_app(settings)
     db = app.state.ctx.db
     with db.write() as session:
@@ -103,6 +113,36 @@ def test_registry(state_dir: Path, **overrides: Any) -> Iterator[TestRegistry]:
 
 
 test_registry.__test__ = False  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _migrated_template() -> Path:
+    """An empty registry.db at the head revision, made the way a first start makes it."""
+    folder = Path(tempfile.mkdtemp(prefix="paas-registry-template-"))
+    settings = RegistrySettings(state_dir=folder)
+    db = Database(settings.db_url)
+    secretbox.attach(db.engine, settings.keyring())
+    try:
+        db.prepare(migrate=True)
+    finally:
+        db.dispose()  # the last connection checkpoints the WAL into the file
+    return folder / "registry.db"
+
+
+def _start_from_template(settings: RegistrySettings) -> None:
+    """A new embedded registry's database is the migrated template (mode 0600, as created);
+    an existing database, a PostgreSQL URL or no migration at start is left to the registry."""
+    target = settings.state_dir / "registry.db"
+    if settings.database_url is not None or not settings.migrates_on_start:
+        return
+    if any(target.with_name(target.name + side).exists() for side in ("", "-wal", "-journal")):
+        return
+    template = _migrated_template()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}")
+    shutil.copyfile(template, partial)
+    os.chmod(partial, 0o600)
+    os.rename(partial, target)
 
 
 def sha256_of(data: bytes) -> str:

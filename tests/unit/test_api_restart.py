@@ -7,30 +7,29 @@ Each "restart" closes one registry app and builds a new one on the same SQLite f
 from __future__ import annotations
 
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from controller.store import schema, secretbox
+from tests.support.clock import FakeClock
 from tests.support.registry_app import test_registry
 
 SLOW = {"Procfile": "web: python app.py\n", "paas.toml": "[app]\nhealth_timeout = 1\n"}
 
 
-@pytest.mark.sqlite_only  # SQLite file / sub-second restart timing
-def test_deploy_keeps_its_deadline_across_a_restart(tmp_path: Path) -> None:
+@pytest.mark.sqlite_only  # SQLite file
+def test_deploy_keeps_its_deadline_across_a_restart(tmp_path: Path, fake_clock: FakeClock) -> None:
     with test_registry(tmp_path, deploy_timeout_s=0.2) as reg:
         token = reg.join("m1")
         reg.create_app("shop")
         [iid] = [i["id"] for i in reg.deploy("shop", SLOW)["instances"]]
         reg.report("m1", token, instances=[{"id": iid, "state": "starting", "port": 5001}])
-        started = time.monotonic()
-    time.sleep(0.8)
+    fake_clock.advance(0.8)
     with test_registry(tmp_path, deploy_timeout_s=0.2) as reg:
         assert reg.release("shop", 1)["status"] == "deploying"  # not failed by the restart
-        time.sleep(max(0.0, started + 1.3 - time.monotonic()))
+        fake_clock.advance(0.5)
         got = reg.release("shop", 1)  # 1.2 s after it was created, not after the restart
         assert got["status"] == "failed", got
         assert "did not become healthy within 1.2 s (stuck at starting)" in got["error"]
