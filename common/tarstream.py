@@ -108,7 +108,8 @@ class _CheckedTarInfo(tarfile.TarInfo):
                 f"archive entry {self.name!r} has an extended header of {self.size} bytes,"
                 f" more than the limit of {_amount(MAX_HEADER_BYTES)}"
             )
-        return super()._proc_member(tar)  # type: ignore[misc]
+        member: tarfile.TarInfo = super()._proc_member(tar)  # type: ignore[misc]
+        return member
 
 
 READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, RecursionError)

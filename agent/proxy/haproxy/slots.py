@@ -29,6 +29,10 @@ class ServerView:
         return self.host is not None
 
 
+def _key(server: ServerView) -> tuple[str | None, str]:
+    return server.host, server.endpoint
+
+
 def empty_slot(number: int) -> ServerView:
     return ServerView(name=f"s{number}", endpoint=f"{EMPTY_ADDRESS}:{EMPTY_PORT}")
 
@@ -45,12 +49,11 @@ def assign_slots(
     before = list(previous or ())
     size = slot_count(len(wanted), len(before))
     slots: list[ServerView | None] = [None] * size
-    key = lambda s: (s.host, s.endpoint)  # noqa: E731
     waiting = list(wanted)
     for number, old in enumerate(before[:size]):
         if not old.filled:
             continue
-        match = next((w for w in waiting if key(w) == key(old)), None)
+        match = next((w for w in waiting if _key(w) == _key(old)), None)
         if match is not None:
             slots[number] = match
             waiting.remove(match)
