@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from cli.local import LocalCluster, Ports, kill_tree, port_free
+from tests.support import xdist_groups
 from tests.support.clock import fake_clock  # noqa: F401  (a fixture)
 from tests.support.leaks import _watch_basetemp, pytest_sessionfinish, track  # noqa: F401
 from tests.support.pg import SKIP_REASON as PG_SKIP_REASON
@@ -22,8 +23,22 @@ from tests.support.pg import PgServer, pg_bin, running_postgres
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 TIERS = ("unit", "integration", "e2e", "system")  # a folder of tests/ each, a marker each
+# Integration tests that measure time limits and connection caps of a real registry: under
+# pytest-xdist one worker runs them one after another, so they do not load each other.
+TIMED = (
+    "test_api_artifacts.py",
+    "test_edge_attacks.py",
+    "test_registry_shutdown.py",
+    "test_registry_stall.py",
+)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.pluginmanager.is_registered(xdist_groups):
+        config.pluginmanager.register(xdist_groups, "paas-xdist-groups")
+
+
+@pytest.hookimpl(tryfirst=True)  # before the groups are read (tests/support/xdist_groups.py)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test with its tier, from the folder it lives in (`-m unit`, `-m 'not system'`)."""
     for item in items:
@@ -33,6 +48,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         if tier in TIERS:
             item.add_marker(getattr(pytest.mark, tier))
+        if tier == "integration" and item.path.name in TIMED:
+            item.add_marker(pytest.mark.xdist_group("integration-timed"))
 
 
 def free_port() -> int:
