@@ -1,7 +1,7 @@
 """`paas-registry backup` / `restore`: a round trip through the portable file, on SQLite and on
 PostgreSQL and across them, sealed with the registry's key (its key file copied to the target)
 or a passphrase; restore refuses a non-empty database unless --force. What a backup must not
-hold in clear, and wrong keys: tests/unit/test_secrets_at_rest.py."""
+hold in clear, and wrong keys: tests/integration/test_secrets_at_rest.py."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Lives in tests/support (not in a conftest) so the agent and CLI tests can start a registry too.
 A fresh SQLite registry starts from a copy of one database migrated once per test process
 (`_migrated_template`): the same file a first start makes, without replaying every migration
-in every test (the migrations have their own tests, tests/unit/test_migrations.py).
+in every test (the migrations have their own tests, tests/integration/test_migrations.py).
 """
 
 from __future__ import annotations
