@@ -16,7 +16,7 @@ except ImportError:  # an older pytest: xdist's own suffix works there
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if coerce_node_id is None or not config.getvalue("loadgroup"):
+    if coerce_node_id is None or not getattr(config.option, "loadgroup", False):  # xdist worker
         return
     for item in items:
         names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))

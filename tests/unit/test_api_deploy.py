@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.clock import FakeClock
 from tests.support.registry_app import TestRegistry, make_artifact, test_registry
 
 
@@ -249,7 +249,7 @@ def test_no_machine_host_fails_at_once(reg: TestRegistry) -> None:
     assert release["error"] == "no machine host is up to run it"
 
 
-def test_deploy_deadline(tmp_path: Path) -> None:
+def test_deploy_deadline(tmp_path: Path, fake_clock: FakeClock) -> None:
     """The deadline is the registry's install allowance plus the release's health timeout."""
     with test_registry(tmp_path, deploy_timeout_s=0.2) as reg:
         token = reg.join("m1")
@@ -263,7 +263,7 @@ def test_deploy_deadline(tmp_path: Path) -> None:
             token,
             instances=[{"id": iid, "state": "starting", "port": 5001, "error": "HTTP 500"}],
         )
-        time.sleep(1.3)
+        fake_clock.advance(1.3)
         got = reg.release("hello", 1)
         assert got["status"] == "failed"
         assert "did not become healthy within 1.2 s (stuck at starting)\nHTTP 500" in got["error"]
