@@ -15,6 +15,8 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from tests.system.netlock import claiming_a_subnet
+
 BENCH_NET = ipaddress.ip_network("198.18.0.0/15")
 
 
@@ -64,13 +66,14 @@ def veth_namespace(tag: str) -> Iterator[Link]:
     """`tag` keeps names unique per test run (interface names are at most 15 bytes)."""
     suffix = f"{tag}{os.getpid() % 100000}"
     netns, host_if, ns_if = f"paas-{suffix}", f"pa{suffix}h", f"pa{suffix}n"
-    subnet = _free_subnet()
-    host_addr, ns_addr = (str(subnet.network_address + n) for n in (1, 2))
     try:
         _ip("netns", "add", netns)
         _ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
         _ip("link", "set", ns_if, "netns", netns)
-        _ip("addr", "add", f"{host_addr}/30", "dev", host_if)
+        with claiming_a_subnet():  # free until its address is on our link
+            subnet = _free_subnet()
+            host_addr, ns_addr = (str(subnet.network_address + n) for n in (1, 2))
+            _ip("addr", "add", f"{host_addr}/30", "dev", host_if)
         _ip("link", "set", host_if, "up")
         _ip("-n", netns, "addr", "add", f"{ns_addr}/30", "dev", ns_if)
         _ip("-n", netns, "link", "set", ns_if, "up")

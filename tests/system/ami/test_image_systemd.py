@@ -185,6 +185,8 @@ def _download_gunicorn(target: Path) -> Path:
 def _gunicorn_app(folder: Path) -> Path:
     folder.mkdir()
     (folder / "Procfile").write_text("web: gunicorn --bind 127.0.0.1:$PORT --workers 2 app:app\n")
+    # No health window (the default is 10 s): the redeploys check adoption, not the window.
+    (folder / "paas.toml").write_text(f'[app]\nname = "{APP}"\nmin_healthy_s = 0\n')
     (folder / "requirements.txt").write_text(
         f"--no-index\n--find-links {TEST_WHEELS}\ngunicorn>=22\n"
     )

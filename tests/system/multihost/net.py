@@ -19,6 +19,8 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from tests.system.netlock import claiming_a_subnet
+
 TEST_NET = ipaddress.ip_network("198.18.0.0/15")
 
 
@@ -125,13 +127,14 @@ def _free_subnet(prefix: int = 24) -> ipaddress.IPv4Network:
 def bridged_network(names: Sequence[str]) -> Iterator[Network]:
     tag = f"{os.getpid() % 100000}"
     bridge = f"pb{tag}"
-    subnet = _free_subnet()
-    hosts = list(subnet.hosts())
-    network = Network(kind="netns", gateway=str(hosts[0]))
     created: list[tuple[str, str]] = []  # (netns, root-side link)
     try:
         ip("link", "add", bridge, "type", "bridge")
-        ip("addr", "add", f"{hosts[0]}/{subnet.prefixlen}", "dev", bridge)
+        with claiming_a_subnet():  # free until its address is on our bridge
+            subnet = _free_subnet()
+            hosts = list(subnet.hosts())
+            ip("addr", "add", f"{hosts[0]}/{subnet.prefixlen}", "dev", bridge)
+        network = Network(kind="netns", gateway=str(hosts[0]))
         ip("link", "set", bridge, "up")
         for number, name in enumerate(names, start=1):
             netns, outer, inner = f"pn{tag}-{number}", f"pv{tag}h{number}", f"pv{tag}n{number}"
