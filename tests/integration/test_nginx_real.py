@@ -17,9 +17,10 @@ import pytest
 
 from agent.proxy.config_apply import ConfigApplier
 from agent.proxy.nginx import view as nginx
-from agent.proxy.nginx.process import NginxProcess, default_worker_user
+from agent.proxy.nginx.process import NginxProcess
 from agent.proxy.render import default_template_dir, make_environment
 from common.wire import DesiredInstance
+from tests.support.proxies import running_nginx, web_instance
 
 
 def _free_port() -> int:
@@ -59,18 +60,7 @@ def _backend(name: str) -> tuple[ThreadingHTTPServer, int]:
 
 
 def _inst(iid: int, app: str) -> DesiredInstance:
-    return DesiredInstance(
-        id=iid,
-        app=app,
-        release=1,
-        process="web",
-        command="true",
-        artifact_sha256="b" * 64,
-        env={},
-        health_path="/",
-        domains=[f"{app}.paas.test", f"*.{app}.example.com"],
-        serve=True,
-    )
+    return web_instance(iid, app, domains=[f"{app}.paas.test", f"*.{app}.example.com"])
 
 
 @pytest.fixture
@@ -86,15 +76,8 @@ def backends() -> Iterator[dict[str, int]]:
 
 @pytest.fixture
 def proxy(tmp_path: Path) -> Iterator[tuple[NginxProcess, ConfigApplier, int]]:
-    process = NginxProcess(tmp_path / "nginx", worker_user=default_worker_user())
-    process.prepare()
-    applier = ConfigApplier(
-        process.conf_dir, nginx.MAIN_FILE, validate=process.validate, reload=process.reload
-    )
-    try:
-        yield process, applier, _free_port()
-    finally:
-        process.stop(grace_s=5.0)
+    with running_nginx(tmp_path) as live:
+        yield live
 
 
 def _get(port: int, host: str, **headers: str) -> httpx.Response:

@@ -31,10 +31,11 @@ from agent.proxy.haproxy import view as haproxy
 from agent.proxy.haproxy.process import HaproxyProcess
 from agent.proxy.haproxy.runtime import admin_command
 from agent.proxy.nginx import view as nginx
-from agent.proxy.nginx.process import NginxProcess, default_worker_user
+from agent.proxy.nginx.process import NginxProcess
 from agent.proxy.render import make_environment, template_dirs
 from common.wire import DesiredInstance, RouteApp, RouteServer, RoutingTable, ServiceRoute
 from tests.conftest import free_port, free_ports
+from tests.support.proxies import running_nginx, web_instance
 
 FRONTEND = "127.0.0.5"
 MACHINE = "127.0.0.7"
@@ -104,31 +105,13 @@ def echo_app() -> Iterator[EchoApp]:
 
 
 def _inst(iid: int, app: str) -> DesiredInstance:
-    return DesiredInstance(
-        id=iid,
-        app=app,
-        release=1,
-        process="web",
-        command="true",
-        artifact_sha256="b" * 64,
-        env={},
-        health_path="/healthz",
-        domains=[f"{app}.paas.test"],
-        serve=True,
-    )
+    return web_instance(iid, app, health_path="/healthz")
 
 
 @pytest.fixture
 def machine_nginx(tmp_path: Path) -> Iterator[tuple[NginxProcess, ConfigApplier, int]]:
-    process = NginxProcess(tmp_path / "nginx", worker_user=default_worker_user())
-    process.prepare()
-    applier = ConfigApplier(
-        process.conf_dir, nginx.MAIN_FILE, validate=process.validate, reload=process.reload
-    )
-    try:
-        yield process, applier, free_port()
-    finally:
-        process.stop(grace_s=5.0)
+    with running_nginx(tmp_path) as live:
+        yield live
 
 
 def get_from(source: str, port: int, host: str, path: str = "/", **headers: str) -> httpx.Response:

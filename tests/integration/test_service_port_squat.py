@@ -29,6 +29,7 @@ from agent.proxy.render import make_environment, template_dirs
 from agent.settings import AgentSettings
 from common.wire import DesiredInstance, DesiredState, RouteServer, ServiceRoute
 from tests.conftest import free_ports
+from tests.support.proxies import web_instance
 
 NOBODY = 65534
 SQUATTER = """
@@ -127,18 +128,7 @@ def _wait_until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
 
 
 def _inst(iid: int, app: str) -> DesiredInstance:
-    return DesiredInstance(
-        id=iid,
-        app=app,
-        release=1,
-        process="web",
-        command="true",
-        artifact_sha256="b" * 64,
-        env={},
-        health_path="/",
-        domains=[f"{app}.paas.test"],
-        serve=True,
-    )
+    return web_instance(iid, app)
 
 
 @pytest.fixture

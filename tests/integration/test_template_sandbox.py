@@ -25,7 +25,7 @@ from agent.machine.proxy import MachineProxy
 from agent.proxy.config_apply import ConfigApplier
 from agent.proxy.haproxy import view as haproxy
 from agent.proxy.nginx import view as nginx
-from agent.proxy.nginx.process import NginxProcess, default_worker_user
+from agent.proxy.nginx.process import NginxProcess
 from agent.proxy.render import (
     UnsafeTemplates,
     default_template_dir,
@@ -36,6 +36,7 @@ from agent.proxy.render import (
 from agent.settings import AgentSettings
 from common.wire import DesiredInstance, DesiredState, RoutingTable
 from tests.conftest import free_port
+from tests.support.proxies import running_nginx, web_instance
 
 NOBODY = 65534
 
@@ -65,18 +66,7 @@ def _view() -> nginx.NginxView:
 
 
 def _inst(iid: int) -> DesiredInstance:
-    return DesiredInstance(
-        id=iid,
-        app="alpha",
-        release=1,
-        process="web",
-        command="true",
-        artifact_sha256="b" * 64,
-        env={},
-        health_path="/",
-        domains=["alpha.paas.test"],
-        serve=True,
-    )
+    return web_instance(iid, "alpha")
 
 
 @pytest.mark.parametrize("index", range(7))
@@ -117,15 +107,8 @@ def test_haproxy_templates_are_sandboxed_too(tmp_path: Path) -> None:
 
 @pytest.fixture
 def live_nginx(tmp_path: Path) -> Iterator[tuple[NginxProcess, ConfigApplier, int]]:
-    process = NginxProcess(tmp_path / "nginx", worker_user=default_worker_user())
-    process.prepare()
-    applier = ConfigApplier(
-        process.conf_dir, nginx.MAIN_FILE, validate=process.validate, reload=process.reload
-    )
-    try:
-        yield process, applier, free_port()
-    finally:
-        process.stop(grace_s=5.0)
+    with running_nginx(tmp_path) as live:
+        yield live
 
 
 def test_a_refused_template_keeps_the_last_good_config_serving(
