@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cli.local import FRONTEND, LocalCluster, Ports
 from tests.conftest import _kill_recorded, free_port_range, free_ports, short_dir
 from tests.e2e.helpers import REPO, logs, paas
-from tests.e2e.request_loop import RequestLoop
+from tests.e2e.request_loop import RequestLoop, sent_more
 from tests.support.pebble import Pebble, require_pebble, running_pebble
 
 # One xdist worker runs this module, in order; its fixtures start once (--dist loadgroup).
@@ -65,9 +65,9 @@ def acme_cluster() -> Iterator[tuple[AcmeCluster, Pebble]]:
             "PAAS_ACME_DIRECTORY_URL": pebble.directory_url,
             "PAAS_ACME_CA_BUNDLE": str(pebble.ca_bundle),
             "PAAS_ACME_RENEW_BEFORE_DAYS": str(365 * 10),
-            "PAAS_ACME_CHECK_INTERVAL_S": "3",
-            "PAAS_ACME_RETRY_MIN_S": "1",
-            "PAAS_ACME_RETRY_MAX_S": "4",
+            "PAAS_ACME_CHECK_INTERVAL_S": "1",
+            "PAAS_ACME_RETRY_MIN_S": "0.5",
+            "PAAS_ACME_RETRY_MAX_S": "2",
             "PAAS_ACME_PUBLISH_TIMEOUT_S": "20",
         }
         try:
@@ -173,7 +173,7 @@ def test_pebble_certificate_issued_renewed_and_failures_shown(
             ),
             cluster,
         )
-        time.sleep(1.0)
+        sent_more(loop, 50)  # answered with the renewed certificate
     assert loop.sent > 50 and not loop.failures, loop.summary()
     print(f"renewal under load: {loop.summary()}")
     old_file = f"{_sha(first)}.pem"

@@ -23,8 +23,8 @@ from agent.machine.run.runrecords import stray_groups
 from agent.proxy.render import default_template_dir
 from cli.local import FRONTEND, MACHINE, REGISTRY, LocalCluster
 from tests.conftest import running_cluster, short_dir
-from tests.e2e.helpers import PAAS, REPO, answer_now, logs, paas
-from tests.e2e.request_loop import RequestLoop
+from tests.e2e.helpers import PAAS, REPO, answer_now, log_marks, logged_since, logs, paas
+from tests.e2e.request_loop import RequestLoop, sent_more
 
 # One xdist worker runs this module, in order; its fixtures start once (--dist loadgroup).
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-agent-faults")]
@@ -42,7 +42,7 @@ def cluster() -> Iterator[LocalCluster]:
             REPO / "examples" / "hello", app, ignore=shutil.ignore_patterns("__pycache__")
         )
         (app / "paas.toml").write_text(
-            f'[app]\nname = "{APP}"\nhealth_path = "/health"\nmin_healthy_s = 1\n'
+            f'[app]\nname = "{APP}"\nhealth_path = "/health"\nmin_healthy_s = 0\n'
         )
         done = paas(started, "deploy", str(app), "--timeout", "120")
         assert done.returncode == 0, done.stdout + done.stderr + logs(started)
@@ -116,11 +116,19 @@ def test_registry_stopped_then_killed_and_restarted(cluster: LocalCluster) -> No
     with RequestLoop(cluster, HOST, expect=GREETING) as loop:
         os.kill(registry_pid, signal.SIGSTOP)  # hangs every open watch and report
         try:
-            time.sleep(4)
+            sent_more(loop, 40)  # answered while the registry hangs
             assert loop.sent > 20 and not loop.failures, loop.summary()
         finally:
+            marks = log_marks(cluster)
             cluster.kill(REGISTRY)  # SIGKILL reaches a stopped process too
-        time.sleep(2)  # down for good: connections refused now
+        # Down for good: connections refused now, and both agents have seen it.
+        for host in (MACHINE, FRONTEND):
+            wait_for(
+                f"{host} to find the registry unreachable",
+                lambda h=host: "registry unreachable" in logged_since(cluster, h, marks),
+                cluster,
+            )
+        sent_more(loop)
         restarted_at = time.time()
         cluster.restart(REGISTRY)
         for host in (MACHINE, FRONTEND):
@@ -139,12 +147,12 @@ def test_agent_killed_is_restarted_and_adopts_everything(cluster: LocalCluster, 
     before, proxies = app_pids(cluster), proxy_pids(cluster)
     with RequestLoop(cluster, HOST, expect=GREETING) as loop:
         cluster.kill(agent)  # SIGKILL: instances and proxies keep running on their own
-        time.sleep(1)
+        sent_more(loop, 30)  # answered with no agent
         assert app_pids(cluster) == before and proxy_pids(cluster) == proxies
         restarted_at = time.time()
         cluster.restart(agent)
         wait_for(f"{agent} to report again", heartbeat_after(cluster, agent, restarted_at), cluster)
-        time.sleep(1)
+        sent_more(loop, 30)  # answered after the adoption
     assert loop.sent > 50 and not loop.failures, loop.summary()
     assert app_pids(cluster) == before and proxy_pids(cluster) == proxies
     log = cluster.log_path(agent).read_text()
@@ -182,7 +190,7 @@ def test_hand_edited_broken_templates_are_reported_and_serving_continues(
         REPO / "examples" / "hello", other, ignore=shutil.ignore_patterns("__pycache__")
     )
     (other / "paas.toml").write_text(
-        '[app]\nname = "other"\nhealth_path = "/health"\nmin_healthy_s = 1\n'
+        '[app]\nname = "other"\nhealth_path = "/health"\nmin_healthy_s = 0\n'
     )
     deploy = None
     try:
@@ -205,7 +213,7 @@ def test_hand_edited_broken_templates_are_reported_and_serving_continues(
             assert "no-such-keyword" in found[FRONTEND]["proxy_error"]
             table = paas(cluster, "hosts", timeout=60).stdout
             assert "no_such_directive" in table and "no-such-keyword" in table, table
-            time.sleep(1)
+            sent_more(loop)  # the live configs keep serving meanwhile
             nginx_override.unlink()
             haproxy_override.unlink()
             out, _ = deploy.communicate(timeout=120)

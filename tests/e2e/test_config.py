@@ -68,7 +68,8 @@ def test_config_changes_are_releases_and_secrets_stay_hidden(
     app.mkdir()
     (app / "app.py").write_text(ENV_APP)
     (app / "Procfile").write_text("web: python app.py\n")
-    (app / "paas.toml").write_text(f'[app]\nname = "{APP}"\nmin_healthy_s = 1\n')
+    # No health window: every config change is a release, and none should wait one out.
+    (app / "paas.toml").write_text(f'[app]\nname = "{APP}"\nmin_healthy_s = 0\n')
     run(cluster, "deploy", str(app), "--timeout", "120")
     first = env_now(cluster)
     assert first["PAAS_APP"] == APP and first["PAAS_RELEASE"] == "1"

@@ -17,8 +17,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-dependencies")]
 
 
 def copy_example(root: Path, name: str) -> Path:
+    """The example with no health window (min_healthy_s = 0 instead of the 10 s default):
+    what is checked here is the environment web gets, not the wait before a switch."""
     app = root / name
     shutil.copytree(REPO / "examples" / name, app, ignore=shutil.ignore_patterns("__pycache__"))
+    toml = (app / "paas.toml").read_text()
+    (app / "paas.toml").write_text(toml.replace("[app]\n", "[app]\nmin_healthy_s = 0\n", 1))
     return app
 
 

@@ -28,7 +28,8 @@ def hello_copy(tmp_path: Path, name: str = "hello") -> Path:
 
 
 def test_first_deploy_answers_over_https(cluster: LocalCluster) -> None:
-    done = paas(cluster, "deploy", str(REPO / "examples" / "hello"))
+    """Through the `paas` executable (the other tests run the CLI's code in-process)."""
+    done = paas(cluster, "deploy", str(REPO / "examples" / "hello"), real=True)
     assert done.returncode == 0, done.stdout + done.stderr + logs(cluster)
     out = done.stdout
     assert "created app hello" in out
@@ -49,7 +50,7 @@ def test_code_change_is_served_and_listed(cluster: LocalCluster, tmp_path: Path)
     body = answer_now(cluster, HELLO, "Howdy from hello")
     assert "release 2" in body
 
-    listed = paas(cluster, "releases", "hello", "--json")
+    listed = paas(cluster, "releases", "hello", "--json", real=True)
     assert listed.returncode == 0, listed.stderr
     releases = json.loads(listed.stdout)
     assert [r["version"] for r in releases][:2] == [2, 1]

@@ -26,6 +26,7 @@ from tests.support.prom import metric
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-operations")]
 APP = "ops"
 OTHER = "ops-other"
+# The apps here have no health window (min_healthy_s = 0): no test waits one out.
 
 
 def registry_metrics(cluster: LocalCluster) -> str:
@@ -43,7 +44,7 @@ def ops_app(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> 
         REPO / "examples" / "hello", folder, ignore=shutil.ignore_patterns("__pycache__")
     )
     (folder / "paas.toml").write_text(
-        f'[app]\nname = "{APP}"\nhealth_path = "/health"\nmin_healthy_s = 1\n'
+        f'[app]\nname = "{APP}"\nhealth_path = "/health"\nmin_healthy_s = 0\n'
     )
     before = metric(registry_metrics(cluster), "paas_registry_deploys_total", result="succeeded")
     done = paas(cluster, "deploy", str(folder), "--timeout", "180")
@@ -73,20 +74,26 @@ def test_logs_follow_shows_a_line_printed_after_it_started(
         daemon=True,
     )
     reader.start()
-    marker = f"/marker-{uuid.uuid4().hex[:12]}"
+    # `--lines 0` shows nothing printed before the follow was open: a request every 0.5 s,
+    # each with a marker of its own, until one of them is followed (no fixed wait for it).
+    markers: list[str] = []
+    found = None
     try:
-        time.sleep(1.5)  # the follow is open before the app prints
-        assert https_get(cluster, f"{ops_app}.localhost", marker).status_code == 200
         deadline = time.monotonic() + 20
-        found = None
+        next_request = 0.0
         while found is None and time.monotonic() < deadline:
+            if time.monotonic() >= next_request:
+                markers.append(f"/marker-{uuid.uuid4().hex[:12]}")
+                assert https_get(cluster, f"{ops_app}.localhost", markers[-1]).status_code == 200
+                next_request = time.monotonic() + 0.5
             try:
-                line = seen.get(timeout=0.5)
+                line = seen.get(timeout=0.1)
             except queue.Empty:
                 continue
-            if marker in line:
+            if any(m in line for m in markers):
                 found = line
-        assert found is not None, f"{marker} never followed\n" + logs(cluster)
+        assert found is not None, f"{markers} never followed\n" + logs(cluster)
+        marker = next(m for m in markers if m in found)
         stamp, _, rest = found.partition(" ")
         assert stamp.endswith("Z") and stamp[:2] == "20"
         assert rest.startswith(f"{ops_app}.") and "@machine-1: " in rest
@@ -160,14 +167,14 @@ def test_a_deploy_token_cannot_touch_another_app(
         REPO / "examples" / "hello", folder, ignore=shutil.ignore_patterns("__pycache__")
     )
     (folder / "paas.toml").write_text(
-        f'[app]\nname = "{ops_app}"\nhealth_path = "/health"\nmin_healthy_s = 1\n'
+        f'[app]\nname = "{ops_app}"\nhealth_path = "/health"\nmin_healthy_s = 0\n'
     )
     (folder / "version.txt").write_text("deployed with a deploy token\n")
     deployed = as_deployer("deploy", str(folder), "--timeout", "180")
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr + logs(cluster)
     assert "routed" in deployed.stdout
     (folder / "paas.toml").write_text(
-        f'[app]\nname = "{OTHER}"\nhealth_path = "/health"\nmin_healthy_s = 1\n'
+        f'[app]\nname = "{OTHER}"\nhealth_path = "/health"\nmin_healthy_s = 0\n'
     )
     refused_deploy = as_deployer("deploy", str(folder), "--timeout", "60")
     assert refused_deploy.returncode != 0 and "(403)" in refused_deploy.stderr

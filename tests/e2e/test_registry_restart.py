@@ -19,9 +19,9 @@ import httpx
 import pytest
 
 from cli.errors import CliError
-from cli.local import REGISTRY, LocalCluster
+from cli.local import FRONTEND, MACHINE, REGISTRY, LocalCluster
 from tests.conftest import running_cluster, short_dir
-from tests.e2e.helpers import PAAS, REPO, answer_now, logs, paas
+from tests.e2e.helpers import PAAS, REPO, answer_now, log_marks, logged_since, logs, paas
 from tests.e2e.request_loop import RequestLoop
 
 # One xdist worker runs this module, in order; its fixtures start once (--dist loadgroup).
@@ -84,8 +84,13 @@ def test_registry_killed_mid_deploy(own_cluster: LocalCluster, tmp_path: Path) -
         )
         try:
             wait_for("release 2 to start", lambda: "starting" in instance_states(cluster, 2))
+            marks = log_marks(cluster)
             cluster.kill(REGISTRY)  # SIGKILL while release 2 is deploying
-            time.sleep(2)
+            for host in (MACHINE, FRONTEND):  # down for good: both agents have seen it
+                wait_for(
+                    f"{host} to find the registry unreachable",
+                    lambda h=host: "registry unreachable" in logged_since(cluster, h, marks),
+                )
             cluster.restart(REGISTRY)
             out, err = deploy.communicate(timeout=170)
         finally:

@@ -25,8 +25,8 @@ def version(root: Path, greeting: str) -> Path:
     code = (app / "app.py").read_text()
     (app / "app.py").write_text(code.replace('"Hello from', f'"{greeting} from'))
     (app / "paas.toml").write_text(
-        f'[app]\nname = "{APP}"\nhealth_path = "/health"\nmin_healthy_s = 1\n'
-    )
+        f'[app]\nname = "{APP}"\nhealth_path = "/health"\nmin_healthy_s = 0\n'
+    )  # no health window: the switch is what is checked, not the wait before it
     return app
 
 

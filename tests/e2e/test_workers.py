@@ -19,7 +19,7 @@ import pytest
 from cli.local import LocalCluster
 from tests.conftest import short_dir
 from tests.e2e.helpers import REPO, answer_now, logs, paas
-from tests.e2e.request_loop import RequestLoop
+from tests.e2e.request_loop import RequestLoop, sent_more
 
 # One xdist worker runs this module, in order; its fixtures start once (--dist loadgroup).
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-workers")]
@@ -114,7 +114,7 @@ def test_worker_runs_restarts_and_switches(cluster: LocalCluster, tmp_path: Path
     v1_pids = {b[1] for b in beats_of(beats) if b[0] == "1"}
     wait_for("release 1's worker to stop", lambda: not any(alive(p) for p in v1_pids))
     count = len(beats_of(beats))
-    time.sleep(1.0)
+    wait_for("more beats", lambda: len(beats_of(beats)) >= count + 4)
     later = beats_of(beats)[count:]
     assert later and all(b[0] == "2" for b in later), later
 
@@ -135,7 +135,7 @@ def test_crashing_worker_fails_the_deploy_and_web_keeps_serving(
     )
     with RequestLoop(cluster, HOST, expect="release 2") as loop:
         done = paas(cluster, "deploy", str(app), "--timeout", "120")
-        time.sleep(0.5)
+        sent_more(loop, 10)  # still answered after the failed deploy
     assert done.returncode != 0, done.stdout + done.stderr
     assert "worker boom" in done.stdout + done.stderr, done.stdout + done.stderr + logs(cluster)
     assert loop.sent > 10 and not loop.failures, loop.summary()
@@ -168,7 +168,7 @@ def test_failing_release_phase_keeps_the_previous_release(
     app = make_app(tmp_path / "v5", beats, release=failing)
     with RequestLoop(cluster, HOST, expect="Hello from") as loop:
         done = paas(cluster, "deploy", str(app), "--timeout", "120")
-        time.sleep(0.5)
+        sent_more(loop, 10)  # still answered after the failed deploy
     out = done.stdout + done.stderr
     assert done.returncode != 0, out
     assert "exited with status 3" in out and "migration went wrong" in out, out + logs(cluster)

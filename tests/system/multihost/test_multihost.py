@@ -12,10 +12,12 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 
+import psutil
 import pytest
 
 from common.wire import InstanceView
 from tests.conftest import short_dir
+from tests.e2e.request_loop import sent_more
 from tests.system.multihost.cluster import BIN, FRONTEND, REGISTRY, MultiHostCluster
 from tests.system.multihost.net import Network, test_network
 from tests.system.multihost.traffic import Loop, answering_hosts
@@ -147,8 +149,16 @@ def test_scale_up_and_down_and_the_frontend_follows(cluster: MultiHostCluster) -
     with Loop(cluster, APP) as loop:  # scaling down drops hosts without a failed request
         done = paas(cluster, "ps:scale", APP, "web=1")
         assert done.returncode == 0, done.stderr
-        assert len(settled(cluster, 1)) == 1
-        time.sleep(1.5)  # past the departing instances' unroute grace
+        kept = settled(cluster, 1)
+        assert len(kept) == 1
+        # Past the departing instances' unroute grace: their processes are gone, and the
+        # loop goes on for a while after that.
+        until(
+            lambda: not any(app_processes(cluster, h) for h in set(MACHINES) - kept),
+            "the scaled-down instances to stop",
+            cluster,
+        )
+        sent_more(loop)
     assert loop.failures == [], loop.summary()
     done = paas(cluster, "ps:scale", APP, "web=2")
     assert done.returncode == 0, done.stderr
@@ -191,7 +201,8 @@ def test_a_frontend_cut_off_keeps_serving_and_catches_up(
         done = paas(cluster, "ps:scale", APP, "web=3")
         assert done.returncode == 0, done.stderr
         until(lambda: routed_hosts(cluster) == set(MACHINES), "3 hosts routed", cluster)
-        time.sleep(1.0)  # the frontend's heartbeats are missed: it is marked down meanwhile
+        # The frontend's heartbeats are missed: it is marked down meanwhile.
+        until(lambda: host_state(cluster, FRONTEND) == "down", "the frontend marked down", cluster)
         assert set(answering_hosts(cluster, APP, tries=20)) == before  # the old set, served
     finally:
         network.heal(FRONTEND, REGISTRY)
@@ -208,13 +219,13 @@ def test_a_killed_host_is_replaced_under_load(cluster: MultiHostCluster) -> None
     before = settled(cluster, 2)
     victim = sorted(before)[0]
     with Loop(cluster, APP) as loop:
-        time.sleep(1.0)
+        sent_more(loop)  # served before the kill
         killed_at = time.monotonic()
         cluster.kill_host(victim)
         until(lambda: host_state(cluster, victim) == "down", f"{victim} marked down", cluster)
         after = settled_without(cluster, victim)
         converged = time.monotonic()
-        time.sleep(2.0)
+        sent_more(loop, 40)  # and after it converged
     assert victim not in after and len(after) == 2
     before_detection = loop.failures_since(killed_at)
     assert len(before_detection) <= 20, before_detection
@@ -228,6 +239,25 @@ def test_a_killed_host_is_replaced_under_load(cluster: MultiHostCluster) -> None
     rows = [row.split() for row in ps.stdout.splitlines() if f" {victim} " in row]
     assert rows and all("lost" in row for row in rows), ps.stdout  # never shown as running
     assert sum(1 for row in ps.stdout.splitlines() if " running " in row) == 2, ps.stdout
+
+
+def app_processes(cluster: MultiHostCluster, host: str) -> list[int]:
+    """Pids of the app's instances on `host`: its agent's descendants that run app.py."""
+    started = cluster.procs.get(host)
+    if started is None:
+        return []
+    found = []
+    try:
+        children = psutil.Process(started.popen.pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    for child in children:
+        try:
+            if any(part.endswith("app.py") for part in child.cmdline()):
+                found.append(child.pid)
+        except psutil.Error:
+            continue
+    return found
 
 
 def host_state(cluster: MultiHostCluster, name: str) -> str:
