@@ -21,7 +21,6 @@ from agent.machine.run.supervisor import Policy
 from tests.conftest import short_dir
 from tests.integration.test_machine_agent import (
     SICK_PY,
-    FakeRegistry,
     Hammer,
     _desired,
     _free_port,
@@ -29,6 +28,7 @@ from tests.integration.test_machine_agent import (
     machine_settings,
     recorded_pid,
 )
+from tests.support.fake_registry import FakeRegistry
 
 
 @pytest.fixture

@@ -18,8 +18,9 @@ from agent.machine.agent import MachineAgent
 from agent.machine.run.supervisor import Policy
 from agent.settings import AgentSettings
 from common.agent_auth import SignedAuth, api_key
+from tests.integration.test_machine_agent import APP_PY, _desired, _free_port, _state
+from tests.support.fake_registry import FakeRegistry
 from tests.support.prom import metric
-from tests.integration.test_machine_agent import APP_PY, FakeRegistry, _desired, _free_port, _state
 
 CHATTY_PY = APP_PY.replace(
     "HTTPServer((",

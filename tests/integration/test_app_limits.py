@@ -30,7 +30,6 @@ from common.wire import DesiredInstance
 from tests.conftest import short_dir
 from tests.integration.test_machine_agent import (
     APP_PY,
-    FakeRegistry,
     Hammer,
     _desired,
     _free_port,
@@ -38,6 +37,7 @@ from tests.integration.test_machine_agent import (
     machine_settings,
     recorded_pid,
 )
+from tests.support.fake_registry import FakeRegistry
 from tests.support.isolation_support import uid_range
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cgroups and app uids need root")

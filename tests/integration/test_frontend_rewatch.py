@@ -4,7 +4,6 @@ watches again as soon as a report's answer shows the registry past that index.""
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 from pathlib import Path
 
@@ -12,8 +11,9 @@ import httpx
 import pytest
 
 from agent.frontend.agent import FrontendAgent
-from common.wire import RoutingTable
-from tests.integration.test_haproxy_real import FakeRegistry, force_kill, frontend_settings, table, wait_for
+from common.wire import HostReport, RoutingTable
+from tests.integration.test_haproxy_real import force_kill, frontend_settings, table, wait_for
+from tests.support.fake_registry import FakeRegistry
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed")
 
@@ -25,17 +25,17 @@ class LostWatchRegistry(FakeRegistry):
         super().__init__()
         self.lost_once = False
 
-    async def handler(self, request: httpx.Request) -> httpx.Response:
+    async def handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
         watching = path == "/v1/routing" and int(request.url.params.get("index", "0")) >= 1
         if watching and not self.lost_once:
             self.lost_once = True
             await asyncio.Event().wait()  # hangs until the agent gives up on it
         if path == "/v1/hosts/front-1/report":
-            self.reports.append(json.loads(request.content))
+            self.reports.append(HostReport.model_validate_json(request.content))
             index = str(self.tables[-1].index)
             return httpx.Response(204, headers={"X-Paas-Index": index})
-        return await super().handler(request)
+        return await super().handle(request)
 
 
 def test_a_report_past_the_watch_index_makes_the_frontend_watch_again(tmp_path: Path) -> None:
@@ -46,7 +46,7 @@ def test_a_report_past_the_watch_index_makes_the_frontend_watch_again(tmp_path: 
         domain="paas.test",
     )
     registry = LostWatchRegistry()
-    agent = FrontendAgent(settings, transport=httpx.MockTransport(registry.handler))
+    agent = FrontendAgent(settings, transport=httpx.MockTransport(registry.handle))
 
     async def scenario() -> None:
         stop = asyncio.Event()

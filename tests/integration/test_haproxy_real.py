@@ -37,6 +37,7 @@ from agent.proxy.render import default_template_dir, make_environment, template_
 from agent.settings import AgentSettings
 from common.wire import RouteApp, RouteServer, RoutingTable
 from tests.conftest import free_ports
+from tests.support.fake_registry import FakeRegistry
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed")
 
@@ -350,42 +351,6 @@ def test_dead_haproxy_is_started_again_by_reload(front: Front) -> None:
 # ---- the whole agent against a fake registry ----------------------------------------------
 
 
-class FakeRegistry:
-    """Just enough of the registry API for one frontend: join, routing watch, reports."""
-
-    def __init__(self) -> None:
-        self.tables: list[RoutingTable] = [RoutingTable(index=1, apps=[])]
-        self.changed = asyncio.Event()
-        self.reports: list[dict[str, object]] = []
-        self.joins = 0
-
-    def publish(self, new: RoutingTable) -> None:
-        self.tables.append(new)
-        self.changed.set()
-
-    async def handler(self, request: httpx.Request) -> httpx.Response:
-        path = request.url.path
-        if path == "/v1/hosts/join":
-            assert request.headers["authorization"] == "Bearer join-secret"
-            self.joins += 1
-            return httpx.Response(200, json={"name": "front-1", "token": "host-secret"})
-        if request.headers.get("authorization") != "Bearer host-secret":
-            return httpx.Response(401, json={"detail": "bad token"})
-        if path == "/v1/routing":
-            index = int(request.url.params.get("index", "0"))
-            wait_s = float(request.url.params["wait"].removesuffix("ms")) / 1000
-            deadline = time.monotonic() + wait_s
-            while self.tables[-1].index <= index and time.monotonic() < deadline:
-                self.changed.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.changed.wait(), deadline - time.monotonic())
-            return httpx.Response(200, json=self.tables[-1].model_dump(mode="json"))
-        if path == "/v1/hosts/front-1/report":
-            self.reports.append(json.loads(request.content))
-            return httpx.Response(204)
-        return httpx.Response(404, json={"detail": f"no route {path}"})
-
-
 async def wait_for(predicate: Callable[[], object], what: str, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -408,10 +373,10 @@ def test_frontend_agent_end_to_end(tmp_path: Path) -> None:
     )
     https_port = settings.https_port
     registry = FakeRegistry()
-    agent = FrontendAgent(settings, transport=httpx.MockTransport(registry.handler))
+    agent = FrontendAgent(settings, transport=httpx.MockTransport(registry.handle))
 
     def last_report() -> dict[str, object]:
-        return registry.reports[-1] if registry.reports else {}
+        return registry.last_report()
 
     async def get(host: str) -> httpx.Response:
         return await asyncio.to_thread(https_get, https_port, host)
@@ -516,7 +481,7 @@ def test_registry_outage_keeps_serving_and_logs_once(
     async def handler(request: httpx.Request) -> httpx.Response:
         if down.is_set():
             raise httpx.ConnectError("connection refused", request=request)
-        return await registry.handler(request)
+        return await registry.handle(request)
 
     agent = FrontendAgent(settings, transport=httpx.MockTransport(handler))
 

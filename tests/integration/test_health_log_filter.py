@@ -24,7 +24,8 @@ from cli import logs as cli_logs
 from common.agent_auth import SignedAuth, api_key
 from common.wire import LogEvent
 from tests.integration.test_agent_api import _settings
-from tests.integration.test_machine_agent import FakeRegistry, _desired, _state
+from tests.integration.test_machine_agent import _desired, _state
+from tests.support.fake_registry import FakeRegistry
 
 # Gunicorn's default access log format: h l u t "r" s b "f" "a" (the User-Agent last).
 ACCESS_LOG_APP = """

@@ -5,16 +5,11 @@ report a crashing app as failed with its log tail."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import io
 import json
 import os
 import signal
 import socket
-import tarfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -24,8 +19,9 @@ from agent.machine.agent import MachineAgent
 from agent.machine.run.supervisor import Policy
 from agent.proxy.render import default_template_dir
 from agent.settings import AgentSettings
-from common.wire import DesiredInstance, DesiredState, HostReport, InstanceReport
+from common.wire import DesiredInstance
 from tests.conftest import short_dir
+from tests.support.fake_registry import FakeRegistry
 
 
 @pytest.fixture
@@ -60,86 +56,10 @@ HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
 CRASH_PY = "import sys\nprint('boom: DATABASE_URL is not set')\nsys.exit(3)\n"
 
 
-def _artifact(files: dict[str, str]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-class FakeRegistry:
-    """Just enough of docs/api.md: join, blocking desired-state watch, reports, artifacts."""
-
-    def __init__(self, host: str) -> None:
-        self.host = host
-        self.index = 1
-        self.instances: list[DesiredInstance] = []
-        self.blobs: dict[str, bytes] = {}
-        self.reports: list[HostReport] = []
-        self.down = False  # True: every request fails as if the registry were unreachable
-        self._changed = asyncio.Event()
-        self.transport = httpx.MockTransport(self.handle)
-
-    def add_artifact(self, files: dict[str, str]) -> str:
-        data = _artifact(files)
-        sha = hashlib.sha256(data).hexdigest()
-        self.blobs[sha] = data
-        return sha
-
-    def set_desired(self, instances: list[DesiredInstance]) -> None:
-        self.instances = instances
-        self.index += 1
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def handle(self, request: httpx.Request) -> httpx.Response:
-        if self.down:
-            raise httpx.ConnectError("connection refused", request=request)
-        path = request.url.path
-        if path == "/v1/hosts/join":
-            assert request.headers["Authorization"] == "Bearer join-secret"
-            return httpx.Response(200, json={"name": self.host, "token": "host-secret"})
-        assert request.headers["Authorization"] == "Bearer host-secret"
-        if path == f"/v1/hosts/{self.host}/desired":
-            seen = int(request.url.params.get("index", "0"))
-            wait_s = int(request.url.params["wait"].removesuffix("ms")) / 1000
-            if seen >= self.index:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), timeout=min(wait_s, 1.0))
-            state = DesiredState(index=self.index, host=self.host, instances=self.instances)
-            return httpx.Response(200, content=state.model_dump_json())
-        if path == f"/v1/hosts/{self.host}/report":
-            self.reports.append(HostReport.model_validate_json(request.content))
-            return httpx.Response(204)
-        if path.startswith("/v1/artifacts/"):
-            return httpx.Response(200, content=self.blobs[path.rsplit("/", 1)[1]])
-        return httpx.Response(404, json={"detail": "no such route"})
-
-    def latest(self, iid: int) -> InstanceReport | None:
-        if not self.reports:
-            return None
-        return next((r for r in self.reports[-1].instances if r.id == iid), None)
-
-    async def until(
-        self, what: str, predicate: Callable[[], bool], *, timeout_s: float = 30.0
-    ) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            await asyncio.sleep(0.02)
-        last = self.reports[-1].model_dump_json() if self.reports else "no report"
-        raise AssertionError(f"timed out waiting for {what}; last report: {last}")
 
 
 def _desired(

@@ -15,7 +15,6 @@ import pytest
 from agent.frontend.agent import FrontendAgent
 from agent.proxy.render import default_template_dir
 from tests.integration.test_haproxy_real import (
-    FakeRegistry,
     echo_server,
     force_kill,
     frontend_settings,
@@ -23,6 +22,7 @@ from tests.integration.test_haproxy_real import (
     table,
     wait_for,
 )
+from tests.support.fake_registry import FakeRegistry
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed")
 
@@ -51,10 +51,10 @@ def test_frontend_restarted_in_an_outage_serves_the_saved_table_and_recovers_ref
     async def handler(request: httpx.Request) -> httpx.Response:
         if down.is_set():
             raise httpx.ConnectError("connection refused", request=request)
-        return await registry.handler(request)
+        return await registry.handle(request)
 
     def last_report() -> dict[str, object]:
-        return registry.reports[-1] if registry.reports else {}
+        return registry.last_report()
 
     async def status(host: str) -> int:
         return await asyncio.to_thread(_status, https_port, host)
