@@ -37,7 +37,14 @@ import psutil
 from cli.api import RegistryClient
 from cli.config import Login
 from cli.errors import CliError, ClusterError
-from cli.local_procs import Member, processes_under, same_process, start_ticks, terminate
+from cli.local_procs import (
+    Member,
+    claimed_ranges,
+    processes_under,
+    same_process,
+    start_ticks,
+    terminate,
+)
 from common.fsutil import atomic_write
 
 REGISTRY = "registry"
@@ -47,8 +54,8 @@ STOP_ORDER = (FRONTEND, MACHINE, REGISTRY)
 START_ORDER = (REGISTRY, MACHINE, FRONTEND)
 REGISTRY_STOP_S = 5.0  # agents first: they drain apps while it answers
 LEFTOVER_STOP_S = 10.0  # what no agent stopped: orphaned nginx, HAProxy, apps
-RANGE_SIZE = 1000  # ports in a range picked for the user (app instances, service ports)
-RANGE_LOW, RANGE_HIGH = 20000, 32000
+RANGE_SIZE = 500  # ports in a range picked for the user (app instances, service ports)
+RANGE_LOW, RANGE_HIGH = 10000, 32000  # below Linux's ephemeral ports (32768-60999)
 OWNER = {"nginx": MACHINE, "app": MACHINE, "haproxy": FRONTEND}  # who adopts an orphan
 
 
@@ -84,7 +91,8 @@ def free_range(
     avoid: tuple[tuple[int, int], ...] = (),
 ) -> tuple[int, int]:
     """`size` consecutive ports free now, at a random place in [low, high), overlapping none
-    of `avoid`: a cluster's app or service ports, distinct from a neighbour's."""
+    of `avoid`: a cluster's app or service ports, distinct from a neighbour's (pass
+    `claimed_ranges()` to keep clear of every cluster running here)."""
     rng = random.Random()
     for _ in range(200):
         start = rng.randrange(low, high - size)
@@ -328,10 +336,13 @@ class LocalCluster:
             return report
         missing = [name for name in START_ORDER if name not in running]
         report.notes = self._check_ports(missing, found)
-        if self.service_ports is None:
-            self.service_ports = free_range(avoid=tuple(filter(None, [self.app_ports])))
-        if self.app_ports is None:
-            self.app_ports = free_range(avoid=(self.service_ports,))
+        if self.service_ports is None or self.app_ports is None:
+            taken = [*claimed_ranges(), *filter(None, [self.service_ports, self.app_ports])]
+            if self.service_ports is None:
+                self.service_ports = free_range(avoid=tuple(taken))
+                taken.append(self.service_ports)
+            if self.app_ports is None:
+                self.app_ports = free_range(avoid=tuple(taken))
         self._save_settings()
         private_dir(self.logs_dir)
         self._note_running(running)

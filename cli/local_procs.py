@@ -115,7 +115,7 @@ def processes_under(folders: Iterable[Path | str], *, tools: bool = True) -> lis
     leaves out what a user runs there: `paas` commands and anything with a controlling
     terminal (a shell or `less` in the state folder); the cluster's processes have none,
     as each component starts in a session of its own."""
-    marks = [os.path.realpath(f) for f in folders]
+    marks = sorted({p for f in folders for p in (os.path.abspath(f), os.path.realpath(f))})
     skip = _ourselves()
     found = []
     attrs = ["pid", "ppid", "name", "cmdline", "cwd", "status", "terminal"]
@@ -139,9 +139,15 @@ def processes_under(folders: Iterable[Path | str], *, tools: bool = True) -> lis
 
 
 def signal_all(members: Iterable[Member], sig: int) -> None:
+    """Signal each; one that leads its process group (an app instance, nginx, HAProxy: the
+    agents start them so) gets it for the whole group, as its agent would send it."""
     for member in members:
-        if member.alive():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
+        if not member.alive():
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getpgid(member.pid) == member.pid:
+                os.killpg(member.pid, sig)
+            else:
                 os.kill(member.pid, sig)
 
 
@@ -157,8 +163,9 @@ def wait_gone(members: Iterable[Member], timeout: float) -> list[Member]:
 
 
 def terminate(members: list[Member], *, timeout: float) -> list[Member]:
-    """SIGTERM the topmost ones (an nginx master, not its workers, which it would respawn),
-    wait up to `timeout`, then SIGKILL what remains. Returns those alive when it began."""
+    """SIGTERM the topmost ones (an nginx master and its group, not a worker alone, which
+    the master would respawn), wait up to `timeout`, then SIGKILL what remains. Returns
+    those alive when it began."""
     alive = [m for m in members if m.alive()]
     pids = {m.pid for m in alive}
     signal_all([m for m in alive if m.ppid not in pids], signal.SIGTERM)
@@ -167,3 +174,32 @@ def terminate(members: list[Member], *, timeout: float) -> list[Member]:
         signal_all(stubborn, signal.SIGKILL)
         wait_gone(stubborn, 5.0)
     return alive
+
+
+def claimed_ranges() -> list[tuple[int, int]]:
+    """Port ranges that running agents and registries on this machine were given (app ports,
+    service ports): free now, but theirs to hand out; a new cluster picks apart from them."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        args = list(proc.info.get("cmdline") or ())
+        program = _program(tuple(args))
+        if program == AGENT_PROGRAM:
+            found.append(_option(args, "--port-range") or "20000-29999")  # the agent's default
+        elif program == REGISTRY_PROGRAM and "serve" in args:
+            low, high = _option(args, "--service-port-min"), _option(args, "--service-port-max")
+            found.append(f"{low or 20000}-{high or 29999}")
+    ranges = []
+    for text in found:
+        with contextlib.suppress(ValueError):
+            low, high = (int(part) for part in text.split("-"))
+            ranges.append((low, high))
+    return ranges
+
+
+def _option(args: list[str], name: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None

@@ -16,7 +16,12 @@ import pytest
 from cli.local import LocalCluster, Ports, kill_tree, port_free
 from tests.support import xdist_groups
 from tests.support.clock import fake_clock  # noqa: F401  (a fixture)
-from tests.support.leaks import _watch_basetemp, pytest_sessionfinish, track  # noqa: F401
+from tests.support.leaks import (  # noqa: F401 (the leak check: hooks and fixture)
+    _watch_basetemp,
+    pytest_sessionfinish,
+    pytest_testnodedown,
+    track,
+)
 from tests.support.pg import SKIP_REASON as PG_SKIP_REASON
 from tests.support.pg import PgServer, pg_bin, running_postgres
 

@@ -8,7 +8,7 @@ import os
 import psutil
 
 from cli.local import _alive, free_range
-from cli.local_procs import _role, is_under, start_ticks
+from cli.local_procs import _option, _role, is_under, start_ticks
 
 
 def test_under_a_folder_also_once_it_was_deleted() -> None:
@@ -47,3 +47,10 @@ def test_free_ranges_do_not_overlap() -> None:
     second = free_range(50, avoid=(first,))
     assert second[1] < first[0] or second[0] > first[1]
     assert first[1] - first[0] == 49
+
+
+def test_options_read_from_command_lines() -> None:
+    args = ["paas-agent", "--port-range", "20100-20199", "--name=x"]
+    assert _option(args, "--port-range") == "20100-20199"
+    assert _option(args, "--name") == "x"
+    assert _option(args, "--api-port") is None
