@@ -32,19 +32,22 @@ def paas(
     *args: str,
     timeout: float = 600,
     cwd: Path | None = None,
+    env: dict[str, str] | None = None,
     real: bool = False,
 ) -> subprocess.CompletedProcess[str]:
+    """`paas <args>` logged in to `cluster`; `env` adds to (or overrides) its environment."""
+    environment = {**cluster.env(), **(env or {})}
     if real or not IN_PROCESS:
         return subprocess.run(
             [PAAS, *args],
             capture_output=True,
             text=True,
             timeout=timeout,
-            env=cluster.env(),
+            env=environment,
             cwd=cwd,
         )
     with _working_dir(cwd):
-        result = CliRunner().invoke(cli_main, list(args), env=cluster.env())
+        result = CliRunner().invoke(cli_main, list(args), env=environment)
     stderr = result.stderr
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         stderr += "".join(traceback.format_exception(result.exception))  # as Python would

@@ -25,10 +25,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from click.testing import CliRunner
 
 from cli.local import MACHINE, LocalCluster
-from cli.main import main as paas_main
 from tests.conftest import _kill_recorded, free_port_range, free_ports, short_dir
 from tests.e2e.helpers import PAAS, REPO, https_get, logs, paas
 
@@ -128,14 +126,6 @@ def add_note(cluster: LocalCluster, text: str, host: str = HOST) -> None:
             content=text.encode(),
         )
     assert response.status_code == 201, response.text
-
-
-def ok_in_process(cluster: LocalCluster, *args: str) -> str:
-    """`paas <args>` through the CLI's own code in this process (click's runner): the same
-    client, upload and stage watch as the `paas` executable, without starting Python again."""
-    result = CliRunner().invoke(paas_main, list(args), env=cluster.env(), catch_exceptions=False)
-    assert result.exit_code == 0, result.output + logs(cluster)
-    return result.output
 
 
 def app_dir(cluster: LocalCluster, app: str) -> Path:
@@ -238,11 +228,11 @@ def test_twenty_deploys_keep_few_releases_and_hosts_shows_disk(
 ) -> None:
     """Each deploy is a whole one (upload, install, release phase, start, health, switch,
     routed), just not slowed down: no health window (min_healthy_s = 0, the bound is what
-    is checked here, not the window) and no new Python process for the CLI."""
+    is checked here, not the window), the CLI run in-process (tests/e2e/helpers.py)."""
     started = time.monotonic()
     for n in range(20):
         app = notes_app(tmp_path, name="churn", tag=f"c{n}", min_healthy_s=0)
-        out = ok_in_process(cluster, "deploy", str(app), "--timeout", "120")
+        out = ok(cluster, "deploy", str(app), "--timeout", "120")
         assert f"release v{n + 1} of churn" in out and "routed" in out, out
     releases = app_dir(cluster, "churn") / "releases"
 

@@ -157,10 +157,9 @@ def test_a_deploy_token_cannot_touch_another_app(
     made = paas(cluster, "tokens:create", "--scope", "deploy", "--app", ops_app, "--name", "ci")
     assert made.returncode == 0, made.stderr
     token = made.stdout.strip()
-    env = {**cluster.env(), "PAAS_TOKEN": token}
 
     def as_deployer(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([PAAS, *args], capture_output=True, text=True, env=env, timeout=120)
+        return paas(cluster, *args, env={"PAAS_TOKEN": token}, timeout=120)
 
     folder = tmp_path / ops_app
     shutil.copytree(
