@@ -1,0 +1,1 @@
+"""Artifact -> unpacked release -> virtualenv, with nothing trusted from the artifact."""
