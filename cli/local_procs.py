@@ -186,8 +186,8 @@ def claimed_ranges() -> list[tuple[int, int]]:
         if program == AGENT_PROGRAM:
             found.append(_option(args, "--port-range") or "20000-29999")  # the agent's default
         elif program == REGISTRY_PROGRAM and "serve" in args:
-            low, high = _option(args, "--service-port-min"), _option(args, "--service-port-max")
-            found.append(f"{low or 20000}-{high or 29999}")
+            least, most = _option(args, "--service-port-min"), _option(args, "--service-port-max")
+            found.append(f"{least or 20000}-{most or 29999}")
     ranges = []
     for text in found:
         with contextlib.suppress(ValueError):
