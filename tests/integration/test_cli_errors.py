@@ -1,4 +1,9 @@
-"""The real `paas` program: expected errors are one line on stderr, never a traceback."""
+"""The `paas` program: expected errors are one line on stderr, never a traceback.
+
+The first tests run the real installed program (entry point, interpreter start, exit
+status); the rest invoke the same click group in-process (`paas_in_process`, click's
+CliRunner), which checks the same stderr and exit code without starting a Python each time.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,13 @@ import json
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+
+from cli.main import main
 
 PAAS = str(Path(sys.executable).parent / "paas")
 
@@ -22,6 +31,16 @@ def paas(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None)
         env={**os.environ, **(env or {})},
         cwd=cwd,
     )
+
+
+def paas_in_process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`paas` run by CliRunner; an unexpected exception shows up as a traceback on stderr."""
+    result = CliRunner().invoke(main, list(args), env=env)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        exc = result.exception
+        stderr += "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return subprocess.CompletedProcess(["paas", *args], result.exit_code, result.stdout, stderr)
 
 
 def assert_one_line_error(done: subprocess.CompletedProcess, *expected: str) -> str:
@@ -68,23 +87,23 @@ def test_bad_input_is_refused_before_any_request(
 ) -> None:
     # The registry URL is a dead port: these must fail on validation, not on the network.
     env = {"PAAS_REGISTRY_URL": f"http://127.0.0.1:{free_port}", "PAAS_TOKEN": "x"}
-    assert_one_line_error(paas(*args, env=env), expected)
+    assert_one_line_error(paas_in_process(*args, env=env), expected)
 
 
 def test_deploy_without_procfile(tmp_path: Path, free_port: int) -> None:
     (tmp_path / "app.py").write_text("print(1)\n")
     env = {"PAAS_REGISTRY_URL": f"http://127.0.0.1:{free_port}", "PAAS_TOKEN": "x"}
-    done = paas("deploy", str(tmp_path), "--app", "demo", env=env)
+    done = paas_in_process("deploy", str(tmp_path), "--app", "demo", env=env)
     assert_one_line_error(done, "no Procfile")
 
 
 def test_corrupt_config_file_is_one_line(tmp_path: Path) -> None:
     Path(os.environ["PAAS_CONFIG"]).write_text("{not json")
-    assert_one_line_error(paas("apps"), "cannot read the CLI config")
+    assert_one_line_error(paas_in_process("apps"), "cannot read the CLI config")
 
 
 def test_local_status_without_cluster_json(tmp_path: Path) -> None:
-    done = paas("local", "status", "--state-dir", str(tmp_path / "none"), "--json")
+    done = paas_in_process("local", "status", "--state-dir", str(tmp_path / "none"), "--json")
     assert done.returncode == 0, done.stderr
     body = json.loads(done.stdout)
     assert body["processes"] == {} and body["hosts"] == []
