@@ -18,8 +18,8 @@ from agent.proxy.haproxy import tls_runtime
 from agent.proxy.haproxy.view import HaproxyView, build_view, render_files
 from agent.proxy.render import make_environment, template_dirs
 from common.wire import RouteCert, RouteChallenge, RoutingTable
-from tests.support.certgen import Issued, chain
 from tests.integration.test_haproxy_real import Front, echo_server, front, table  # noqa: F401
+from tests.support.certgen import Issued, chain
 
 NAMES = ["shop.example.com", "*.shop.example.com"]
 

@@ -21,7 +21,12 @@ from agent.proxy.haproxy.runtime import runtime_commands
 from agent.proxy.haproxy.slots import SLOT_STEP, ServerView, assign_slots
 from agent.proxy.haproxy.view import build_view
 from common.wire import RouteApp, RouteServer, RoutingTable
-from tests.integration.test_haproxy_real import echo_server, force_kill, frontend_settings, https_get
+from tests.integration.test_haproxy_real import (
+    echo_server,
+    force_kill,
+    frontend_settings,
+    https_get,
+)
 
 
 def server(host: str, port: int, address: str = "10.0.0.1") -> ServerView:

@@ -89,8 +89,8 @@ def test_sigterm_over_tls_does_not_wait_for_idle_clients_close_notify(tmp_path: 
     wait (seen as a 3.2 s stop under systemd). The closing handshake is bounded."""
     import subprocess
 
-    from tests.support.certgen import issue
     from tests.conftest import free_port
+    from tests.support.certgen import issue
     from tests.support.registry_proc import BIN
 
     leaf = issue("registry.test", names=["registry.test"])

@@ -1,7 +1,8 @@
 """ConfigApplier logic with plain callables standing in for the validator and the reload.
 
-The real binaries are exercised in tests/integration/test_haproxy_real.py; here we pin the file rules:
-unchanged -> no write/no reload, refused -> live untouched, reload failure -> rollback.
+The real binaries are exercised in tests/integration/test_haproxy_real.py; here we pin the
+file rules: unchanged -> no write/no reload, refused -> live untouched, reload failure ->
+rollback.
 """
 
 from __future__ import annotations
