@@ -8,12 +8,12 @@ build backends) can never end up in another app's environment, and each app has 
 cache. Every folder is built under a temp name and renamed into place, so a crash or a
 concurrent install never leaves half a folder.
 
-Nothing from an artifact runs as the agent: the agent only unpacks (agent/machine/build/archive.py, into a
-folder only it can read, bounded in size), checks the Procfile against the process-type cap
-and hands the release to the app's uid (lchown, never following a link); the venv is built
-(`uv venv`, `uv pip install`, with any build backend the requirements pull in) by the app's
-own uid (agent/machine/run/uids.py), with a clean environment whose HOME, TMPDIR and UV_CACHE_DIR are in
-the app's folder.
+Nothing from an artifact runs as the agent: the agent only unpacks (archive.py beside this
+module, into a folder only it can read, bounded in size), checks the Procfile against the
+process-type cap and hands the release to the app's uid (lchown, never following a link); the
+venv is built (`uv venv`, `uv pip install`, with any build backend the requirements pull in)
+by the app's own uid (agent/machine/run/uids.py), with a clean environment whose HOME, TMPDIR
+and UV_CACHE_DIR are in the app's folder.
 
 Every failure is an InstallError whose message the registry shows as the release's reason:
 the installer's last lines (they name the requirement that could not be installed), or
@@ -38,10 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent import procs
-from agent.machine.build import archive
-from agent.machine.storage import datadir
-from agent.machine.storage import disk
+from agent.errors import InstallError, UnsafeArchive
 from agent.link import statefile
+from agent.machine.build import archive
 from agent.machine.build.envspec import (
     EnvironmentSpec,
     SavedSpec,
@@ -49,9 +48,9 @@ from agent.machine.build.envspec import (
     python_identity,
     read_text,
 )
-from agent.errors import InstallError, UnsafeArchive
 from agent.machine.build.package_index import PackageIndex, redact
 from agent.machine.run.uids import AppFolders, AppUsers
+from agent.machine.storage import datadir, disk
 from common.manifest import MAX_PROCESS_TYPES, ManifestError, parse_procfile
 from common.names import check_app_name, check_sha256
 
