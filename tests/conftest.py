@@ -6,7 +6,6 @@ import contextlib
 import os
 import random
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from tests.support.leaks import (  # noqa: F401 (the leak check: hooks and fixtu
 )
 from tests.support.pg import SKIP_REASON as PG_SKIP_REASON
 from tests.support.pg import PgServer, pg_bin, running_postgres
+from tests.support.ports import free_port, free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -55,27 +55,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(getattr(pytest.mark, tier))
         if tier == "integration" and item.path.name in TIMED:
             item.add_marker(pytest.mark.xdist_group("integration-timed"))
-
-
-def free_port() -> int:
-    """A port nobody listens on right now (bound to port 0 on 127.0.0.1, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free ports, all held open together so they cannot repeat."""
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 @pytest.fixture(name="free_port")

@@ -9,7 +9,6 @@ nginx is stopped when the block ends.
 from __future__ import annotations
 
 import contextlib
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,14 +16,9 @@ from agent.proxy.config_apply import ConfigApplier
 from agent.proxy.nginx import view as nginx
 from agent.proxy.nginx.process import NginxProcess, default_worker_user
 from common.wire import DesiredInstance
+from tests.support.ports import free_port
 
 LiveNginx = tuple[NginxProcess, ConfigApplier, int]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -36,7 +30,7 @@ def running_nginx(folder: Path) -> Iterator[LiveNginx]:
         process.conf_dir, nginx.MAIN_FILE, validate=process.validate, reload=process.reload
     )
     try:
-        yield process, applier, _free_port()
+        yield process, applier, free_port()
     finally:
         process.stop(grace_s=5.0)
 
