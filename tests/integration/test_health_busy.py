@@ -16,6 +16,7 @@ from agent.machine.health import HealthChecker, listener_uids
 from agent.machine.rollout import needs_restart
 from agent.machine.run.supervisor import Policy, Supervisor
 from common.wire import DesiredInstance, RouteOptions
+from tests.support.ports import free_port as _free_port
 
 
 class Process:
@@ -71,12 +72,6 @@ def test_a_failing_answer_counts_to_the_threshold() -> None:
     assert sup.state == "running" and not sup.busy
     sup.record_health(False, 8.0, generation=sup.generation, detail="answered 500")
     assert sup.state == "unhealthy"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

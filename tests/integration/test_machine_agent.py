@@ -22,6 +22,7 @@ from agent.settings import AgentSettings
 from common.wire import DesiredInstance
 from tests.conftest import short_dir
 from tests.support.fake_registry import FakeRegistry
+from tests.support.ports import free_port as _free_port
 
 
 @pytest.fixture
@@ -54,12 +55,6 @@ HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
 """
 
 CRASH_PY = "import sys\nprint('boom: DATABASE_URL is not set')\nsys.exit(3)\n"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _desired(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -21,12 +20,6 @@ from agent.proxy.nginx.process import NginxProcess
 from agent.proxy.render import default_template_dir, make_environment
 from common.wire import DesiredInstance
 from tests.support.proxies import running_nginx, web_instance
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _backend(name: str) -> tuple[ThreadingHTTPServer, int]:
