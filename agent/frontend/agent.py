@@ -259,12 +259,17 @@ class FrontendAgent:
         return result
 
     async def _apply_files(self, view: HaproxyView, files: dict[str, str]) -> ApplyResult:
-        """Server-set changes go through the runtime API (no reload), then the files are
-        validated and swapped so a later reload keeps them; everything else, or a runtime
-        update HAProxy refused, is a full seamless reload."""
+        """Server-set, hosts.map and certificate changes go through the runtime API (no
+        reload), then the files are swapped so a later reload keeps them; everything else, or
+        a runtime update HAProxy refused, is a full seamless reload. The files are validated
+        before anything changes at runtime: a table HAProxy would refuse never serves, not
+        even until the rollback reload."""
         commands = None
         swapped = False
         if self._live_view is not None and self.process.running():
+            checked = await asyncio.to_thread(self.applier.check, files)
+            if not checked.applied:
+                return checked
             # Certificates and ACME answers first: a renewal costs no reload.
             live, swapped = await asyncio.to_thread(
                 self._swap_tls_at_runtime, self._live_view, view

@@ -55,22 +55,16 @@ class ConfigApplier:
     def main_path(self) -> Path:
         return self.live_dir / self.main_file
 
-    def apply(self, files: Mapping[str, str], *, reload: bool = True) -> ApplyResult:
-        """Make `files` (name relative to live_dir -> text) live, or keep the last good config.
-
-        Live files not named in `files` are left alone (never deleted). `reload=False`: the
-        running proxy already has this config (HAProxy's runtime API applied it); the files
-        are validated and swapped so a later reload keeps it, without reloading now.
-        """
+    def check(self, files: Mapping[str, str]) -> ApplyResult:
+        """Stage `files` and validate them with the real binary, changing nothing live:
+        `applied` says whether they would be accepted. A caller about to change the running
+        proxy at runtime asks first, so a config the proxy would refuse never serves."""
         for name in files:
             _check_relative(name)
         if self.main_file not in files:
             raise ValueError(f"the files to apply must include the main file {self.main_file}")
-        changed = {name: text for name, text in files.items() if self._live_text(name) != text}
-        if not changed:
-            log.info("%s unchanged, skipped reload", self.main_path)
+        if all(self._live_text(name) == text for name, text in files.items()):
             return ApplyResult(changed=False, applied=True, error=None)
-
         self._stage(files)
         try:
             self._validate(self.staging_dir / self.main_file)
@@ -81,7 +75,22 @@ class ConfigApplier:
             )
             PROXY_RELOADS.labels("failed").inc()
             return ApplyResult(changed=True, applied=False, error=message)
+        return ApplyResult(changed=True, applied=True, error=None)
 
+    def apply(self, files: Mapping[str, str], *, reload: bool = True) -> ApplyResult:
+        """Make `files` (name relative to live_dir -> text) live, or keep the last good config.
+
+        Live files not named in `files` are left alone (never deleted). `reload=False`: the
+        running proxy already has this config (HAProxy's runtime API applied it); the files
+        are validated and swapped so a later reload keeps it, without reloading now.
+        """
+        checked = self.check(files)
+        if not checked.changed:
+            log.info("%s unchanged, skipped reload", self.main_path)
+            return checked
+        if not checked.applied:
+            return checked
+        changed = {name: text for name, text in files.items() if self._live_text(name) != text}
         self._save_last_good(changed)
         for name, text in changed.items():
             atomic_write(self.live_dir / name, text)

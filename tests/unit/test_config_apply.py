@@ -121,3 +121,18 @@ def test_hostile_file_names_refused(setup: tuple[ConfigApplier, Recorder, Path])
             applier.apply({"main.cfg": "a\n", name: "x"})
     with pytest.raises(ValueError):
         applier.apply({"other.cfg": "a\n"})
+
+
+def test_check_validates_without_touching_the_live_files(
+    setup: tuple[ConfigApplier, Recorder, Path],
+) -> None:
+    applier, rec, live = setup
+    applier.apply({"main.cfg": "a\n", "hosts.map": "x y\n"})
+    rec.refuse_text = "bogus"
+    refused = applier.check({"main.cfg": "a\nbogus\n", "hosts.map": "x y\nhi y\n"})
+    assert refused.changed and not refused.applied and "unknown keyword" in (refused.error or "")
+    accepted = applier.check({"main.cfg": "a\n", "hosts.map": "x y\nhi y\n"})
+    assert accepted.changed and accepted.applied and accepted.error is None
+    assert applier.check({"main.cfg": "a\n", "hosts.map": "x y\n"}).changed is False
+    assert (live / "hosts.map").read_text() == "x y\n"  # nothing live changed, no reload
+    assert (live / "main.cfg").read_text() == "a\n" and rec.reloads == 1
