@@ -46,13 +46,16 @@ stop:
 TEST_WORKERS ?= 4
 PYTEST_PAR   := $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
-# Every tier: unit, integration, e2e, system (tests/*; markers of the same names).
+# Every tier: unit, integration, e2e, system (tests/*; markers of the same names). Tests that
+# time the registry's answers under attack (marker `timed`) run alone afterwards.
 test: setup
-	$(PYTEST_PAR)
+	$(PYTEST_PAR) -m "not timed"
+	$(BIN)/pytest -q -m timed
 
 # The unit and integration tiers only, for the edit-test loop.
 test-fast: setup
-	$(PYTEST_PAR) tests/unit tests/integration
+	$(PYTEST_PAR) -m "not timed" tests/unit tests/integration
+	$(BIN)/pytest -q -m timed tests/integration
 
 # Style, types ([tool.mypy]) and the layer rules ([tool.importlinter]) in pyproject.toml.
 lint: setup

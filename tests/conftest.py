@@ -28,8 +28,10 @@ from tests.support.ports import free_port, free_ports
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 TIERS = ("unit", "integration", "e2e", "system")  # a folder of tests/ each, a marker each
-# Integration tests that measure time limits and connection caps of a real registry: under
-# pytest-xdist one worker runs them one after another, so they do not load each other.
+# Integration tests that measure time limits and connection caps of a real registry (an
+# answer within 1 s while under attack): marked `timed`, `make test` runs them one after
+# another once the parallel workers are done, since four workers on two cores would measure
+# the scheduler instead. Under plain -n they share one worker (xdist_group).
 TIMED = (
     "test_api_artifacts.py",
     "test_edge_attacks.py",
@@ -54,6 +56,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if tier in TIERS:
             item.add_marker(getattr(pytest.mark, tier))
         if tier == "integration" and item.path.name in TIMED:
+            item.add_marker(pytest.mark.timed)
             item.add_marker(pytest.mark.xdist_group("integration-timed"))
 
 
