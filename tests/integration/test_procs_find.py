@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from pathlib import Path
 
 from agent import procs
@@ -20,6 +21,9 @@ def test_find_checks_start_time_and_group_leadership(tmp_path: Path) -> None:
         assert created is not None
         found = procs.find(child.pid, created=created)
         assert found is not None and found.pid == child.pid
+        deadline = time.monotonic() + 10  # right after the fork the child has not exec'd yet
+        while found.cmdline() != SLEEPER and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert found.cmdline() == SLEEPER and found.cwd() == tmp_path.resolve()
         assert procs.find(child.pid, created=created - 10) is None  # a recycled pid
         assert procs.find(1) is None
