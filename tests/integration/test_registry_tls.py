@@ -259,7 +259,7 @@ def test_cli_pins_the_registry_and_refuses_impostors(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         done = paas("apps", env=env)
         assert done.returncode == 0 and "tlsapp" in done.stdout, done.stderr
-        done = paas("audit", "--limit", "5", env=env)  # the ops client (cli/ops_api.py)
+        done = paas("audit", "--limit", "5", env=env)  # streams and operations (cli/api.py)
         assert done.returncode == 0 and "/v1/apps" in done.stdout, done
 
         # An impostor with its own certificate for the same names: refused, the pinned
