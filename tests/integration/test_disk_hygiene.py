@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-import hashlib
 import io
 import os
 import tarfile
@@ -25,36 +24,11 @@ from agent.procs import AppUser
 from common.manifest import ManifestError, parse_manifest
 from controller.core.placement import HostSlot, place
 from controller.store.artifact_gc import collect_artifacts
+from tests.support.fake_registry import ArtifactStore
 from tests.support.registry_app import make_artifact, test_registry
 
 ROOT = os.geteuid() == 0
 PROCFILE = "web: python app.py\n"
-
-
-def _artifact(files: dict[str, str]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-class Store:
-    def __init__(self) -> None:
-        self.blobs: dict[str, bytes] = {}
-
-    def add(self, files: dict[str, str]) -> str:
-        data = _artifact(files)
-        sha = hashlib.sha256(data).hexdigest()
-        self.blobs[sha] = data
-        return sha
-
-    async def download(self, sha256: str, dest: Path) -> None:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(self.blobs[sha256])
 
 
 def _users(state: Path) -> AppUsers:
@@ -98,7 +72,7 @@ def test_pinned_app_stays_on_its_host_or_nowhere() -> None:
 
 
 def test_data_folder_is_made_before_anything_runs_and_kept(tmp_path: Path) -> None:
-    store = Store()
+    store = ArtifactStore()
     installer = Installer(tmp_path / "state", store.download, users=_users(tmp_path / "state"))
     v1 = store.add({"Procfile": PROCFILE, "app.py": "", "requirements.txt": ""})
     v2 = store.add({"Procfile": PROCFILE, "app.py": "# 2", "requirements.txt": ""})
@@ -190,7 +164,7 @@ def test_export_import_as_the_app_uid_and_a_hostile_archive(tmp_path: Path) -> N
 
 
 def test_janitor_keeps_n_releases_their_venvs_and_artifacts(tmp_path: Path) -> None:
-    store = Store()
+    store = ArtifactStore()
     state = tmp_path / "state"
     installer = Installer(state, store.download, users=_users(state))
     shas = []
@@ -226,7 +200,7 @@ def test_janitor_keeps_n_releases_their_venvs_and_artifacts(tmp_path: Path) -> N
 
 
 def test_janitor_removes_a_departed_app_but_not_its_data(tmp_path: Path) -> None:
-    store = Store()
+    store = ArtifactStore()
     state = tmp_path / "state"
     installer = Installer(state, store.download, users=_users(state))
     sha = store.add({"Procfile": PROCFILE, "app.py": "", "requirements.txt": ""})
@@ -245,7 +219,7 @@ def test_janitor_removes_a_departed_app_but_not_its_data(tmp_path: Path) -> None
 
 
 def test_low_disk_refuses_a_new_release_but_not_an_installed_one(tmp_path: Path) -> None:
-    store = Store()
+    store = ArtifactStore()
     state = tmp_path / "state"
     sha = store.add({"Procfile": PROCFILE, "app.py": "", "requirements.txt": ""})
     asyncio.run(

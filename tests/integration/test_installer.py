@@ -4,10 +4,7 @@ redeploys. Venvs are built for real with uv; one test installs a real tiny PyPI 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import io
 import subprocess
-import tarfile
 from pathlib import Path
 
 import httpx
@@ -16,37 +13,8 @@ import pytest
 from agent.errors import InstallError, UnsafeArchive
 from agent.machine.build.envspec import environment_spec, python_identity
 from agent.machine.build.installer import Installer
+from tests.support.fake_registry import ArtifactStore
 from tests.support.mounts import resize, tmpfs
-
-
-def _artifact(files: dict[str, str]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-class Store:
-    """A fake registry artifact store standing in for RegistryClient.download_artifact."""
-
-    def __init__(self) -> None:
-        self.blobs: dict[str, bytes] = {}
-        self.downloads: list[str] = []
-
-    def add(self, files: dict[str, str]) -> str:
-        data = _artifact(files)
-        sha = hashlib.sha256(data).hexdigest()
-        self.blobs[sha] = data
-        return sha
-
-    async def download(self, sha256: str, dest: Path) -> None:
-        self.downloads.append(sha256)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(self.blobs[sha256])
 
 
 class CountingInstaller(Installer):
@@ -61,7 +29,7 @@ APP = "import os\nprint('port', os.environ.get('PORT'))\n"
 
 
 def test_code_only_redeploy_reuses_the_venv(tmp_path: Path) -> None:
-    store = Store()
+    store = ArtifactStore()
     installer = CountingInstaller(tmp_path, store.download)
     v1 = store.add({"Procfile": "web: python app.py\n", "app.py": APP, "requirements.txt": ""})
     v2 = store.add(
@@ -106,7 +74,7 @@ def test_code_only_redeploy_reuses_the_venv(tmp_path: Path) -> None:
 
 
 def test_concurrent_installs_build_one_venv(tmp_path: Path) -> None:
-    store = Store()
+    store = ArtifactStore()
     installer = CountingInstaller(tmp_path, store.download)
     sha = store.add({"Procfile": "web: python app.py\n", "app.py": APP})
 
@@ -142,7 +110,7 @@ def test_environment_keys(tmp_path: Path) -> None:
 
 
 def test_failed_install_reports_the_installer_output(tmp_path: Path) -> None:
-    store = Store()
+    store = ArtifactStore()
     installer = Installer(tmp_path, store.download)
     sha = store.add({"Procfile": "web: x\n", "requirements.txt": "./no-such-local-package\n"})
     with pytest.raises(InstallError) as caught:
@@ -155,7 +123,7 @@ def test_failed_install_reports_the_installer_output(tmp_path: Path) -> None:
 
 
 def test_hostile_artifact_is_refused(tmp_path: Path) -> None:
-    store = Store()
+    store = ArtifactStore()
     installer = Installer(tmp_path, store.download)
     sha = store.add({"Procfile": "web: x\n", "../../evil": "x"})
     with pytest.raises(UnsafeArchive):
@@ -173,7 +141,7 @@ def _pypi_reachable() -> bool:
 
 @pytest.mark.skipif(not _pypi_reachable(), reason="PyPI is not reachable")
 def test_real_tiny_pypi_package(tmp_path: Path) -> None:
-    store = Store()
+    store = ArtifactStore()
     installer = CountingInstaller(tmp_path, store.download)
     sha = store.add(
         {
@@ -198,7 +166,7 @@ def test_real_tiny_pypi_package(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not _pypi_reachable(), reason="PyPI is not reachable")
 def test_requirement_missing_from_pypi_is_named(tmp_path: Path) -> None:
-    store = Store()
+    store = ArtifactStore()
     installer = Installer(tmp_path, store.download)
     sha = store.add({"Procfile": "web: x\n", "requirements.txt": "paas-no-such-package-xyz==1.0\n"})
     with pytest.raises(InstallError) as caught:
@@ -212,7 +180,7 @@ def test_requirement_missing_from_pypi_is_named(tmp_path: Path) -> None:
 def test_full_disk_while_unpacking_fails_cleanly(tmp_path: Path) -> None:
     """A release that unpacks to more than the disk holds: a clear error, no half-unpacked
     folder; once there is room the same release installs and nothing stale is reused."""
-    store = Store()
+    store = ArtifactStore()
     big = store.add(
         {"Procfile": "web: python app.py\n", "app.py": APP, "data.txt": "a" * (3 << 20)}
     )

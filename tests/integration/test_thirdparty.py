@@ -25,7 +25,7 @@ from agent.machine.health import HealthChecker, check_host, passes
 from agent.machine.run.launcher import instance_env
 from cli.pack import pack
 from common.manifest import parse_procfile, procfile_notices
-from tests.integration.test_installer import Store
+from tests.support.fake_registry import ArtifactStore
 
 # ---- the pass rule ------------------------------------------------------------------------
 
@@ -225,7 +225,7 @@ def test_real_install_of_nested_requirements_offline(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     _wheel(wheels, "tpgreeting", "1.0", "WORD = 'hi'\n")
-    store = Store()
+    store = ArtifactStore()
     sha = store.add(
         {
             "Procfile": "web: python app.py\n",

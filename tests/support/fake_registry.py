@@ -15,6 +15,7 @@ import io
 import tarfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 
@@ -34,6 +35,25 @@ def artifact_bytes(files: dict[str, str]) -> bytes:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+class ArtifactStore:
+    """Artifacts by sha256, standing in for RegistryClient.download_artifact (installer tests)."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+        self.downloads: list[str] = []
+
+    def add(self, files: dict[str, str]) -> str:
+        data = artifact_bytes(files)
+        sha = hashlib.sha256(data).hexdigest()
+        self.blobs[sha] = data
+        return sha
+
+    async def download(self, sha256: str, dest: Path) -> None:
+        self.downloads.append(sha256)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(self.blobs[sha256])
 
 
 class FakeRegistry:
