@@ -113,6 +113,7 @@ def heartbeat_after(cluster: LocalCluster, name: str, moment: float) -> Callable
 def test_registry_stopped_then_killed_and_restarted(cluster: LocalCluster) -> None:
     before, proxies = app_pids(cluster), proxy_pids(cluster)
     registry_pid = cluster.processes()[REGISTRY]["pid"]
+    start = log_marks(cluster)
     with RequestLoop(cluster, HOST, expect=GREETING) as loop:
         os.kill(registry_pid, signal.SIGSTOP)  # hangs every open watch and report
         try:
@@ -128,6 +129,13 @@ def test_registry_stopped_then_killed_and_restarted(cluster: LocalCluster) -> No
                 lambda h=host: "registry unreachable" in logged_since(cluster, h, marks),
                 cluster,
             )
+        # A report is tried at the latest one heartbeat later: wait until it has failed, or
+        # the registry could be back before the reporter ever noticed it was gone.
+        wait_for(
+            "the machine agent's reports to fail",
+            lambda: "could not report to the registry" in logged_since(cluster, MACHINE, start),
+            cluster,
+        )
         sent_more(loop)
         restarted_at = time.time()
         cluster.restart(REGISTRY)
