@@ -90,18 +90,39 @@ def free_range(
     high: int = RANGE_HIGH,
     avoid: tuple[tuple[int, int], ...] = (),
 ) -> tuple[int, int]:
-    """`size` consecutive ports free now, at a random place in [low, high), overlapping none
-    of `avoid`: a cluster's app or service ports, distinct from a neighbour's (pass
-    `claimed_ranges()` to keep clear of every cluster running here)."""
-    rng = random.Random()
-    for _ in range(200):
-        start = rng.randrange(low, high - size)
-        end = start + size - 1
-        if any(start <= b and a <= end for a, b in avoid):
-            continue
-        if all(port_free(port) for port in range(start, end + 1)):
-            return start, end
+    """`size` consecutive ports free now, overlapping none of `avoid`: a cluster's app or
+    service ports, distinct from a neighbour's (pass `claimed_ranges()` to keep clear of
+    every cluster running here).
+
+    The search starts at a random place and walks the whole of [low, high) from there, each
+    port probed at most once: a busy port or a claimed range is jumped over, so a free block
+    is found whenever one exists, however crowded the rest is."""
+    last_start = high - size  # the highest start whose block still ends below `high`
+    if last_start < low:
+        raise ClusterError(f"no {size} consecutive ports fit in {low}-{high}")
+    first = random.Random().randint(low, last_start)
+    for segment in ((first, last_start), (low, first - 1)):
+        found = _free_block(size, *segment, avoid)
+        if found is not None:
+            return found
     raise ClusterError(f"no {size} free consecutive ports in {low}-{high}")
+
+
+def _free_block(
+    size: int, start: int, last_start: int, avoid: tuple[tuple[int, int], ...]
+) -> tuple[int, int] | None:
+    """The first free block starting in [start, last_start], or None."""
+    while start <= last_start:
+        end = start + size - 1
+        claimed = [b for a, b in avoid if start <= b and a <= end]
+        if claimed:
+            start = max(claimed) + 1
+            continue
+        busy = next((port for port in range(start, end + 1) if not port_free(port)), None)
+        if busy is None:
+            return start, end
+        start = busy + 1
+    return None
 
 
 def _alive(pid: int, create_time: float | None = None, ticks: int | None = None) -> bool:

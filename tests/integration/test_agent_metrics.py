@@ -4,7 +4,6 @@ counted by the supervisor, and the frontend's metrics-only API serving them."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import httpx
@@ -15,6 +14,7 @@ from agent.api_server import ApiServer, metrics_only_app
 from agent.errors import ValidationFailed
 from agent.machine.run.supervisor import Policy, Supervisor
 from agent.proxy.config_apply import ConfigApplier
+from tests.support.ports import free_port
 from tests.support.prom import metric
 
 
@@ -70,9 +70,7 @@ def test_restarts_are_counted() -> None:
 
 def test_frontend_metrics_api_serves_the_registry() -> None:
     async def scenario() -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         server = ApiServer(metrics_only_app(), "127.0.0.1", port)
         task = asyncio.create_task(server.serve())
         try:

@@ -26,8 +26,8 @@ def worker_slice(low: int = LOW, high: int = HIGH) -> tuple[int, int]:
     return start, start + width
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` distinct ports nobody listens on now, from this worker's slice."""
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct ports nobody listens on now at `host`, from this worker's slice."""
     low, high = worker_slice()
     rng = random.Random()
     socks: list[socket.socket] = []
@@ -41,7 +41,7 @@ def free_ports(count: int) -> list[int]:
                 continue
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
-                sock.bind(("127.0.0.1", port))
+                sock.bind((host, port))
             except OSError:
                 sock.close()
                 continue
@@ -53,6 +53,6 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def free_port() -> int:
-    """A port nobody listens on right now, from this worker's slice."""
-    return free_ports(1)[0]
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now at `host`, from this worker's slice."""
+    return free_ports(1, host)[0]

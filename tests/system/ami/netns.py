@@ -10,7 +10,6 @@ import contextlib
 import ipaddress
 import os
 import random
-import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -82,9 +81,3 @@ def veth_namespace(tag: str) -> Iterator[Link]:
     finally:
         _ip("netns", "del", netns, check=False)  # takes its end of the pair with it
         _ip("link", "del", host_if, check=False)
-
-
-def free_port_on(address: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((address, 0))
-        return sock.getsockname()[1]

@@ -23,10 +23,11 @@ import httpx
 import pytest
 
 from tests.conftest import short_dir
+from tests.support.ports import free_port
 from tests.system.ami import rootfs
 from tests.system.ami.fake_imds import endpoint, fake_imds
 from tests.system.ami.image_host import REPO, UPLOAD, ImageHost
-from tests.system.ami.netns import Link, free_port_on, veth_namespace
+from tests.system.ami.netns import Link, veth_namespace
 from tests.system.ami.tools import require
 from tests.system.ami.units import Unit
 
@@ -165,7 +166,7 @@ def _start_registry(link: Link, state: Path) -> tuple[subprocess.Popen[bytes], s
         [str(BIN / "paas-registry"), "init", "--state-dir", str(state), "--json"], timeout=60
     )
     tokens = json.loads(init.stdout)
-    port = free_port_on(link.host_addr)
+    port = free_port(link.host_addr)  # below the ephemeral range
     with (state / "registry.log").open("ab") as log:
         proc = subprocess.Popen(
             [str(BIN / "paas-registry"), "serve", "--state-dir", str(state), "--host",

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,18 +24,13 @@ import psutil
 from agent.machine.run.runrecords import stray_groups
 from cli.api import RegistryClient
 from common.registry_tls import RegistryTrust, parse_pins
+from tests.support.ports import free_port
 from tests.system.multihost.net import Network, Node
 
 BIN = Path(sys.executable).parent
 REGISTRY, FRONTEND = "registry", "frontend"
 HEARTBEAT_S = 0.5
 TTL_S = 2.0
-
-
-def free_port_on(address: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((address if address.startswith("127.") else "127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -105,9 +99,12 @@ class MultiHostCluster:
 
     def start(self, ready_s: float = 60.0) -> None:
         node = self.network.nodes[REGISTRY]
-        self.ports[REGISTRY] = free_port_on(node.address)
-        self.ports["http"] = free_port_on(self.network.nodes[FRONTEND].address)
-        self.ports["https"] = free_port_on(self.network.nodes[FRONTEND].address)
+        # Ports from this worker's slice, below the kernel's ephemeral range: no outgoing
+        # connection inside a host's namespace (an agent's watch, a health check) can hold
+        # one as its local port when the server binds it.
+        self.ports[REGISTRY] = free_port()
+        self.ports["http"] = free_port()
+        self.ports["https"] = free_port()
         reg_state = self.state / REGISTRY
         reg_state.mkdir(parents=True)
         done = subprocess.run(
@@ -164,13 +161,13 @@ class MultiHostCluster:
             argv += ["--role", "frontend", "--http-port", str(self.ports["http"])]
             argv += ["--https-port", str(self.ports["https"])]
         else:
-            self.ports.setdefault(name, free_port_on(node.address))
+            self.ports.setdefault(name, free_port())
             number = self.machines.index(name)
             low = 21000 + number * 1000
             argv += ["--role", "machine", "--proxy-port", str(self.ports[name])]
             argv += ["--port-range", f"{low}-{low + 999}"]
             # Issue 8: the agent's API (logs, runs, /metrics), the same port across restarts.
-            self.ports.setdefault(f"{name}-api", free_port_on(node.address))
+            self.ports.setdefault(f"{name}-api", free_port())
             argv += ["--api-port", str(self.ports[f"{name}-api"])]
         self._spawn(
             name,
