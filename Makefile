@@ -42,20 +42,24 @@ stop:
 	@if [ -x $(BIN)/paas ]; then $(BIN)/paas local down; else echo "nothing to stop"; fi
 
 # Tests run in parallel workers (pytest-xdist); most wait on processes, so more workers than
-# cores pay. Tests that must not run beside each other share an xdist_group (--dist loadgroup).
+# cores pay. Tests that must not run beside each other share an xdist_group (--dist loadgroup);
+# the longest start first (tests/conftest.py START_ORDER, hence --no-loadscope-reorder).
 TEST_WORKERS ?= 4
-PYTEST_PAR   := $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup
+PYTEST_PAR   := $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+# Tests that time the registry's answers under attack (marker `timed`, all in
+# tests/integration) run afterwards in two workers of their own: the attacks in one, the
+# registry-stall tests, which mostly wait, in the other.
+PYTEST_TIMED := $(BIN)/pytest -q -n 2 --dist loadgroup -m timed tests/integration
 
-# Every tier: unit, integration, e2e, system (tests/*; markers of the same names). Tests that
-# time the registry's answers under attack (marker `timed`) run alone afterwards.
+# Every tier: unit, integration, e2e, system (tests/*; markers of the same names).
 test: setup
 	$(PYTEST_PAR) -m "not timed"
-	$(BIN)/pytest -q -m timed
+	$(PYTEST_TIMED)
 
 # The unit and integration tiers only, for the edit-test loop.
 test-fast: setup
 	$(PYTEST_PAR) -m "not timed" tests/unit tests/integration
-	$(BIN)/pytest -q -m timed tests/integration
+	$(PYTEST_TIMED)
 
 # Style, types ([tool.mypy]) and the layer rules ([tool.importlinter]) in pyproject.toml.
 lint: setup
