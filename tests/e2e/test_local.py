@@ -35,13 +35,14 @@ def test_local_up_deploys_says_already_running_and_down_stops_everything() -> No
 
 
 def check_local_up_and_down(state: Path) -> None:
-    registry, http, https, proxy = free_ports(4)
+    registry, http, https, proxy, agent_api = free_ports(5)
     args = [
         "--state-dir", str(state),
         "--registry-port", str(registry),
         "--http-port", str(http),
         "--https-port", str(https),
         "--proxy-port", str(proxy),
+        "--agent-api-port", str(agent_api),  # never make demo's 8071
     ]  # fmt: skip
     try:
         hello = str(REPO / "examples" / "hello")
@@ -77,14 +78,15 @@ def check_local_up_and_down(state: Path) -> None:
 def test_port_in_use_is_named(tmp_path: Path) -> None:
     import socket
 
-    registry, http, https, proxy = free_ports(4)
+    registry, http, https, proxy, agent_api = free_ports(5)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", https))
         busy.listen()
         done = run(
             "local", "up", "--state-dir", str(tmp_path / "s"),
             "--registry-port", str(registry), "--http-port", str(http),
-            "--https-port", str(https), "--proxy-port", str(proxy), "--no-deploy",
+            "--https-port", str(https), "--proxy-port", str(proxy),
+            "--agent-api-port", str(agent_api), "--no-deploy",
         )  # fmt: skip
     assert done.returncode != 0
     assert done.stderr.strip() == f"error: port {https} (https) on 127.0.0.1 is already in use"

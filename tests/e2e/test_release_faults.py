@@ -22,7 +22,7 @@ import pytest
 
 from cli.local import MACHINE, LocalCluster
 from tests.e2e.helpers import REPO, answer_now, logs, paas
-from tests.e2e.request_loop import RequestLoop
+from tests.e2e.request_loop import RequestLoop, sent_more
 from tests.support.mounts import tmpfs
 
 # One xdist worker runs this module, in order; its fixtures start once (--dist loadgroup).
@@ -62,7 +62,9 @@ def failing_deploy(cluster: LocalCluster, app: Path) -> str:
     with RequestLoop(cluster, HOST, expect="(release 1)") as loop:
         started = time.monotonic()
         code, out = deploy(cluster, app)
-    print(f"{app.name}: failed in {time.monotonic() - started:.1f} s; {loop.summary()}")  # -s
+        took = time.monotonic() - started
+        sent_more(loop, 10)  # and after the refusal
+    print(f"{app.name}: failed in {took:.1f} s; {loop.summary()}")  # -s
     assert code != 0, out
     assert loop.sent >= 10 and not loop.failures, loop.summary()
     assert "Traceback" not in out, out
@@ -157,6 +159,7 @@ def test_full_disk_on_the_agent(
     (big / "data.txt").write_text("a" * (3 << 20))  # packs small, unpacks to 3 MiB
     with RequestLoop(cluster, "diskfull.localhost", expect="(release 1)") as loop:
         code, out = deploy(cluster, big)
+        sent_more(loop, 10)  # and release 1 goes on answering after the refusal
     assert code != 0, out
     assert "failed: release v2 of diskfull: no space left on the agent's disk" in out, out
     assert loop.sent >= 10 and not loop.failures, loop.summary()
@@ -190,6 +193,7 @@ def test_release_phase_output_is_shown_and_kept(serving: LocalCluster, tmp_path:
     )
     with RequestLoop(serving, HOST, expect=f"from {APP} (release ") as loop:
         code, out = deploy(serving, app)
+        sent_more(loop, 10)  # and after the switch
     assert code == 0, out + logs(serving)
     assert "  release> migrating the database\n  release> 3 migrations applied\n" in out, out
     assert loop.sent >= 10 and not loop.failures, loop.summary()

@@ -11,7 +11,7 @@ import pytest
 
 from cli.local import LocalCluster
 from tests.e2e.helpers import REPO, answer_now, logs, paas
-from tests.e2e.request_loop import RequestLoop
+from tests.e2e.request_loop import RequestLoop, sent_more
 
 # One xdist worker runs this module, in order; its fixtures start once (--dist loadgroup).
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-rollback")]
@@ -44,6 +44,7 @@ def test_rollback_restores_the_previous_answer(cluster: LocalCluster, tmp_path: 
 
     with RequestLoop(cluster, HOST, expect=" from rollme (release ") as loop:
         rollback_s, out = timed(cluster, "rollback", APP)
+        sent_more(loop, 10)  # and after the switch
     assert "release v3 of rollme: rollback to v1" in out and "routed" in out, out
     answer_now(cluster, HOST, "One from rollme (release 3)")
     assert loop.sent >= 10 and not loop.failures, loop.summary()
