@@ -31,13 +31,14 @@ TIERS = ("unit", "integration", "e2e", "system")  # a folder of tests/ each, a m
 # Integration tests that measure time limits and connection caps of a real registry (an
 # answer within 1 s while under attack): marked `timed`, `make test` runs them in two workers
 # of their own once the parallel run is done, since four workers on two cores would measure
-# the scheduler instead. File -> xdist group: the attacks run one after another in one
-# worker, beside the stall tests, which mostly wait (a stopped registry, TTLs going by).
+# the scheduler instead. File -> xdist group: the attacks, which each keep a core busy, run
+# one after another in one worker; beside them, the tests that mostly wait (a stopped
+# registry and TTLs going by, a shutdown).
 TIMED = {
     "test_api_artifacts.py": "timed-attacks",
     "test_edge_attacks.py": "timed-attacks",
-    "test_registry_shutdown.py": "timed-attacks",
-    "test_registry_stall.py": "timed-stall",
+    "test_registry_shutdown.py": "timed-waits",
+    "test_registry_stall.py": "timed-waits",
 }
 # Where a tier's tests start under xdist: the longest first (the host image tests take about
 # a minute each on one worker), the many short unit tests last, where they even out the
