@@ -4,14 +4,12 @@ by role from the command line, and by start ticks that no clock step moves."""
 from __future__ import annotations
 
 import os
-import socket
 
 import psutil
 import pytest
 
-from cli.local import ClusterError, _alive, free_range, port_free
+from cli.local import ClusterError, _alive, free_range
 from cli.local_procs import _option, _role, is_under, start_ticks
-from tests.support.ports import worker_slice
 
 
 def test_under_a_folder_also_once_it_was_deleted() -> None:
@@ -52,23 +50,23 @@ def test_free_ranges_do_not_overlap() -> None:
     assert first[1] - first[0] == 49
 
 
-def test_a_free_range_is_found_however_crowded_the_rest_is() -> None:
+def test_a_free_range_is_found_however_crowded_the_rest_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Only two 8-port blocks fit between a busy port and a claimed range: every search finds
     one of them (random tries used to give up when most places were taken)."""
-    base = next(
-        start
-        for start in range(*worker_slice())
-        if all(port_free(port) for port in range(start, start + 30))
-    )
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", base + 7))
-        busy.listen()
-        claimed = ((base + 16, base + 21),)
-        for _ in range(20):
-            found = free_range(8, low=base, high=base + 30, avoid=claimed)
-            assert found in {(base + 8, base + 15), (base + 22, base + 29)}
-        with pytest.raises(ClusterError, match="no 9 free consecutive ports"):
-            free_range(9, low=base, high=base + 30, avoid=claimed)
+    base = 20000
+    busy = {base + 7}
+    monkeypatch.setattr("cli.local.port_free", lambda port, host="127.0.0.1": port not in busy)
+    claimed = ((base + 16, base + 21),)
+    for _ in range(20):
+        found = free_range(8, low=base, high=base + 30, avoid=claimed)
+        assert found in {(base + 8, base + 15), (base + 22, base + 29)}
+    with pytest.raises(ClusterError, match="no 9 free consecutive ports"):
+        free_range(9, low=base, high=base + 30, avoid=claimed)
+    # One free 500-port block in 10000-32000: found at once, wherever the search starts.
+    busy = set(range(10000, 32000)) - set(range(27100, 27600))
+    assert free_range(500, low=10000, high=32000) == (27100, 27599)
 
 
 def test_options_read_from_command_lines() -> None:
