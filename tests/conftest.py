@@ -166,18 +166,3 @@ def running_cluster(state_dir: Path) -> Iterator[LocalCluster]:
             cluster.down(timeout=20)
         finally:
             _kill_recorded(cluster)
-
-
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """One real cluster for the whole session; its CLI login lives in a tmp PAAS_CONFIG."""
-    previous = os.environ.get("PAAS_CONFIG")
-    os.environ["PAAS_CONFIG"] = str(tmp_path_factory.mktemp("cli") / "config.json")
-    try:
-        with short_dir("paas-e2e-") as state, running_cluster(state / "s") as started:
-            yield started
-    finally:
-        if previous is None:
-            os.environ.pop("PAAS_CONFIG", None)
-        else:
-            os.environ["PAAS_CONFIG"] = previous
