@@ -169,7 +169,7 @@ def test_nginx_is_restarted_when_it_dies(
         paths=process.paths(),
     )
     assert applier.apply(nginx.render_files(env, view)).applied
-    first_pid = int(process.pid_file.read_text())
+    first_pid = int(process.pid_file.read_text())  # written before start returns
     os.kill(first_pid, signal.SIGKILL)
     _wait_for(lambda: not process.running)
     assert process.ensure_running()

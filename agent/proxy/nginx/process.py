@@ -248,7 +248,7 @@ class NginxProcess:
                     self.prefix / "logs" / "nginx.out", lines=5
                 )
                 raise ProxyError(f"nginx exited at start (status {child.poll()}): {tail}")
-            if self.pid_file.is_file():
+            if self._pid_written():
                 break
             time.sleep(0.02)
         else:
@@ -256,6 +256,14 @@ class NginxProcess:
             raise ProxyError(f"nginx did not come up within {START_TIMEOUT_S:g}s")
         self._child = child
         log.info("nginx started (pid %d) on %s", child.pid, self.conf)
+
+    def _pid_written(self) -> bool:
+        """nginx creates its pid file once its sockets are bound, then writes the pid: only a
+        file with the pid in it means started (an empty one was seen in between)."""
+        try:
+            return bool(self.pid_file.read_text().strip())
+        except OSError:
+            return False
 
     def ensure_running(self) -> bool:
         """Restart nginx if it died while we had a live config; True if it is running."""
