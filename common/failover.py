@@ -6,7 +6,8 @@ the registry (connection refused, connect timeout) is always safe to send to the
 one that may have been half-processed is repeated only when repeating it changes nothing
 (reads, and the calls the caller marks idempotent such as an agent's status report). A body
 that cannot be sent twice (an upload read from a file as it goes) moves on only when it
-never left.
+never left. Such a repeatable request cut off before any answer (a kept-alive connection the
+registry closed just as it went out) is first sent once more to the same replica.
 
 `FailoverTransport` / `AsyncFailoverTransport` apply these rules under any httpx client: the
 client's `base_url` is the first replica, and each request is re-addressed to the replica
@@ -53,6 +54,11 @@ def never_sent(exc: httpx.TransportError) -> bool:
 
 def retry_transport_error(exc: httpx.TransportError, method: str, *, idempotent: bool) -> bool:
     return never_sent(exc) or method.upper() in SAFE_METHODS or idempotent
+
+
+# How a request dies on a kept-alive connection the registry closed as it was sent (its
+# keep-alive timer ran out): the connection is reset or closed before any answer.
+CUT_OFF = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 def retry_status(status: int, method: str, *, idempotent: bool) -> bool:
@@ -185,6 +191,20 @@ class _Trip:
         self.request = request
         self.replayable = _replayable(request)  # judged before a transport may read the body
         self.tried: list[Attempt] = []
+        self._sent_again = False
+
+    def send_again(self, exc: httpx.TransportError) -> bool:
+        """True once per request: a repeatable request cut off before its answer is sent to
+        the same replica again (the pool dropped the dead connection, so on a new one). A
+        pooled connection the registry closed as the request went out dies this way; moving
+        to the next replica, or failing with one replica only, would be wrong."""
+        if self._sent_again or not isinstance(exc, CUT_OFF) or not self.replayable:
+            return False
+        idempotent = bool(self.request.extensions.get(IDEMPOTENT))
+        if not (self.request.method.upper() in SAFE_METHODS or idempotent):
+            return False
+        self._sent_again = True
+        return True
 
     def plan(self) -> Iterator[tuple[int, httpx.Request, bool]]:
         return self.router.plan(self.request)
@@ -225,7 +245,7 @@ class FailoverTransport(httpx.BaseTransport):
         trip = _Trip(self._router, request)
         for index, sent, more in trip.plan():
             try:
-                response = self._inner.handle_request(sent)
+                response = self._send(trip, sent)
             except httpx.TransportError as exc:
                 if trip.failed(index, exc, more=more):
                     continue
@@ -235,6 +255,14 @@ class FailoverTransport(httpx.BaseTransport):
             response.read()
             response.close()
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _send(self, trip: _Trip, sent: httpx.Request) -> httpx.Response:
+        try:
+            return self._inner.handle_request(sent)
+        except httpx.TransportError as exc:
+            if not trip.send_again(exc):
+                raise
+        return self._inner.handle_request(sent)
 
     def close(self) -> None:
         self._inner.close()
@@ -257,7 +285,7 @@ class AsyncFailoverTransport(httpx.AsyncBaseTransport):
         trip = _Trip(self._router, request)
         for index, sent, more in trip.plan():
             try:
-                response = await self._inner.handle_async_request(sent)
+                response = await self._send(trip, sent)
             except httpx.TransportError as exc:
                 if trip.failed(index, exc, more=more):
                     continue
@@ -267,6 +295,14 @@ class AsyncFailoverTransport(httpx.AsyncBaseTransport):
             await response.aread()
             await response.aclose()
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _send(self, trip: _Trip, sent: httpx.Request) -> httpx.Response:
+        try:
+            return await self._inner.handle_async_request(sent)
+        except httpx.TransportError as exc:
+            if not trip.send_again(exc):
+                raise
+        return await self._inner.handle_async_request(sent)
 
     async def aclose(self) -> None:
         await self._inner.aclose()

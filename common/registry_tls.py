@@ -123,13 +123,19 @@ def check_urls(urls: list[str], trust: RegistryTrust, *, insecure_http: bool = F
             )
 
 
+# httpx's defaults, but idle connections are dropped after 2 s: well before the registry's
+# keep-alive timeout (5 s by default) closes them from its side, which races a request sent
+# on one at that moment (common/failover.py sends such a request again).
+POOL_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=2.0)
+
+
 def sync_transport(
     urls: list[str], trust: RegistryTrust, *, insecure_http: bool = False
 ) -> httpx.HTTPTransport:
     """The transport every sync registry client uses (cli/): checked URLs, verified TLS."""
     check_urls(urls, trust, insecure_http=insecure_http)
     verify: ssl.SSLContext | bool = trust.ssl_context() if trust.anchored else True
-    return httpx.HTTPTransport(verify=verify)
+    return httpx.HTTPTransport(verify=verify, limits=POOL_LIMITS)
 
 
 def async_transport(
@@ -138,7 +144,7 @@ def async_transport(
     """The same for the agents' async client."""
     check_urls(urls, trust, insecure_http=insecure_http)
     verify: ssl.SSLContext | bool = trust.ssl_context() if trust.anchored else True
-    return httpx.AsyncHTTPTransport(verify=verify)
+    return httpx.AsyncHTTPTransport(verify=verify, limits=POOL_LIMITS)
 
 
 def _check_peer(der: bytes | None, pins: tuple[str, ...]) -> None:

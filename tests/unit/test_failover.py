@@ -104,8 +104,9 @@ def test_agent_report_is_repeated_after_a_cut_connection_but_a_join_is_not() -> 
     asyncio.run(go())
     assert [(c[0], c[1]) for c in calls] == [
         ("a.test", "POST"),
+        ("a.test", "POST"),  # cut before an answer: once more to the same replica
         ("b.test", "POST"),
-        ("a.test", "POST"),  # join cut mid-way: may have happened, not repeated elsewhere
+        ("a.test", "POST"),  # join cut mid-way: may have happened, not repeated anywhere
     ]
 
 
@@ -152,8 +153,37 @@ def test_cli_does_not_repeat_a_post_cut_mid_way() -> None:
     assert [(c[0], c[1]) for c in calls] == [
         ("a.test", "POST"),
         ("a.test", "GET"),
+        ("a.test", "GET"),  # a read cut before its answer: once more, then the next replica
         ("b.test", "GET"),
     ]
+
+
+def test_a_repeatable_request_cut_before_its_answer_is_sent_again_to_the_same_replica() -> None:
+    """What a pooled connection that the registry has just closed does to the next request.
+    With one replica there is nowhere else to go: the request is sent once more (on a new
+    connection), unless it may have been processed (a plain POST)."""
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.method)
+        if len(calls) % 2:  # every first try is cut off
+            raise httpx.RemoteProtocolError("Server disconnected", request=request)
+        if request.url.path.endswith("/report"):
+            return httpx.Response(204, headers={"X-Paas-Index": "4"})
+        return httpx.Response(200, json={"ok": True})
+
+    with CliClient(A, "tok", transport=httpx.MockTransport(handler)) as api:
+        assert api.health() is True
+    agent = AgentClient(A, token="t", transport=httpx.MockTransport(handler))
+
+    async def go() -> None:
+        assert await agent.report("m1", HostReport(instances=[])) == 4  # marked idempotent
+        with pytest.raises(RegistryCallFailed):
+            await agent._request("POST", "/v1/hosts/join", json={})
+        await agent.aclose()
+
+    asyncio.run(go())
+    assert calls == ["GET", "GET", "POST", "POST", "POST"]
 
 
 @pytest.mark.parametrize(
