@@ -14,7 +14,6 @@ import gzip
 import io
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -29,13 +28,14 @@ import pytest
 from cli.local import MACHINE, LocalCluster
 from tests.conftest import _kill_recorded, free_port_range, free_ports, short_dir
 from tests.e2e.helpers import PAAS, REPO, https_get, logs, paas
+from tests.support.isolation_support import uid_range
 
 # One xdist worker runs this module, in order; its fixtures start once (--dist loadgroup).
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-data-disk")]
 APP = "notes"
 HOST = f"{APP}.localhost"
 KEEP = 2
-APP_UIDS = 90000 + random.Random().randrange(0, 100) * 100  # outside the default 70000-79999
+APP_UIDS, _ = uid_range()  # outside the default 70000-79999, this worker's own
 AGENT_TOML = f"""
 keep_releases = {KEEP}
 disk_check_s = 0.3

@@ -25,6 +25,7 @@ from common.manifest import ManifestError, parse_manifest
 from controller.core.placement import HostSlot, place
 from controller.store.artifact_gc import collect_artifacts
 from tests.support.fake_registry import ArtifactStore
+from tests.support.isolation_support import uid_range
 from tests.support.registry_app import make_artifact, test_registry
 
 ROOT = os.geteuid() == 0
@@ -33,7 +34,7 @@ PROCFILE = "web: python app.py\n"
 
 def _users(state: Path) -> AppUsers:
     secure_state_dir(state, isolated=ROOT)  # app uids pass through its parents (o+x)
-    return AppUsers(state, uid_range=(71000, 71999), isolated=ROOT)
+    return AppUsers(state, uid_range=uid_range(), isolated=ROOT)
 
 
 # ---- pure decisions --------------------------------------------------------------------------

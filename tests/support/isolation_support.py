@@ -7,7 +7,6 @@ import base64
 import hashlib
 import io
 import os
-import random
 import tarfile
 import zipfile
 from collections.abc import Iterator
@@ -17,12 +16,22 @@ from pathlib import Path
 from agent.machine.build.installer import Installer
 from agent.machine.run.uids import AppUsers, secure_state_dir
 from tests.conftest import short_dir
+from tests.support.ports import worker_slice
+
+# Test uids lie above the agents' default 70000-79999, so no test meets the app uids of a
+# local cluster (the e2e tests' or a user's demo); each xdist worker owns a slice of them.
+TEST_UIDS = (100000, 199999)
+_next_block = [0]
 
 
-def uid_range() -> tuple[int, int]:
-    """100 uids at a random place of the default range (other tests may run meanwhile)."""
-    low = 70000 + random.Random().randrange(0, 99) * 100
-    return low, low + 99
+def uid_range(size: int = 100) -> tuple[int, int]:
+    """`size` uids no other test uses: the next block of this worker's slice. Uids are one
+    space for the whole machine: an agent's janitor kills every process of a departed app's
+    uid, so two tests sharing a uid could kill each other's processes."""
+    low, high = worker_slice(*TEST_UIDS)
+    start = low + _next_block[0] % ((high - low) // size) * size
+    _next_block[0] += 1
+    return start, start + size - 1
 
 
 def artifact(files: dict[str, str | bytes]) -> bytes:
