@@ -50,6 +50,7 @@ class ConfigApplier:
         self.last_good_dir = self.live_dir.parent / f"{self.live_dir.name}.last-good"
         self._validate = validate
         self._reload = reload
+        self._validated: dict[str, str] | None = None  # what `check` last accepted
 
     @property
     def main_path(self) -> Path:
@@ -58,24 +59,11 @@ class ConfigApplier:
     def check(self, files: Mapping[str, str]) -> ApplyResult:
         """Stage `files` and validate them with the real binary, changing nothing live:
         `applied` says whether they would be accepted. A caller about to change the running
-        proxy at runtime asks first, so a config the proxy would refuse never serves."""
-        for name in files:
-            _check_relative(name)
-        if self.main_file not in files:
-            raise ValueError(f"the files to apply must include the main file {self.main_file}")
-        if all(self._live_text(name) == text for name, text in files.items()):
+        proxy at runtime asks first, so a config the proxy would refuse never serves; the
+        `apply` of the same files that follows does not validate them again."""
+        if not self._changed(files):
             return ApplyResult(changed=False, applied=True, error=None)
-        self._stage(files)
-        try:
-            self._validate(self.staging_dir / self.main_file)
-        except ValidationFailed as exc:
-            message = _with_offending_lines(str(exc), self.staging_dir)
-            log.error(
-                "validation of %s failed, kept the last good config: %s", self.main_path, message
-            )
-            PROXY_RELOADS.labels("failed").inc()
-            return ApplyResult(changed=True, applied=False, error=message)
-        return ApplyResult(changed=True, applied=True, error=None)
+        return self._stage_and_validate(files)
 
     def apply(self, files: Mapping[str, str], *, reload: bool = True) -> ApplyResult:
         """Make `files` (name relative to live_dir -> text) live, or keep the last good config.
@@ -84,13 +72,15 @@ class ConfigApplier:
         running proxy already has this config (HAProxy's runtime API applied it); the files
         are validated and swapped so a later reload keeps it, without reloading now.
         """
-        checked = self.check(files)
-        if not checked.changed:
+        changed = self._changed(files)
+        if not changed:
             log.info("%s unchanged, skipped reload", self.main_path)
-            return checked
-        if not checked.applied:
-            return checked
-        changed = {name: text for name, text in files.items() if self._live_text(name) != text}
+            return ApplyResult(changed=False, applied=True, error=None)
+        if self._validated != dict(files):  # not just checked by `check`
+            checked = self._stage_and_validate(files)
+            if not checked.applied:
+                return checked
+        self._validated = None  # the live files change now
         self._save_last_good(changed)
         for name, text in changed.items():
             atomic_write(self.live_dir / name, text)
@@ -113,6 +103,29 @@ class ConfigApplier:
             return ApplyResult(changed=True, applied=False, error=message)
         PROXY_RELOADS.labels("reloaded").inc()
         log.info("applied new %s (%s)", self.main_path, ", ".join(sorted(changed)))
+        return ApplyResult(changed=True, applied=True, error=None)
+
+    def _changed(self, files: Mapping[str, str]) -> dict[str, str]:
+        """The files whose text differs from the live one (names checked first)."""
+        for name in files:
+            _check_relative(name)
+        if self.main_file not in files:
+            raise ValueError(f"the files to apply must include the main file {self.main_file}")
+        return {name: text for name, text in files.items() if self._live_text(name) != text}
+
+    def _stage_and_validate(self, files: Mapping[str, str]) -> ApplyResult:
+        self._validated = None
+        self._stage(files)
+        try:
+            self._validate(self.staging_dir / self.main_file)
+        except ValidationFailed as exc:
+            message = _with_offending_lines(str(exc), self.staging_dir)
+            log.error(
+                "validation of %s failed, kept the last good config: %s", self.main_path, message
+            )
+            PROXY_RELOADS.labels("failed").inc()
+            return ApplyResult(changed=True, applied=False, error=message)
+        self._validated = dict(files)
         return ApplyResult(changed=True, applied=True, error=None)
 
     # ---- files ------------------------------------------------------------------------

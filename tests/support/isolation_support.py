@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import itertools
 import os
 import tarfile
 import zipfile
@@ -21,7 +22,7 @@ from tests.support.ports import worker_slice
 # Test uids lie above the agents' default 70000-79999, so no test meets the app uids of a
 # local cluster (the e2e tests' or a user's demo); each xdist worker owns a slice of them.
 TEST_UIDS = (100000, 199999)
-_next_block = [0]
+_blocks = itertools.count()
 
 
 def uid_range(size: int = 100) -> tuple[int, int]:
@@ -29,8 +30,7 @@ def uid_range(size: int = 100) -> tuple[int, int]:
     space for the whole machine: an agent's janitor kills every process of a departed app's
     uid, so two tests sharing a uid could kill each other's processes."""
     low, high = worker_slice(*TEST_UIDS)
-    start = low + _next_block[0] % ((high - low) // size) * size
-    _next_block[0] += 1
+    start = low + next(_blocks) % ((high - low) // size) * size
     return start, start + size - 1
 
 

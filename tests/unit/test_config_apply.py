@@ -136,3 +136,16 @@ def test_check_validates_without_touching_the_live_files(
     assert applier.check({"main.cfg": "a\n", "hosts.map": "x y\n"}).changed is False
     assert (live / "hosts.map").read_text() == "x y\n"  # nothing live changed, no reload
     assert (live / "main.cfg").read_text() == "a\n" and rec.reloads == 1
+
+
+def test_apply_after_check_validates_once(setup: tuple[ConfigApplier, Recorder, Path]) -> None:
+    """The frontend checks before a runtime update and then applies the same files: the
+    binary validates them once; other files, or the same files after a write, again."""
+    applier, rec, live = setup
+    applier.apply({"main.cfg": "a\n"})
+    assert applier.check({"main.cfg": "b\n"}).applied and len(rec.validated) == 2
+    assert applier.apply({"main.cfg": "b\n"}, reload=False).applied
+    assert len(rec.validated) == 2 and (live / "main.cfg").read_text() == "b\n"
+    applier.check({"main.cfg": "c\n"})
+    assert applier.apply({"main.cfg": "d\n"}).applied and len(rec.validated) == 4
+    assert (live / "main.cfg").read_text() == "d\n"
