@@ -9,12 +9,14 @@ after any failure.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -219,16 +221,19 @@ class MultiHostCluster:
     def kill_host(self, name: str) -> None:
         """SIGKILL every process of host `name`: agent, nginx, app instances."""
         started = self.procs.pop(name)
-        if self.network.kind == "netns":
-            pids = self.network.pids(name)
-        else:
-            pids = [started.popen.pid, *_descendants(started.popen.pid)]
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        host_pids = functools.partial(self._host_pids, name, started)
+        _kill_whole(host_pids)
         _kill_groups(self.state / name)
+        assert not host_pids(), f"{name} is meant to be dead, yet runs {host_pids()}"
         with contextlib.suppress(subprocess.TimeoutExpired):
             started.popen.wait(timeout=10)
+
+    def _host_pids(self, name: str, started: Started) -> list[int]:
+        """The host's processes: its namespace's, or what descends from its first process."""
+        pids = [started.popen.pid, *_descendants(started.popen.pid)]
+        if self.network.kind == "netns":
+            pids += [pid for pid in self.network.pids(name) if pid not in pids]
+        return [pid for pid in pids if _alive(pid)]
 
     # ---- stop --------------------------------------------------------------------------
 
@@ -249,18 +254,38 @@ class MultiHostCluster:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 started.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
         for name, started in list(self.procs.items()):
-            for pid in [started.popen.pid, *_descendants(started.popen.pid)]:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            if self.network.kind == "netns":
-                for pid in self.network.pids(name):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+            _kill_whole(functools.partial(self._host_pids, name, started))
             with contextlib.suppress(subprocess.TimeoutExpired):
                 started.popen.wait(timeout=5)
         for name in self.machines:
             _kill_groups(self.state / name)
         self.procs.clear()
+
+
+def _kill_whole(list_pids: Callable[[], list[int]]) -> None:
+    """Stop every process first, listing again until no new one appears, then kill them all.
+    Killed one by one, an nginx master still alive respawns the worker just killed, and that
+    worker keeps answering 502 for a host that is meant to be dead."""
+    stopped: set[int] = set()
+    for _ in range(50):
+        new = [pid for pid in list_pids() if pid not in stopped]
+        if not new:
+            break
+        for pid in new:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        stopped.update(new)
+    for pid in stopped:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Running or stopped, not a zombie waiting for its parent."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _descendants(pid: int) -> list[int]:
