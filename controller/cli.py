@@ -12,13 +12,13 @@ from typing import Any
 
 import click
 
-from controller.api.auth import has_admin_token, issue_token, revoke_tokens
 from controller.server import tls_identity
 from controller.server.tls_identity import TlsIdentity
 from controller.settings import RegistrySettings
 from controller.store import secretbox
 from controller.store.db import Database, DatabaseCorrupt, PendingMigrations
 from controller.store.schema import SchemaTooNew
+from controller.store.tokens import has_admin_token, issue_token, revoke_tokens
 
 
 @click.group()

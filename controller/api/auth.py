@@ -7,21 +7,17 @@ frontend's own token (made at join); `join` only joins hosts.
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from dataclasses import dataclass
-from typing import Literal
 
 from fastapi import Depends, Request
-from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
+from sqlalchemy import select
 
 from controller.api.context import get_ctx
 from controller.context import Context
 from controller.errors import Forbidden, Unauthorized
 from controller.store.models import Token
+from controller.store.tokens import TokenKind, hash_token
 
-TokenKind = Literal["admin", "deploy", "join", "host"]
 PRINCIPAL_KEY = "paas.principal"  # where the request's principal is kept (audit reads it)
 
 
@@ -44,55 +40,6 @@ class Principal:
         """How the audit log and error messages name this token."""
         shown = self.name or (self.host_name if self.kind == "host" else None)
         return f"{self.kind} token #{self.token_id}" + (f" ({shown})" if shown else "")
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def issue_token(
-    session: Session,
-    kind: TokenKind,
-    *,
-    host_name: str | None = None,
-    name: str | None = None,
-    app: str | None = None,
-) -> str:
-    """Create a token, store its hash, return the token (the only time it is visible)."""
-    token = secrets.token_urlsafe(32)
-    session.add(
-        Token(sha256=hash_token(token), kind=kind, host_name=host_name, name=name, app_name=app)
-    )
-    return token
-
-
-def issue_token_row(
-    session: Session,
-    kind: TokenKind,
-    *,
-    name: str | None = None,
-    app: str | None = None,
-    domains: list[str] | None = None,
-) -> tuple[Token, str]:
-    """Like issue_token, but also hands back the stored row (its id is what `revoke` takes)."""
-    token = secrets.token_urlsafe(32)
-    row = Token(
-        sha256=hash_token(token), kind=kind, name=name, app_name=app, domains=list(domains or [])
-    )
-    session.add(row)
-    session.flush()
-    return row, token
-
-
-def revoke_tokens(session: Session, kind: TokenKind, *, host_name: str | None = None) -> None:
-    query = delete(Token).where(Token.kind == kind)
-    if host_name is not None:
-        query = query.where(Token.host_name == host_name)
-    session.execute(query)
-
-
-def has_admin_token(session: Session) -> bool:
-    return session.execute(select(Token.id).where(Token.kind == "admin")).first() is not None
 
 
 def bearer(request: Request) -> str | None:

@@ -30,11 +30,12 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from controller.api.audit import recent
-from controller.api.auth import bearer, hash_token
+from controller.api.auth import bearer
 from controller.api.context import get_ctx
 from controller.api.views import app_view, host_view
 from controller.context import Context
 from controller.store.models import App, Host, Instance, Release, Token
+from controller.store.tokens import hash_token
 
 COOKIE = "paas_status"
 RELEASES_PER_APP = 5

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.api.auth import issue_token
 from controller.store.db import Database
+from controller.store.tokens import issue_token
 
 NOBODY = 65534
 

@@ -24,10 +24,10 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from controller.api.app import create_app
-from controller.api.auth import issue_token
 from controller.settings import RegistrySettings
 from controller.store import secretbox
 from controller.store.db import Database
+from controller.store.tokens import issue_token
 
 DEFAULT_FILES = {"Procfile": "web: python app.py\n", "paas.toml": "min_healthy_s = 0\n"}
 

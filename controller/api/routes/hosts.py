@@ -22,12 +22,10 @@ from common.names import HostName
 from controller.api.auth import (
     Principal,
     check_own_host,
-    issue_token,
     principal,
     require_admin,
     require_admin_or_host,
     require_join,
-    revoke_tokens,
 )
 from controller.api.context import get_ctx
 from controller.api.queries import INDEX_HEADER, get_host
@@ -42,6 +40,7 @@ from controller.store.agent_keys import seal
 from controller.store.db import bump, revision
 from controller.store.models import Host, Instance
 from controller.store.secretbox import keyring_of
+from controller.store.tokens import issue_token, revoke_tokens
 
 log = logging.getLogger("paas.registry")
 

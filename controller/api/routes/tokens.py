@@ -17,12 +17,13 @@ from sqlalchemy import func, select
 
 from common.names import AppName, Domain, check_token_name
 from common.wire import TokenCreated, TokenInfo
-from controller.api.auth import Principal, issue_token_row, require_admin
+from controller.api.auth import Principal, require_admin
 from controller.api.context import get_ctx
 from controller.context import Context
 from controller.core.domains import check_allowance
 from controller.errors import Conflict, NotFound
 from controller.store.models import App, Token
+from controller.store.tokens import issue_token_row
 
 router = APIRouter(prefix="/v1/tokens", tags=["tokens"])
 
