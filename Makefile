@@ -47,12 +47,15 @@ stop:
 # Tests run in parallel workers (pytest-xdist); most wait on processes, so more workers than
 # cores pay. Tests that must not run beside each other share an xdist_group (--dist loadgroup);
 # the longest start first (tests/conftest.py START_ORDER, hence --no-loadscope-reorder).
+# Bytecode is written even where PYTHONDONTWRITEBYTECODE is set: each test run starts a few
+# hundred registries, agents and CLIs, and every one would compile the project again.
 TEST_WORKERS ?= 4
-PYTEST_PAR   := $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+PYTEST_ENV   := env PYTHONDONTWRITEBYTECODE=
+PYTEST_PAR   := $(PYTEST_ENV) $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 # Tests that time the registry's answers under attack (marker `timed`, all in
-# tests/integration) run afterwards in two workers of their own: the attacks in one, the
-# stall and shutdown tests, which mostly wait, in the other.
-PYTEST_TIMED := $(BIN)/pytest -q -n 2 --dist loadgroup -m timed tests/integration
+# tests/integration) run afterwards, away from that load, in four groups of their own
+# (tests/conftest.py TIMED).
+PYTEST_TIMED := $(PYTEST_ENV) $(BIN)/pytest -q -n 4 --dist loadgroup -m timed tests/integration
 
 # Every tier: unit, integration, e2e, system (tests/*; markers of the same names).
 test: setup

@@ -29,16 +29,24 @@ REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 TIERS = ("unit", "integration", "e2e", "system")  # a folder of tests/ each, a marker each
 # Integration tests that measure time limits and connection caps of a real registry (an
-# answer within 1 s while under attack): marked `timed`, `make test` runs them in two workers
-# of their own once the parallel run is done, since four workers on two cores would measure
-# the scheduler instead. File -> xdist group: the attacks, which each keep a core busy, run
-# one after another in one worker; beside them, the tests that mostly wait (a stopped
-# registry and TTLs going by, a shutdown).
+# answer within 1 s while under attack): marked `timed`. `make test` runs them once the
+# parallel run is done, away from its load, in four xdist groups of about 30 s each: the
+# attacks that keep a core busy in two ("bombs", "edge"), the tests that mostly wait in two
+# (a stopped registry and TTLs going by, a shutdown; floods of idle sockets).
+# "file" or "file::test" -> group.
 TIMED = {
-    "test_api_artifacts.py": "timed-attacks",
-    "test_edge_attacks.py": "timed-attacks",
+    "test_api_artifacts.py": "timed-bombs",
+    "test_edge_attacks.py": "timed-edge",
+    "test_edge_attacks.py::test_one_tokens_flood_gets_429_and_slows_no_other_token": "timed-bombs",
+    "test_edge_attacks.py::test_one_tokens_concurrent_uploads_are_capped_with_429": "timed-bombs",
     "test_registry_shutdown.py": "timed-waits",
     "test_registry_stall.py": "timed-waits",
+    "test_registry_stall.py::test_hosts_shut_out_by_a_full_connection_cap_are_not_marked_down": (
+        "timed-flood"
+    ),
+    "test_registry_stall.py::test_slow_sockets_evicted_at_the_pending_cap_grant_no_grace": (
+        "timed-flood"
+    ),
 }
 # Where a tier's tests start under xdist: the longest first (the host image tests take about
 # a minute each on one worker), the many short unit tests last, where they even out the
@@ -63,9 +71,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         if tier in TIERS:
             item.add_marker(getattr(pytest.mark, tier))
-        if tier == "integration" and item.path.name in TIMED:
+        group = TIMED.get(f"{item.path.name}::{item.name}", TIMED.get(item.path.name))
+        if tier == "integration" and group is not None:
             item.add_marker(pytest.mark.timed)
-            item.add_marker(pytest.mark.xdist_group(TIMED[item.path.name]))
+            item.add_marker(pytest.mark.xdist_group(group))
         slow = item.get_closest_marker("slow") is not None
         order[item.nodeid] = 0 if slow else START_ORDER.get(tier, len(START_ORDER) + 1)
     items.sort(key=lambda item: order.get(item.nodeid, len(START_ORDER) + 1))
