@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import psycopg
-
-from controller.store.pgconn import KeptConnection
+if TYPE_CHECKING:  # psycopg is loaded only when a replica runs on PostgreSQL
+    import psycopg
 
 log = logging.getLogger("paas.registry")
 
@@ -51,6 +50,8 @@ class AdvisoryLockLeader:
     """Leader while holding `pg_try_advisory_lock(LOCK_KEY)` on its own connection."""
 
     def __init__(self, url: str) -> None:
+        from controller.store.pgconn import KeptConnection
+
         self._leader = threading.Event()
         self._keeper = KeptConnection(url, "leader", self._hold, on_lost=self._leader.clear)
 
