@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from cli.errors import CliError, ClusterError
 from cli.local_procs import (
     Member,
     claimed_ranges,
+    claimed_uid_ranges,
     processes_under,
     same_process,
     start_ticks,
@@ -56,6 +58,8 @@ REGISTRY_STOP_S = 5.0  # agents first: they drain apps while it answers
 LEFTOVER_STOP_S = 10.0  # what no agent stopped: orphaned nginx, HAProxy, apps
 RANGE_SIZE = 500  # ports in a range picked for the user (app instances, service ports)
 RANGE_LOW, RANGE_HIGH = 10000, 32000  # below Linux's ephemeral ports (32768-60999)
+UID_BLOCK = 1000  # app uids of one local cluster: one per app
+UID_LOW, UID_HIGH = 70000, 99999  # the agent's default block first (70000-79999)
 OWNER = {"nginx": MACHINE, "app": MACHINE, "haproxy": FRONTEND}  # who adopts an orphan
 
 
@@ -123,6 +127,25 @@ def _free_block(
             return start, end
         start = busy + 1
     return None
+
+
+def free_uid_block(avoid: Iterable[tuple[int, int]]) -> tuple[int, int]:
+    """A block of UID_BLOCK app uids overlapping none of `avoid` (the blocks of the machine
+    agents running here, `claimed_uid_ranges()`). Picked at random among the free ones, so
+    two clusters started at the same moment, neither seeing the other's agent yet, rarely
+    pick the same."""
+    claimed = list(avoid)
+    free = [
+        (low, low + UID_BLOCK - 1)
+        for low in range(UID_LOW, UID_HIGH + 1 - UID_BLOCK + 1, UID_BLOCK)
+        if all(b < low or a > low + UID_BLOCK - 1 for a, b in claimed)
+    ]
+    if free:
+        return random.Random().choice(free)
+    raise ClusterError(
+        f"every block of {UID_BLOCK} app uids in {UID_LOW}-{UID_HIGH} is taken by a running"
+        " cluster; stop one or pass --app-uids"
+    )
 
 
 def _alive(pid: int, create_time: float | None = None, ticks: int | None = None) -> bool:
@@ -217,6 +240,7 @@ class LocalCluster:
         ready_timeout: float = 60.0,
         service_ports: tuple[int, int] | None = None,
         app_ports: tuple[int, int] | None = None,
+        app_uids: tuple[int, int] | None = None,
     ) -> None:
         """Unset ports come from `<state>/cluster.json` (the last `up`), else `Ports()`; unset
         ranges from there, else free ranges picked at `up`. A running cluster keeps its own."""
@@ -226,11 +250,12 @@ class LocalCluster:
         self.ready_timeout = ready_timeout
         saved = self._read_settings()
         if saved and self.running():
-            ports, domain, service_ports, app_ports = None, None, None, None
+            ports, domain, service_ports, app_ports, app_uids = None, None, None, None, None
         self.ports = ports or (Ports(**saved["ports"]) if saved.get("ports") else Ports())
         self.domain = domain or saved.get("domain") or "localhost"
         self.service_ports = service_ports or _pair(saved.get("service_ports"))
         self.app_ports = app_ports or _pair(saved.get("app_ports"))
+        self.app_uids = app_uids or _pair(saved.get("app_uids"))
 
     # ---- paths and facts ---------------------------------------------------------------
 
@@ -305,6 +330,7 @@ class LocalCluster:
             "domain": self.domain,
             "service_ports": list(self.service_ports) if self.service_ports else None,
             "app_ports": list(self.app_ports) if self.app_ports else None,
+            "app_uids": list(self.app_uids) if self.app_uids else None,
         }
         write_private(self.settings_file, json.dumps(body, indent=2) + "\n")
 
@@ -364,6 +390,8 @@ class LocalCluster:
                 taken.append(self.service_ports)
             if self.app_ports is None:
                 self.app_ports = free_range(avoid=tuple(taken))
+        if self.app_uids is None:
+            self.app_uids = free_uid_block(claimed_uid_ranges())
         self._save_settings()
         private_dir(self.logs_dir)
         self._note_running(running)
@@ -467,6 +495,8 @@ class LocalCluster:
             argv += ["--proxy-port", str(self.ports.proxy), "--api-port", str(self.ports.agent_api)]
             if self.app_ports:
                 argv += ["--port-range", f"{self.app_ports[0]}-{self.app_ports[1]}"]
+            if self.app_uids:
+                argv += ["--app-uids", f"{self.app_uids[0]}-{self.app_uids[1]}"]
             return argv
         return [*argv, "--http-port", str(self.ports.http), "--https-port", str(self.ports.https)]
 
@@ -619,6 +649,7 @@ class LocalCluster:
             "ports": asdict(self.ports),
             "service_ports": self.service_ports,
             "app_ports": self.app_ports,
+            "app_uids": self.app_uids,
             "domain": self.domain,
             "processes": processes,
             "others": others,

@@ -180,14 +180,41 @@ def claimed_ranges() -> list[tuple[int, int]]:
     """Port ranges that running agents and registries on this machine were given (app ports,
     service ports): free now, but theirs to hand out; a new cluster picks apart from them."""
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        args = list(proc.info.get("cmdline") or ())
+    for args in _command_lines():
         program = _program(tuple(args))
         if program == AGENT_PROGRAM:
             found.append(_option(args, "--port-range") or "20000-29999")  # the agent's default
         elif program == REGISTRY_PROGRAM and "serve" in args:
             least, most = _option(args, "--service-port-min"), _option(args, "--service-port-max")
             found.append(f"{least or 20000}-{most or 29999}")
+    return _ranges(found)
+
+
+def claimed_uid_ranges() -> list[tuple[int, int]]:
+    """App uid ranges of the machine agents running here. Two agents that hand out the same
+    uid would let one's app read the other's files, and the janitor of one kill the other's
+    app: a new cluster takes a block apart from all of them."""
+    return uid_ranges_of(_command_lines())
+
+
+def uid_ranges_of(command_lines: Iterable[list[str]]) -> list[tuple[int, int]]:
+    found = []
+    for args in command_lines:
+        role = _option(args, "--role")
+        if _program(tuple(args)) == AGENT_PROGRAM and role in (None, "machine"):
+            found.append(_option(args, "--app-uids") or "70000-79999")  # the agent's default
+    return _ranges(found)
+
+
+def _command_lines() -> list[list[str]]:
+    lines = []
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            lines.append(list(proc.info.get("cmdline") or ()))
+    return lines
+
+
+def _ranges(found: list[str]) -> list[tuple[int, int]]:
     ranges = []
     for text in found:
         with contextlib.suppress(ValueError):

@@ -286,9 +286,18 @@ STATE_OPTION = click.option(
 
 
 class PortRange(click.ParamType):
-    """LOW-HIGH, e.g. 20000-20999."""
+    """LOW-HIGH, e.g. 20000-20999: bounds within [least, most]."""
 
     name = "LOW-HIGH"
+
+    def __init__(
+        self,
+        least: int = 1024,
+        most: int = 65535,
+        what: str = "ports",
+        example: str = "20000-20999",
+    ) -> None:
+        self.least, self.most, self.what, self.example = least, most, what, example
 
     def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int, int]:
         if isinstance(value, tuple):
@@ -296,9 +305,13 @@ class PortRange(click.ParamType):
         try:
             low, high = (int(part) for part in str(value).split("-"))
         except ValueError:
-            self.fail(f"{value!r} is not LOW-HIGH, e.g. 20000-20999", param, ctx)
-        if not 1024 <= low <= high <= 65535:
-            self.fail(f"{value!r} must be two ports within 1024-65535, low first", param, ctx)
+            self.fail(f"{value!r} is not LOW-HIGH, e.g. {self.example}", param, ctx)
+        if not self.least <= low <= high <= self.most:
+            self.fail(
+                f"{value!r} must be two {self.what} within {self.least}-{self.most}, low first",
+                param,
+                ctx,
+            )
         return low, high
 
 
@@ -324,6 +337,12 @@ def _port_option(name: str, default: int, what: str) -> Callable[[Any], Any]:
 @click.option(
     "--service-ports", type=PortRange(), default=None, help="Service ports [default: free ones]."
 )
+@click.option(
+    "--app-uids",
+    type=PortRange(10000, 2147483646, "uids", "80000-80999"),
+    default=None,
+    help="Uids for the apps, one each [default: a block no running cluster uses].",
+)
 @click.option("--domain", default=None, help="Cluster domain [default: localhost].")
 @click.option(
     "--app-dir", type=click.Path(path_type=Path), default=Path("examples/hello"), show_default=True
@@ -339,6 +358,7 @@ def local_up(
     agent_api_port: int | None,
     app_ports: tuple[int, int] | None,
     service_ports: tuple[int, int] | None,
+    app_uids: tuple[int, int] | None,
     domain: str | None,
     app_dir: Path,
     no_deploy: bool,
@@ -360,7 +380,11 @@ def local_up(
         "agent_api": agent_api_port,
     }
     cluster = LocalCluster(
-        state_dir, domain=domain, service_ports=service_ports, app_ports=app_ports
+        state_dir,
+        domain=domain,
+        service_ports=service_ports,
+        app_ports=app_ports,
+        app_uids=app_uids,
     )
     picked = {k: v for k, v in chosen.items() if v is not None}
     if picked and not cluster.running():  # a running cluster keeps its ports

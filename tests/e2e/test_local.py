@@ -172,6 +172,15 @@ def test_two_clusters_side_by_side(local_a: LocalCluster) -> None:
             for i, (low, high) in enumerate(ranges):  # four ranges, no two overlap
                 assert all(high < lo or low > hi for lo, hi in ranges[i + 1 :]), ranges
             assert app_instance(b)[1] != app_instance(local_a)[1]
+            # App uids: a block each, apart, so neither cluster's app can read the other's
+            # files or be killed by the other's janitor.
+            assert local_a.app_uids is not None and b.app_uids is not None
+            (a_low, a_high), (b_low, b_high) = local_a.app_uids, b.app_uids
+            assert b_high < a_low or b_low > a_high, (local_a.app_uids, b.app_uids)
+            if os.geteuid() == 0:  # apps run as their own uids only under a root agent
+                for cluster, (low, high) in ((local_a, local_a.app_uids), (b, b.app_uids)):
+                    uid = psutil.Process(app_instance(cluster)[0]).uids().real
+                    assert low <= uid <= high, (uid, low, high)
             for cluster in (local_a, b):
                 assert https_get(cluster, "hello.localhost").status_code == 200
 

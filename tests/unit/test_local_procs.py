@@ -8,8 +8,8 @@ import os
 import psutil
 import pytest
 
-from cli.local import ClusterError, _alive, free_range
-from cli.local_procs import _option, _role, is_under, start_ticks
+from cli.local import ClusterError, _alive, free_range, free_uid_block
+from cli.local_procs import _option, _role, is_under, start_ticks, uid_ranges_of
 
 
 def test_under_a_folder_also_once_it_was_deleted() -> None:
@@ -74,3 +74,27 @@ def test_options_read_from_command_lines() -> None:
     assert _option(args, "--port-range") == "20100-20199"
     assert _option(args, "--name") == "x"
     assert _option(args, "--api-port") is None
+
+
+def test_app_uids_of_running_machine_agents() -> None:
+    """An agent started without --app-uids hands out its default block; frontends none."""
+    py, agent = "/v/bin/python", "/v/bin/paas-agent"
+    lines = [
+        [py, agent, "--role", "machine", "--app-uids", "80000-80999"],
+        [py, agent, "--role", "machine", "--name", "old"],
+        [py, agent, "--role", "frontend", "--name", "frontend-1"],
+        [py, "/v/bin/paas-registry", "serve"],
+        ["nginx: master process"],
+    ]
+    assert uid_ranges_of(lines) == [(80000, 80999), (70000, 79999)]
+
+
+def test_a_new_cluster_takes_app_uids_no_running_agent_hands_out() -> None:
+    """Two clusters sharing a uid: one's app could read the other's files, and one's janitor
+    kill the other's app when an app departs."""
+    blocks = {(low, low + 999) for low in range(70000, 100000, 1000)}
+    assert {free_uid_block([]) for _ in range(200)} <= blocks
+    claimed = [(70000, 79999), (80000, 80999), (81500, 81500), (83000, 99999)]
+    assert {free_uid_block(claimed) for _ in range(20)} == {(82000, 82999)}  # the one left
+    with pytest.raises(ClusterError, match="pass --app-uids"):
+        free_uid_block([(60000, 99999)])
