@@ -28,6 +28,7 @@ from typing import Literal
 import httpx
 
 from common.names import check_health_path
+from common.registry_tls import no_tls
 
 CHECK_TIMEOUT_S = 5.0  # the default; each app may set its own (health_check_timeout_s)
 
@@ -97,6 +98,7 @@ class HealthChecker:
             # No keep-alive between checks: every check proves the app still accepts.
             limits=httpx.Limits(max_keepalive_connections=0),
             trust_env=False,
+            verify=no_tls(),  # checks are plain http:// to 127.0.0.1
         )
 
     async def check(self, port: int, path: str, *, host: str | None = None) -> tuple[bool, str]:

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from cli.local import kill_tree
+from common.registry_tls import no_tls
 
 BIN = Path(sys.executable).parent
 
@@ -52,7 +53,7 @@ def registry(tmp_path: Path, free_port: int) -> Iterator[tuple[str, str]]:
         deadline = time.monotonic() + 30
         while True:
             try:
-                if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
+                if httpx.get(f"{url}/v1/health", timeout=1, verify=no_tls()).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

@@ -27,6 +27,7 @@ from agent.proxy.nginx import service_ports
 from agent.proxy.nginx import view as nginx
 from agent.proxy.render import make_environment, template_dirs
 from agent.settings import AgentSettings
+from common.registry_tls import no_tls
 from common.wire import DesiredInstance, DesiredState, RouteServer, ServiceRoute
 from tests.conftest import free_ports
 from tests.support.proxies import web_instance
@@ -107,11 +108,12 @@ class Requests:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
+        plain = no_tls()  # http:// only: no CA bundle loaded for every request's client
         while not self._stop.is_set():
             for url, host in self.targets:
                 self.sent += 1
                 try:
-                    with httpx.Client(timeout=5, trust_env=False) as client:
+                    with httpx.Client(timeout=5, trust_env=False, verify=plain) as client:
                         response = client.get(url, headers={"Host": host})
                     if response.status_code != 200:
                         self.failures.append(f"{url} {host}: {response.status_code}")

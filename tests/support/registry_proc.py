@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from cli.local import kill_tree
+from common.registry_tls import no_tls
 from tests.conftest import free_port
 
 BIN = Path(sys.executable).parent
@@ -100,7 +101,7 @@ def registry_process(tmp: Path, **settings: Any) -> Iterator[RegistryProcess]:
         deadline = time.monotonic() + 30
         while True:
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
+                if httpx.get(f"{url}/v1/health", timeout=1, verify=no_tls()).status_code == 200:
                     break
             assert proc.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, "the registry did not start"

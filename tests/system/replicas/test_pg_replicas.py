@@ -29,6 +29,7 @@ import pytest
 
 from agent.link.client import RegistryClient as AgentClient
 from cli.local import kill_tree
+from common.registry_tls import no_tls
 from tests.conftest import free_port_range, free_ports, short_dir
 from tests.support.pg import PgServer
 from tests.support.registry_app import make_artifact, sha256_of
@@ -118,7 +119,8 @@ class Replicas:
         while time.monotonic() < deadline:
             assert self.procs[f"registry{i}"].poll() is None, self.logs()
             try:
-                if httpx.get(f"{self.url(i)}/v1/health", timeout=1).status_code == 200:
+                health = httpx.get(f"{self.url(i)}/v1/health", timeout=1, verify=no_tls())
+                if health.status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
