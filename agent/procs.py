@@ -315,17 +315,56 @@ class ChildProcess:
 
 def children(pid: int, *, recursive: bool = False) -> list[ChildProcess]:
     """The children of `pid` (with `recursive`, theirs too) and their titles ([] when gone)."""
-    try:
-        kids = psutil.Process(pid).children(recursive=recursive)
-    except psutil.Error:
-        return []
-    found = []
-    for kid in kids:
+    pids = _descendant_pids(pid, recursive=recursive)
+    if pids is None:  # no /proc/<pid>/task/<tid>/children in this kernel
         try:
-            found.append(ChildProcess(kid.pid, " ".join(kid.cmdline())))
+            pids = [kid.pid for kid in psutil.Process(pid).children(recursive=recursive)]
+        except psutil.Error:
+            return []
+    found = []
+    for kid in pids:
+        try:
+            found.append(ChildProcess(kid, " ".join(psutil.Process(kid).cmdline())))
         except psutil.Error:
             continue
     return found
+
+
+def _descendant_pids(pid: int, *, recursive: bool) -> list[int] | None:
+    """From the kernel's own lists of each thread's children. psutil instead reads the parent
+    of every process on the host, and nginx reloads poll this every 10 ms."""
+    found: list[int] = []
+    waiting = [pid]
+    while waiting:
+        kids = _child_pids(waiting.pop())
+        if kids is None:
+            return None
+        found += kids
+        if recursive:
+            waiting += kids
+    return found
+
+
+def _child_pids(pid: int) -> list[int] | None:
+    """[] when `pid` is gone; None when the kernel has no `children` files."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return []
+    except OSError:
+        return None
+    kids: list[int] = []
+    for task in tasks:
+        try:
+            text = Path(f"/proc/{pid}/task/{task}/children").read_text()
+        except FileNotFoundError:
+            if Path(f"/proc/{pid}/task/{task}").exists():
+                return None  # the thread is there, the file is not: CONFIG_PROC_CHILDREN off
+            continue  # the thread ended meanwhile
+        except OSError:
+            return None
+        kids += (int(word) for word in text.split())
+    return kids
 
 
 def create_time(pid: int) -> float | None:

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 from agent import procs
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
@@ -59,3 +61,35 @@ def test_kill_group_ends_every_member(tmp_path: Path) -> None:
         assert procs.find(kids[0].pid, leader=False) is None
     finally:
         child.stop(grace_s=1.0)
+
+
+def test_children_from_every_thread_and_generation(tmp_path: Path) -> None:
+    """Read from the kernel's per-thread lists: a child forked by another thread than the main
+    one counts, and `recursive` reaches the grandchildren; the same set psutil finds by
+    scanning every process."""
+    script = (
+        "import subprocess, sys, threading, time;"
+        " nap = [sys.executable, '-c', 'import time; time.sleep(60)'];"
+        " nest = [sys.executable, '-c', 'import subprocess, sys, time; subprocess.Popen('"
+        " + repr(nap) + '); time.sleep(60)'];"
+        " threading.Thread(target=lambda: subprocess.Popen(nap)).start();"
+        " subprocess.Popen(nest); time.sleep(60)"
+    )
+    parent = procs.spawn(
+        [sys.executable, "-c", script], env={}, cwd=tmp_path, log_path=tmp_path / "out.log"
+    )
+    try:
+        found: set[int] = set()
+        for _ in range(500):  # two children and a grandchild, once all have started
+            found = {kid.pid for kid in procs.children(parent.pid, recursive=True)}
+            if len(found) == 3:
+                break
+            parent.wait(0.01)
+        direct = {kid.pid for kid in procs.children(parent.pid)}
+        assert len(found) == 3 and len(direct) == 2 and direct < found
+        by_scan = {p.pid for p in psutil.Process(parent.pid).children(recursive=True)}
+        assert found == by_scan
+        assert procs.children(999_999_999) == []  # no such process
+    finally:
+        procs.kill_group(parent.pid)
+        parent.stop(grace_s=1.0)
