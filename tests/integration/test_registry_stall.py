@@ -96,7 +96,9 @@ def test_a_registry_stopped_longer_than_the_ttl_marks_no_live_host_down(tmp_path
                 assert registry.hosts(client) == {"m1": "up", "m2": "up"}, registry.log()
                 time.sleep(0.1)
             assert "missed its heartbeats" not in registry.log()
-            assert "was stalled" in registry.log()
+            # Seen as a stall ("was stalled"), or, when the stop came while the watchdog timed
+            # a trip through the worker threads, as threads that were busy: grace either way.
+            assert "every host gets one heartbeat TTL" in registry.log()
 
             # The judgement still works: a host that really went silent is marked down.
             beating.discard("m2")
