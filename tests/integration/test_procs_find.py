@@ -49,12 +49,7 @@ def test_kill_group_ends_every_member(tmp_path: Path) -> None:
         [sys.executable, "-c", script], env={}, cwd=tmp_path, log_path=tmp_path / "out.log"
     )
     try:
-        kids: list[procs.ChildProcess] = []
-        for _ in range(500):
-            kids = procs.children(child.pid)
-            if kids:
-                break
-            child.wait(0.01)
+        kids = _children_once(child, 1)
         assert kids
         procs.kill_group(child.pid)
         assert child.wait(5.0) is not None
@@ -78,13 +73,8 @@ def test_children_from_every_thread_and_generation(tmp_path: Path) -> None:
     parent = procs.spawn(
         [sys.executable, "-c", script], env={}, cwd=tmp_path, log_path=tmp_path / "out.log"
     )
-    try:
-        found: set[int] = set()
-        for _ in range(500):  # two children and a grandchild, once all have started
-            found = {kid.pid for kid in procs.children(parent.pid, recursive=True)}
-            if len(found) == 3:
-                break
-            parent.wait(0.01)
+    try:  # two children and a grandchild, once all have started
+        found = {kid.pid for kid in _children_once(parent, 3, recursive=True)}
         direct = {kid.pid for kid in procs.children(parent.pid)}
         assert len(found) == 3 and len(direct) == 2 and direct < found
         by_scan = {p.pid for p in psutil.Process(parent.pid).children(recursive=True)}
@@ -93,3 +83,16 @@ def test_children_from_every_thread_and_generation(tmp_path: Path) -> None:
     finally:
         procs.kill_group(parent.pid)
         parent.stop(grace_s=1.0)
+
+
+def _children_once(
+    parent: procs.Child, count: int, *, recursive: bool = False
+) -> list[procs.ChildProcess]:
+    """`procs.children` once `count` of them have started (5 s at most)."""
+    kids: list[procs.ChildProcess] = []
+    for _ in range(500):
+        kids = procs.children(parent.pid, recursive=recursive)
+        if len(kids) >= count:
+            break
+        parent.wait(0.01)
+    return kids
