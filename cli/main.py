@@ -285,8 +285,8 @@ STATE_OPTION = click.option(
 )
 
 
-class PortRange(click.ParamType):
-    """LOW-HIGH, e.g. 20000-20999: bounds within [least, most]."""
+class LowHigh(click.ParamType):
+    """LOW-HIGH, e.g. 20000-20999 (ports) or 80000-80999 (uids): bounds within [least, most]."""
 
     name = "LOW-HIGH"
 
@@ -332,14 +332,14 @@ def _port_option(name: str, default: int, what: str) -> Callable[[Any], Any]:
 @_port_option("--proxy-port", 8081, "Machine proxy (nginx) port.")
 @_port_option("--agent-api-port", 8071, "Machine agent API port (logs, runs, metrics).")
 @click.option(
-    "--app-ports", type=PortRange(), default=None, help="App instance ports [default: free ones]."
+    "--app-ports", type=LowHigh(), default=None, help="App instance ports [default: free ones]."
 )
 @click.option(
-    "--service-ports", type=PortRange(), default=None, help="Service ports [default: free ones]."
+    "--service-ports", type=LowHigh(), default=None, help="Service ports [default: free ones]."
 )
 @click.option(
     "--app-uids",
-    type=PortRange(10000, 2147483646, "uids", "80000-80999"),
+    type=LowHigh(10000, 2147483646, "uids", "80000-80999"),
     default=None,
     help="Uids for the apps, one each [default: a block no running cluster uses].",
 )

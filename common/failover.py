@@ -52,10 +52,6 @@ def never_sent(exc: httpx.TransportError) -> bool:
     return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
 
 
-def retry_transport_error(exc: httpx.TransportError, method: str, *, idempotent: bool) -> bool:
-    return never_sent(exc) or method.upper() in SAFE_METHODS or idempotent
-
-
 # How a request dies on a kept-alive connection the registry closed as it was sent (its
 # keep-alive timer ran out): the connection is reset or closed before any answer.
 CUT_OFF = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
@@ -116,11 +112,15 @@ def _replayable(request: httpx.Request) -> bool:
     return isinstance(request.stream, httpx.ByteStream)
 
 
-def _retry_error(request: httpx.Request, exc: httpx.TransportError, *, replayable: bool) -> bool:
-    if not replayable:
-        return never_sent(exc)
+def _repeatable(request: httpx.Request, *, replayable: bool) -> bool:
+    """Sending it twice changes nothing: its body can be sent again, and it is a read or a
+    call its caller marked idempotent."""
     idempotent = bool(request.extensions.get(IDEMPOTENT))
-    return retry_transport_error(exc, request.method, idempotent=idempotent)
+    return replayable and (request.method.upper() in SAFE_METHODS or idempotent)
+
+
+def _retry_error(request: httpx.Request, exc: httpx.TransportError, *, replayable: bool) -> bool:
+    return never_sent(exc) or _repeatable(request, replayable=replayable)
 
 
 def _retry_status(request: httpx.Request, status: int, *, replayable: bool) -> bool:
@@ -198,10 +198,9 @@ class _Trip:
         the same replica again (the pool dropped the dead connection, so on a new one). A
         pooled connection the registry closed as the request went out dies this way; moving
         to the next replica, or failing with one replica only, would be wrong."""
-        if self._sent_again or not isinstance(exc, CUT_OFF) or not self.replayable:
+        if self._sent_again or not isinstance(exc, CUT_OFF):
             return False
-        idempotent = bool(self.request.extensions.get(IDEMPOTENT))
-        if not (self.request.method.upper() in SAFE_METHODS or idempotent):
+        if not _repeatable(self.request, replayable=self.replayable):
             return False
         self._sent_again = True
         return True
