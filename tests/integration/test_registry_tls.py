@@ -36,6 +36,7 @@ from common.registry_tls import (
     RegistryTrustError,
     check_urls,
     fingerprint_of,
+    no_tls,
     parse_pins,
     sync_transport,
 )
@@ -421,3 +422,14 @@ def test_a_handshake_that_never_comes_is_cut_at_the_header_timeout(tmp_path: Pat
         assert held < 5, f"held {held:.1f} s"
         with _pinned(reg) as client:  # and the registry still answers
             assert client.get(f"{reg.url}/v1/health").is_success
+
+
+def test_a_plain_http_client_handed_an_https_url_trusts_nothing(tmp_path: Path) -> None:
+    """`no_tls()` (the context of plain-http clients: an unanchored registry client, health
+    checks) loads no CA: a TLS server with a certificate of its own is refused at the
+    handshake, and no request byte reaches it."""
+    with impostor(tmp_path) as fake, httpx.Client(verify=no_tls(), timeout=5) as client:
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            client.get(f"{fake.url}/v1/apps")
+        assert fake.connections >= 1
+        assert all(data == b"" for data in fake.heard())
