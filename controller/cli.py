@@ -17,7 +17,7 @@ from controller.server.tls_identity import TlsIdentity
 from controller.settings import RegistrySettings
 from controller.store import secretbox
 from controller.store.db import Database, DatabaseCorrupt, PendingMigrations
-from controller.store.schema import SchemaTooNew
+from controller.store.schema_head import SchemaTooNew
 from controller.store.tokens import has_admin_token, issue_token, revoke_tokens
 
 

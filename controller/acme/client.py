@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import josepy
@@ -21,37 +20,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from common.names import check_acme_key_authorization, check_acme_token, check_domain
+from controller.acme.protocol import AcmeFailed, Challenge, Issued
 
 log = logging.getLogger("paas.registry.acme")
 
 USER_AGENT = "paas-registry"
-
-
-class AcmeFailed(RuntimeError):
-    """Issuance failed; the message says at which step and why."""
-
-
-@dataclass(frozen=True)
-class Challenge:
-    domain: str
-    token: str
-    key_authorization: str
-
-
-@dataclass(frozen=True)
-class Issued:
-    fullchain_pem: str  # leaf first, then the issuers the CA sent
-    key_pem: str  # PKCS#8, unencrypted
-
-
-def new_account_key_pem() -> str:
-    """An ECDSA P-256 account key (ES256), PEM."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
 
 
 def _new_cert_key_pem() -> bytes:

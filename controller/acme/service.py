@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from common import wire
-from controller.acme.client import AcmeFailed, AcmeIssuer, Challenge, new_account_key_pem
+from controller.acme.protocol import AcmeFailed, Challenge, new_account_key_pem
 from controller.context import Context
 from controller.core.certs import add_certificate, app_domain_names
 from controller.core.clock import now
@@ -182,6 +182,8 @@ class AcmeRunner:
         if not directory:
             return
         log.info("ACME: ordering a certificate for %s from %s", domain, directory)
+        from controller.acme.client import AcmeIssuer  # loads the acme library: see protocol.py
+
         try:
             issuer = AcmeIssuer(
                 directory,

@@ -33,6 +33,7 @@ from sqlalchemy import create_engine, event, func, select, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from controller.store import schema_head
 from controller.store.models import Instance, Revision
 
 log = logging.getLogger("paas.registry")
@@ -90,9 +91,11 @@ class Database:
 
     def prepare(self, *, migrate: bool) -> None:
         """Check the database, then migrate it to head (`migrate`) or refuse pending revisions."""
-        from controller.store import schema
-
         check_integrity(self.engine)
+        if schema_head.at_head(self.engine):
+            return
+        from controller.store import schema  # alembic: only when the database is not at head
+
         missing = schema.pending(self.engine)  # raises SchemaTooNew for a newer database
         if migrate:
             if missing:

@@ -19,18 +19,15 @@ from alembic.util import CommandError
 from sqlalchemy import Connection, MetaData, inspect, text
 from sqlalchemy.engine import Engine
 
+from controller.store.schema_head import SchemaTooNew
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 BASELINE = "0001_baseline"
 MIGRATION_LOCK = 0x70AA6  # pg_advisory_xact_lock key held while migrating
 
 
-class SchemaTooNew(RuntimeError):
-    """The database was migrated by a newer registry; an older one must not write to it."""
-
-
 def target_metadata() -> MetaData:
-    """Every table of the registry (db.py imports each model module)."""
-    from controller.store import db  # noqa: F401  (registers all tables on Base.metadata
+    """Every table of the registry (importing the models package registers each one)."""
     from controller.store.models import Base
 
     return Base.metadata
@@ -90,6 +87,16 @@ def upgrade(engine: Engine, target: str = "heads") -> None:
         if not current(conn) and _has_registry_tables(conn):
             command.stamp(config, BASELINE)
         command.upgrade(config, target)
+    if engine.dialect.name == "sqlite":
+        _checkpoint(engine)
+
+
+def _checkpoint(engine: Engine) -> None:
+    """Copy the write-ahead log into the database file now. A revision that seals clear values
+    overwrites their cells (secure_delete), but in WAL mode the file keeps the old pages until
+    a checkpoint, which otherwise waits for the last connection to close."""
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def downgrade(engine: Engine, target: str) -> None:

@@ -250,9 +250,9 @@ def check_keyring(engine: Engine) -> None:
     (a replica with its own) is refused at start, before it seals anything with that key."""
     from sqlalchemy import inspect, select
 
-    from controller.store.schema import target_metadata
+    from controller.store.models import Base  # every table (not schema.py: that loads alembic)
 
-    tables = target_metadata().tables
+    tables = Base.metadata.tables
     present = set(inspect(engine).get_table_names())
     with engine.connect() as conn:
         for table_name, column_name in SEALED_COLUMNS:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from agent.proxy.haproxy.view import CHALLENGE_MAP_FILE, MAIN_FILE, build_view, render_files
 from agent.proxy.render import make_environment, template_dirs
 from common.wire import RouteChallenge, RoutingTable
-from controller.acme.client import AcmeFailed, Challenge
+from controller.acme.protocol import AcmeFailed, Challenge
 from controller.acme.service import is_due, retry_delay
 from tests.support.registry_app import TestRegistry, test_registry
 

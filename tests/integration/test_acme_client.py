@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from common.pem import check_bundle
-from controller.acme.client import AcmeFailed, AcmeIssuer, Challenge, new_account_key_pem
+from controller.acme.client import AcmeIssuer
+from controller.acme.protocol import AcmeFailed, Challenge, new_account_key_pem
 from tests.conftest import free_ports
 from tests.support.pebble import Pebble, running_pebble
 

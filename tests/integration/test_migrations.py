@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 
 from controller.cli import main as registry_cli
 from controller.settings import RegistrySettings
-from controller.store import schema
+from controller.store import schema, schema_head
 from controller.store.db import Database, PendingMigrations
 from tests.support.pg import PgServer
 
@@ -37,6 +37,25 @@ def test_single_head() -> None:
         f"several alembic heads {sorted(heads)}: set one revision's down_revision to the other"
         " (see /work/briefs/s2/migrations.md)"
     )
+
+
+def test_the_fast_start_check_knows_the_head() -> None:
+    """schema_head.HEAD lets a registry start without alembic; a new revision must move it."""
+    assert schema.heads() == {schema_head.HEAD}, (
+        f"set schema_head.HEAD to {sorted(schema.heads())}: registries on a database at the old"
+        " head would otherwise start without migrating"
+    )
+
+
+def test_only_a_database_at_head_skips_alembic(engine: Engine) -> None:
+    assert not schema_head.at_head(engine)  # no version table yet
+    schema.upgrade(engine, "0011_host_disk")
+    assert not schema_head.at_head(engine)
+    schema.upgrade(engine)
+    assert schema_head.at_head(engine)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999_future'"))
+    assert not schema_head.at_head(engine)  # the full check then refuses it (test below)
 
 
 def test_revision_ids_fit_alembic_version() -> None:
