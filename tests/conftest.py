@@ -85,6 +85,17 @@ def free_port_fixture() -> int:
     return free_port()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cli_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The same for module- and session-scoped fixtures, which are set up before any test's
+    own: a module's `paas local up` saved its login to root's ~/.config/paas."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PAAS_CONFIG", str(tmp_path_factory.mktemp("cli") / "paas-config.json"))
+        patch.delenv("PAAS_REGISTRY_URL", raising=False)
+        patch.delenv("PAAS_TOKEN", raising=False)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cli_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test may read or write ~/.config/paas or inherit a login from the environment."""

@@ -22,57 +22,13 @@ from tests.conftest import _kill_recorded, free_ports, short_dir
 from tests.e2e.helpers import PAAS, REPO, answer_now, https_get, logs
 from tests.e2e.request_loop import RequestLoop
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-local")]  # local_a: one per module
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PAAS, *args], capture_output=True, text=True, timeout=200)
-
-
-def test_local_up_deploys_says_already_running_and_down_stops_everything() -> None:
-    with short_dir("paas-local-") as base:
-        check_local_up_and_down(base / "s")
-
-
-def check_local_up_and_down(state: Path) -> None:
-    registry, http, https, proxy, agent_api = free_ports(5)
-    args = [
-        "--state-dir", str(state),
-        "--registry-port", str(registry),
-        "--http-port", str(http),
-        "--https-port", str(https),
-        "--proxy-port", str(proxy),
-        "--agent-api-port", str(agent_api),  # never make demo's 8071
-    ]  # fmt: skip
-    try:
-        hello = str(REPO / "examples" / "hello")
-        up = run("local", "up", *args, "--app-dir", hello, "--deploy-timeout", "120")
-        if up.returncode != 0:
-            print((state / "logs" / "frontend-1.log").read_text(errors="replace")[-3000:])
-        assert up.returncode == 0, up.stdout + up.stderr
-        assert up.stdout.strip().splitlines()[-1] == f"https://hello.localhost:{https}/"
-        saved = json.loads(Path(os.environ["PAAS_CONFIG"]).read_text())
-        assert saved["registry_url"] == f"http://127.0.0.1:{registry}"
-        assert Path(os.environ["PAAS_CONFIG"]).stat().st_mode & 0o777 == 0o600
-        cluster = LocalCluster(state)
-        answer_now(cluster, "hello.localhost", "Hello from hello")
-
-        again = run("local", "up", *args, "--no-deploy")
-        assert again.returncode == 0, again.stderr
-        assert "already running" in again.stdout
-
-        status = json.loads(run("local", "status", "--state-dir", str(state), "--json").stdout)
-        assert all(p["alive"] for p in status["processes"].values())
-        assert {h["state"] for h in status["hosts"]} == {"up"}
-        pids = [p["pid"] for p in status["processes"].values()]
-
-        down = run("local", "down", "--state-dir", str(state))
-        assert down.returncode == 0, down.stderr
-        assert not (state / "pids.json").exists()
-        assert not [pid for pid in pids if _alive(pid)]
-    finally:
-        for pid in LocalCluster(state).running().values():
-            kill_tree(pid)
+def run(*args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`paas ARGS`; `config`: where it saves its login (else the test's PAAS_CONFIG)."""
+    env = {**os.environ, "PAAS_CONFIG": str(config)} if config else None
+    return subprocess.run([PAAS, *args], capture_output=True, text=True, timeout=200, env=env)
 
 
 def test_port_in_use_is_named(tmp_path: Path) -> None:
@@ -108,10 +64,13 @@ def port_args(state: Path, ports: list[int]) -> list[str]:
 
 def start(state: Path) -> LocalCluster:
     """`paas local up` on five free ports (app and service port ranges left to it), hello
-    deployed."""
-    done = run("local", "up", *port_args(state, free_ports(5)), "--app-dir", HELLO)
+    deployed; what it printed (up.out) and saved (config.json) stay beside the state folder
+    for the test of `up` itself."""
+    args = port_args(state, free_ports(5))
+    done = run("local", "up", *args, "--app-dir", HELLO, config=state.parent / "config.json")
     cluster = LocalCluster(state)
     assert done.returncode == 0, done.stdout + done.stderr + logs(cluster)
+    (state.parent / "up.out").write_text(done.stdout)
     answer_now(cluster, "hello.localhost", GREETING)
     return cluster
 
@@ -157,6 +116,24 @@ def local_a() -> Iterator[LocalCluster]:
             yield start(base / "s")
         finally:
             stop(base / "s")
+
+
+def test_local_up_deploys_says_already_running_and_shows_status(local_a: LocalCluster) -> None:
+    """What `up` printed and saved, a second `up`, and `status`; `down` is the last test's."""
+    state, ports = local_a.state_dir, local_a.ports
+    printed = (state.parent / "up.out").read_text()
+    assert printed.strip().splitlines()[-1] == f"https://hello.localhost:{ports.https}/"
+    saved_to = state.parent / "config.json"
+    assert json.loads(saved_to.read_text())["registry_url"] == f"http://127.0.0.1:{ports.registry}"
+    assert saved_to.stat().st_mode & 0o777 == 0o600
+
+    again = run("local", "up", *port_args(state, cluster_ports(local_a)), "--no-deploy")
+    assert again.returncode == 0, again.stderr
+    assert "already running" in again.stdout
+
+    seen = status(state)
+    assert all(p["alive"] for p in seen["processes"].values())
+    assert {h["state"] for h in seen["hosts"]} == {"up"}
 
 
 def test_two_clusters_side_by_side(local_a: LocalCluster) -> None:
@@ -249,4 +226,5 @@ def test_kill_9_machine_agent_then_up_completes_and_down_leaves_nothing(
     assert down.returncode == 0, down.stderr
     assert "nginx (pid" in down.stdout and f"app (pid {app_pid})" in down.stdout, down.stdout
     nothing_left(local_a, ports)
+    assert not (state / "pids.json").exists()
     assert run("local", "down", "--state-dir", str(state)).stdout.strip() == ("nothing was running")
