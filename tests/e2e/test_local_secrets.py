@@ -104,6 +104,11 @@ def check_nothing_leaks(cluster: LocalCluster) -> None:
         state / "frontend-1" / "host-token",
         *(cluster.log_path(name) for name in ("registry", "machine-1", "frontend-1")),
     ]
+    # An agent keeps its host token just after the registry counts it joined and up, which
+    # is all `up` waits for: under load the file can come a moment after `up` returned.
+    deadline = time.monotonic() + 10
+    while not all(path.exists() for path in secrets) and time.monotonic() < deadline:
+        time.sleep(0.05)
     for path in secrets:  # they exist, and only root may read them
         assert path.exists(), path
         assert path.stat().st_mode & 0o077 == 0, f"{path} is {path.stat().st_mode & 0o777:o}"
