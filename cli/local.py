@@ -398,7 +398,7 @@ class LocalCluster:
         since = time.time()
         try:
             if REGISTRY in missing:
-                self._init_registry()
+                self._prepare_registry()
                 self._start(REGISTRY, self._registry_argv())
                 report.started.append(REGISTRY)
             self._wait_registry()
@@ -448,26 +448,12 @@ class LocalCluster:
         # Our PAAS_* (CLI login, PAAS_CONFIG) must not leak into the agents' settings.
         return {k: v for k, v in os.environ.items() if not k.startswith("PAAS_")}
 
-    def _init_registry(self) -> None:
-        state = private_dir(self.state_dir / "registry")
+    def _prepare_registry(self) -> None:
+        """Its folder, private; the registry issues the tokens itself on its first start
+        (`serve --init-tokens`), and they stay readable by root only."""
+        private_dir(self.state_dir / "registry")
         if self.tokens_file.exists():
             os.chmod(self.tokens_file, 0o600)
-            return
-        argv = [self._exe("paas-registry"), "init", "--state-dir", str(state), "--json"]
-        try:
-            done = subprocess.run(
-                argv, capture_output=True, text=True, timeout=60, env=self._child_env()
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise ClusterError("`paas-registry init` did not finish in 60s") from exc
-        if done.returncode != 0:
-            raise ClusterError(f"`paas-registry init` failed: {done.stderr.strip()[-800:]}")
-        try:
-            tokens = json.loads(done.stdout)
-            body = {"admin_token": tokens["admin_token"], "join_token": tokens["join_token"]}
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ClusterError(f"`paas-registry init` printed no tokens: {done.stdout!r}") from exc
-        write_private(self.tokens_file, json.dumps(body))
 
     def _registry_argv(self) -> list[str]:
         low, high = self.service_ports or (20000, 29999)
@@ -480,6 +466,7 @@ class LocalCluster:
             "--public-https-port", str(self.ports.https),
             "--service-port-min", str(low),
             "--service-port-max", str(high),
+            "--init-tokens", str(self.tokens_file),
         ]  # fmt: skip
 
     def _agent_argv(self, role: str, name: str) -> list[str]:

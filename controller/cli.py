@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from common.fsutil import atomic_write
 from controller.server import tls_identity
 from controller.server.tls_identity import TlsIdentity
 from controller.settings import RegistrySettings
@@ -185,6 +186,14 @@ def fingerprint(
     default=None,
     help="Plain HTTP off loopback: only behind a TLS-terminating proxy on this host.",
 )
+@click.option(
+    "--init-tokens",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A new registry (no admin token yet) issues its admin and join tokens and writes"
+    " them to FILE (JSON, mode 0600) before it serves: `init` and `serve` in one process."
+    " Ignored once the registry has an admin token.",
+)
 @CONFIG
 def serve(
     state_dir: Path | None,
@@ -198,6 +207,7 @@ def serve(
     tls_cert: Path | None,
     tls_key: Path | None,
     insecure_http: bool | None,
+    init_tokens: Path | None,
     config_file: Path | None,
 ) -> None:
     """Run the registry API: HTTPS off loopback (see --tls-cert), plain HTTP on loopback."""
@@ -228,6 +238,8 @@ def serve(
         raise click.ClickException(f"{exc}; restore it from a backup") from exc
     except (PendingMigrations, SchemaTooNew) as exc:
         raise click.ClickException(str(exc)) from exc
+    if init_tokens is not None:
+        _issue_first_tokens(app.state.ctx.db, init_tokens, identity)
     with app.state.ctx.db.read() as session:
         if not has_admin_token(session):
             logging.getLogger("paas.registry").warning(
@@ -241,6 +253,21 @@ def serve(
         notifier=app.state.ctx.notifier,
         handshake_timeout_s=settings.header_timeout_s,
     ).run()
+
+
+def _issue_first_tokens(db: Database, target: Path, identity: TlsIdentity | None) -> None:
+    """`serve --init-tokens`: what `init --json` prints, written to `target` by a registry that
+    has no admin token yet. The file is written inside the transaction that issues the
+    tokens, so a failed write issues none, and a failed commit is redone by the next start."""
+    with db.write() as session:
+        if has_admin_token(session):
+            return
+        tokens = {"admin_token": issue_token(session, "admin")}
+        tokens["join_token"] = issue_token(session, "join")
+        if identity is not None:
+            tokens["registry_fingerprint"] = identity.fingerprint
+        atomic_write(target, json.dumps(tokens), mode=0o600)
+    logging.getLogger("paas.registry").info("issued the admin and join tokens into %s", target)
 
 
 def _serving_identity(settings: RegistrySettings) -> TlsIdentity | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cli.local import MACHINE, LocalCluster, _alive, kill_tree, port_free
+from cli.local import MACHINE, LocalCluster, _alive, port_free
 from cli.local_procs import processes_under, wait_gone
 from tests.conftest import _kill_recorded, free_ports, short_dir
 from tests.e2e.helpers import PAAS, REPO, answer_now, https_get, logs

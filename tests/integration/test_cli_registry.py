@@ -33,19 +33,13 @@ def paas(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 def registry(tmp_path: Path, free_port: int) -> Iterator[tuple[str, str]]:
     """(url, admin token) of a registry subprocess; killed by pid afterwards."""
     state = tmp_path / "registry"
-    init = subprocess.run(
-        [str(BIN / "paas-registry"), "init", "--state-dir", str(state), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert init.returncode == 0, init.stderr
-    token = json.loads(init.stdout)["admin_token"]
+    tokens = tmp_path / "tokens.json"
     url = f"http://127.0.0.1:{free_port}"
     log = (tmp_path / "registry.log").open("wb")
     proc = subprocess.Popen(
         [str(BIN / "paas-registry"), "serve", "--state-dir", str(state), "--host", "127.0.0.1",
-         "--port", str(free_port), "--domain", "localhost", "--public-https-port", "8443"],
+         "--port", str(free_port), "--domain", "localhost", "--public-https-port", "8443",
+         "--init-tokens", str(tokens)],
         stdout=log,
         stderr=subprocess.STDOUT,
     )  # fmt: skip
@@ -60,7 +54,7 @@ def registry(tmp_path: Path, free_port: int) -> Iterator[tuple[str, str]]:
             assert proc.poll() is None, (tmp_path / "registry.log").read_text()
             assert time.monotonic() < deadline, "registry did not start"
             time.sleep(0.1)
-        yield url, token
+        yield url, json.loads(tokens.read_text())["admin_token"]
     finally:
         proc.terminate()
         try:

@@ -77,22 +77,14 @@ class RegistryProcess:
 def registry_process(tmp: Path, **settings: Any) -> Iterator[RegistryProcess]:
     state = tmp / "registry"
     env = {**os.environ, **{f"PAAS_{k.upper()}": str(v) for k, v in settings.items()}}
-    init = subprocess.run(
-        [str(BIN / "paas-registry"), "init", "--state-dir", str(state), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
-    assert init.returncode == 0, init.stderr
-    tokens = json.loads(init.stdout)
+    tokens_file = tmp / "tokens.json"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = tmp / "registry.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [str(BIN / "paas-registry"), "serve", "--state-dir", str(state),
-             "--host", "127.0.0.1", "--port", str(port)],
+             "--host", "127.0.0.1", "--port", str(port), "--init-tokens", str(tokens_file)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -106,6 +98,7 @@ def registry_process(tmp: Path, **settings: Any) -> Iterator[RegistryProcess]:
             assert proc.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, "the registry did not start"
             time.sleep(0.1)
+        tokens = json.loads(tokens_file.read_text())  # written before it listens
         yield RegistryProcess(
             url=url,
             port=port,
