@@ -14,11 +14,12 @@ from cli import output
 from cli.api import RegistryClient
 from cli.errors import CliError
 from common.names import check_app_name, check_domain, check_sha256
-from common.pem import MAX_PEM_BYTES, BadCertificate, check_bundle
 from common.wire import AcmeStatus
 
 
 def _read(path: Path, what: str) -> str:
+    from common.pem import MAX_PEM_BYTES  # common.pem loads cryptography: only for certs:add
+
     try:
         if path.stat().st_size > MAX_PEM_BYTES:
             raise CliError(f"{what} file {path} is larger than {MAX_PEM_BYTES} bytes")
@@ -99,6 +100,8 @@ def register(
     @click.option("--key", "key_file", required=True, type=click.Path(path_type=Path))
     def certs_add(app: str, cert_file: Path, key_file: Path) -> None:
         """Serve a certificate (PEM chain, leaf first) and its key for APP's domains."""
+        from common.pem import BadCertificate, check_bundle
+
         check_app_name(app)
         cert_pem, key_pem = _read(cert_file, "certificate"), _read(key_file, "key")
         with client() as api:

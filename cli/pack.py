@@ -18,10 +18,13 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pathspec
+from typing import TYPE_CHECKING
 
 from cli.errors import PackError
 from common.manifest import ManifestError, parse_procfile, procfile_notices, require_web
+
+if TYPE_CHECKING:
+    import pathspec
 
 ALWAYS_SKIP = (".git/", ".venv/", "__pycache__/")
 IGNORE_FILES = (".gitignore", ".paasignore")
@@ -38,6 +41,8 @@ class Packed:
 
 
 def ignore_spec(root: Path) -> pathspec.GitIgnoreSpec:
+    import pathspec  # only `paas deploy` packs: the other commands start without it
+
     lines: list[str] = list(ALWAYS_SKIP)
     for name in IGNORE_FILES:
         file = root / name

@@ -12,7 +12,7 @@ from cli.local import LocalCluster
 from tests.e2e.helpers import https_get, logs, paas
 
 # One xdist worker runs this module, in order; its fixtures start once (--dist loadgroup).
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-config")]
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-shared-2")]
 APP = "envecho"
 HOST = f"{APP}.localhost"
 SECRET = "s3cret-Value-9f27"

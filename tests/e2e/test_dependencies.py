@@ -13,7 +13,7 @@ from cli.local import LocalCluster
 from tests.e2e.helpers import REPO, https_get, logs, paas
 
 # One xdist worker runs this module, in order; its fixtures start once (--dist loadgroup).
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-dependencies")]
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-shared-1")]
 
 
 def copy_example(root: Path, name: str) -> Path:

@@ -17,7 +17,7 @@ from cli.local import LocalCluster
 from tests.e2e.helpers import REPO, answer_now, https_get, logs, paas
 
 # One xdist worker runs this module, in order; its fixtures start once (--dist loadgroup).
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-deploy")]
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-shared-2")]
 HELLO = "hello.localhost"
 
 

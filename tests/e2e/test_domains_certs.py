@@ -17,7 +17,7 @@ from tests.e2e.helpers import REPO, logs, paas
 from tests.support.certgen import chain
 
 # One xdist worker runs this module, in order; its fixtures start once (--dist loadgroup).
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-domains-certs")]
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-shared-2")]
 APP = "shopfront"
 DOMAIN = "shop.example.test"
 

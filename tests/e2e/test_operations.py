@@ -23,7 +23,7 @@ from tests.e2e.helpers import PAAS, REPO, https_get, logs, paas
 from tests.support.prom import metric
 
 # One xdist worker runs this module, in order; its fixtures start once (--dist loadgroup).
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-operations")]
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-shared-1")]
 APP = "ops"
 OTHER = "ops-other"
 # The apps here have no health window (min_healthy_s = 0): no test waits one out.

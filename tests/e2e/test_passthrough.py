@@ -22,7 +22,7 @@ from cli.local import LocalCluster
 from tests.e2e.helpers import https_get, logs, paas
 
 # One xdist worker runs this module, in order; its fixtures start once (--dist loadgroup).
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-passthrough")]
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-shared-1")]
 APP = "passthrough"
 HOST = f"{APP}.localhost"
 SOURCE = Path(__file__).parent / "apps" / "passthrough"

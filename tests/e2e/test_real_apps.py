@@ -25,7 +25,7 @@ from tests.e2e.helpers import REPO, logs, paas
 from tests.e2e.request_loop import RequestLoop
 
 # One xdist worker runs this module, in order; its fixtures start once (--dist loadgroup).
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-real-apps")]
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-shared-2")]
 
 APP = "single-worker"
 DEP = "sw-dep"

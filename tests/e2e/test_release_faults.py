@@ -26,7 +26,7 @@ from tests.e2e.request_loop import RequestLoop, sent_more
 from tests.support.mounts import tmpfs
 
 # One xdist worker runs this module, in order; its fixtures start once (--dist loadgroup).
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-release-faults")]
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-shared-1")]
 APP = "faults"
 HOST = f"{APP}.localhost"
 HEALTH_TIMEOUT_S = 3  # keeps the "health check never passes" case short

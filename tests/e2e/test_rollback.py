@@ -14,7 +14,7 @@ from tests.e2e.helpers import REPO, answer_now, logs, paas
 from tests.e2e.request_loop import RequestLoop, sent_more
 
 # One xdist worker runs this module, in order; its fixtures start once (--dist loadgroup).
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-rollback")]
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-shared-1")]
 APP = "rollme"
 HOST = f"{APP}.localhost"
 

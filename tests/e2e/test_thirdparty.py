@@ -22,7 +22,7 @@ from tests.e2e.helpers import https_get, logs, paas
 from tests.integration.test_thirdparty import _wheel
 
 # One xdist worker runs this module, in order; its fixtures start once (--dist loadgroup).
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-thirdparty")]
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-shared-1")]
 APP = "thirdparty"
 HOST = f"{APP}.localhost"
 
