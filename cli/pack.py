@@ -17,7 +17,6 @@ import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from cli.errors import PackError
