@@ -276,8 +276,10 @@ def test_anonymous_posts_write_no_audit_rows(registry: RegistryProcess) -> None:
 
 
 def test_one_tokens_flood_gets_429_and_slows_no_other_token(tmp_path: Path) -> None:
+    # A slow refill (one a second): a pause of the test on a busy machine lets no request
+    # of the flooding token through (at 5 a second, one 0.2 s pause did).
     with (
-        registry_process(tmp_path, token_rate_per_s=5, token_burst=20) as registry,
+        registry_process(tmp_path, token_rate_per_s=1, token_burst=20) as registry,
         httpx.Client(base_url=registry.url, timeout=10) as client,
     ):
         made = client.post("/v1/tokens", json={"scope": "admin"}, headers=registry.admin)
