@@ -53,9 +53,9 @@ TEST_WORKERS ?= 4
 PYTEST_ENV   := env PYTHONDONTWRITEBYTECODE=
 PYTEST_PAR   := $(PYTEST_ENV) $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 # Tests that time the registry's answers under attack (marker `timed`, all in
-# tests/integration) run afterwards, away from that load, in four groups of their own
+# tests/integration) run afterwards, away from that load, in six groups of their own
 # (tests/conftest.py TIMED).
-PYTEST_TIMED := $(PYTEST_ENV) $(BIN)/pytest -q -n 4 --dist loadgroup -m timed tests/integration
+PYTEST_TIMED := $(PYTEST_ENV) $(BIN)/pytest -q -n 6 --dist loadgroup -m timed tests/integration
 
 # Every tier: unit, integration, e2e, system (tests/*; markers of the same names).
 test: setup

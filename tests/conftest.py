@@ -30,23 +30,22 @@ TESTS = Path(__file__).resolve().parent
 TIERS = ("unit", "integration", "e2e", "system")  # a folder of tests/ each, a marker each
 # Integration tests that measure time limits and connection caps of a real registry (an
 # answer within 1 s while under attack): marked `timed`. `make test` runs them once the
-# parallel run is done, away from its load, in four xdist groups of about 30 s each: the
-# attacks that keep a core busy in two ("bombs", "edge"), the tests that mostly wait in two
-# (a stopped registry and TTLs going by, a shutdown; floods of idle sockets).
-# "file" or "file::test" -> group.
+# parallel run is done, away from its load, in six xdist groups of 12-19 s: the attacks
+# that keep a core busy in two ("bombs", "edge"), the tests that mostly wait in four (a
+# registry stopped past the TTL; the connection cap held full; eviction at the pending cap;
+# eviction that grants no grace, and shutdowns). "file" or "file::test" -> group.
+_EDGE = "test_edge_attacks.py::test_"
+_STALL = "test_registry_stall.py::test_"
 TIMED = {
     "test_api_artifacts.py": "timed-bombs",
     "test_edge_attacks.py": "timed-edge",
-    "test_edge_attacks.py::test_one_tokens_flood_gets_429_and_slows_no_other_token": "timed-bombs",
-    "test_edge_attacks.py::test_one_tokens_concurrent_uploads_are_capped_with_429": "timed-bombs",
-    "test_registry_shutdown.py": "timed-waits",
+    f"{_EDGE}one_tokens_flood_gets_429_and_slows_no_other_token": "timed-bombs",
+    f"{_EDGE}one_tokens_concurrent_uploads_are_capped_with_429": "timed-bombs",
+    f"{_EDGE}slow_sockets_over_the_pending_cap_evict_the_oldest_not_the_newcomer": "timed-evict",
+    "test_registry_shutdown.py": "timed-grace",
     "test_registry_stall.py": "timed-waits",
-    "test_registry_stall.py::test_hosts_shut_out_by_a_full_connection_cap_are_not_marked_down": (
-        "timed-flood"
-    ),
-    "test_registry_stall.py::test_slow_sockets_evicted_at_the_pending_cap_grant_no_grace": (
-        "timed-flood"
-    ),
+    f"{_STALL}hosts_shut_out_by_a_full_connection_cap_are_not_marked_down": "timed-flood",
+    f"{_STALL}slow_sockets_evicted_at_the_pending_cap_grant_no_grace": "timed-grace",
 }
 # Where a tier's tests start under xdist: the longest first (the host image tests take about
 # a minute each on one worker), the many short unit tests last, where they even out the
