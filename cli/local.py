@@ -59,7 +59,9 @@ LEFTOVER_STOP_S = 10.0  # what no agent stopped: orphaned nginx, HAProxy, apps
 RANGE_SIZE = 500  # ports in a range picked for the user (app instances, service ports)
 RANGE_LOW, RANGE_HIGH = 10000, 32000  # below Linux's ephemeral ports (32768-60999)
 UID_BLOCK = 1000  # app uids of one local cluster: one per app
-UID_LOW, UID_HIGH = 70000, 99999  # the agent's default block first (70000-79999)
+# Above the agent's default block (70000-79999): that one belongs to the agents started
+# without --app-uids (a host's own, a test's), whose apps must never share a uid with ours.
+UID_LOW, UID_HIGH = 80000, 99999
 OWNER = {"nginx": MACHINE, "app": MACHINE, "haproxy": FRONTEND}  # who adopts an orphan
 
 

@@ -17,23 +17,13 @@ import josepy
 import requests
 from acme import challenges, client, crypto_util, errors, messages
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from common.names import check_acme_key_authorization, check_acme_token, check_domain
-from controller.acme.protocol import AcmeFailed, Challenge, Issued
+from controller.acme.protocol import AcmeFailed, Challenge, Issued, new_key_pem
 
 log = logging.getLogger("paas.registry.acme")
 
 USER_AGENT = "paas-registry"
-
-
-def _new_cert_key_pem() -> bytes:
-    key = ec.generate_private_key(ec.SECP256R1())
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
 
 
 class AcmeIssuer:
@@ -70,7 +60,7 @@ class AcmeIssuer:
             acme = self._client()
             step = "registering the ACME account"
             self._register(acme)
-            key_pem = _new_cert_key_pem()
+            key_pem = new_key_pem().encode()
             csr_pem = crypto_util.make_csr(key_pem, [domain])
             step = "creating the order"
             order = acme.new_order(csr_pem)

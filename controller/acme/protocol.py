@@ -1,5 +1,5 @@
 """What the registry and the ACME client exchange: the challenges to publish, the issued pair,
-the one error, the account key.
+the one error, a new key.
 
 Apart from controller/acme/client.py, which loads certbot's `acme` library and requests (a
 fifth of a registry's start): only a registry that orders a certificate needs those.
@@ -30,8 +30,8 @@ class Issued:
     key_pem: str  # PKCS#8, unencrypted
 
 
-def new_account_key_pem() -> str:
-    """An ECDSA P-256 account key (ES256), PEM."""
+def new_key_pem() -> str:
+    """An ECDSA P-256 key, PKCS#8 PEM: the account's (ES256) and each certificate's."""
     key = ec.generate_private_key(ec.SECP256R1())
     return key.private_bytes(
         serialization.Encoding.PEM,

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from common import wire
-from controller.acme.protocol import AcmeFailed, Challenge, new_account_key_pem
+from controller.acme.protocol import AcmeFailed, Challenge, new_key_pem
 from controller.context import Context
 from controller.core.certs import add_certificate, app_domain_names
 from controller.core.clock import now
@@ -248,7 +248,7 @@ class AcmeRunner:
             ).scalar_one_or_none()
             if account is None:
                 account = AcmeAccount(
-                    directory_url=directory, key_pem=new_account_key_pem(), created_at=now()
+                    directory_url=directory, key_pem=new_key_pem(), created_at=now()
                 )
                 session.add(account)
                 log.info("ACME: created the registry's account key for %s", directory)

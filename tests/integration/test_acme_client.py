@@ -14,7 +14,7 @@ import pytest
 
 from common.pem import check_bundle
 from controller.acme.client import AcmeIssuer
-from controller.acme.protocol import AcmeFailed, Challenge, new_account_key_pem
+from controller.acme.protocol import AcmeFailed, Challenge, new_key_pem
 from tests.conftest import free_ports
 from tests.support.pebble import Pebble, running_pebble
 
@@ -58,7 +58,7 @@ def withdraw(challenges: list[Challenge]) -> None:
 
 def test_issue_by_http01_then_a_failed_validation(pebble: Pebble) -> None:
     issuer = AcmeIssuer(
-        pebble.directory_url, account_key_pem=new_account_key_pem(), ca_bundle=pebble.ca_bundle
+        pebble.directory_url, account_key_pem=new_key_pem(), ca_bundle=pebble.ca_bundle
     )
     issued = issuer.issue("shop.example.test", publish=publish, withdraw=withdraw)
     assert not ANSWERS  # withdrawn after validation

@@ -92,8 +92,8 @@ def test_app_uids_of_running_machine_agents() -> None:
 def test_a_new_cluster_takes_app_uids_no_running_agent_hands_out() -> None:
     """Two clusters sharing a uid: one's app could read the other's files, and one's janitor
     kill the other's app when an app departs."""
-    blocks = {(low, low + 999) for low in range(70000, 100000, 1000)}
-    assert {free_uid_block([]) for _ in range(200)} <= blocks
+    blocks = {(low, low + 999) for low in range(80000, 100000, 1000)}
+    assert {free_uid_block([]) for _ in range(200)} <= blocks  # never the agents' default
     claimed = [(70000, 79999), (80000, 80999), (81500, 81500), (83000, 99999)]
     assert {free_uid_block(claimed) for _ in range(20)} == {(82000, 82999)}  # the one left
     with pytest.raises(ClusterError, match="pass --app-uids"):

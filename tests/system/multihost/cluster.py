@@ -26,6 +26,7 @@ import psutil
 from agent.machine.run.runrecords import stray_groups
 from cli.api import RegistryClient
 from common.registry_tls import RegistryTrust, parse_pins
+from tests.support.isolation_support import uid_range
 from tests.support.ports import free_port
 from tests.system.multihost.net import Network, Node
 
@@ -51,6 +52,9 @@ class MultiHostCluster:
     procs: dict[str, Started] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    # Each machine's app uids: test uids of this worker (tests/support/isolation_support.py),
+    # never the agents' default block, which a local cluster's apps may run as.
+    app_uids: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     # ---- facts -------------------------------------------------------------------------
 
@@ -168,6 +172,8 @@ class MultiHostCluster:
             low = 21000 + number * 1000
             argv += ["--role", "machine", "--proxy-port", str(self.ports[name])]
             argv += ["--port-range", f"{low}-{low + 999}"]
+            uids = self.app_uids.setdefault(name, uid_range())  # the same across restarts
+            argv += ["--app-uids", f"{uids[0]}-{uids[1]}"]
             # Issue 8: the agent's API (logs, runs, /metrics), the same port across restarts.
             self.ports.setdefault(f"{name}-api", free_port())
             argv += ["--api-port", str(self.ports[f"{name}-api"])]
