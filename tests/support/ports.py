@@ -4,16 +4,22 @@ Binding port 0 hands out a port from the kernel's ephemeral range, where every o
 connection of every test also takes its local port, so a port freed for a server could be
 taken before the server binds it. These ports come from below that range instead
 (10000-19999; service port blocks use 20000-31999), and each xdist worker draws from its own
-slice of it, so two workers never pick the same port.
+slice of it, so two workers never pick the same port. Within a worker, a port handed out
+is not handed out again for the next RECENT picks: a caller that asks for ports one at a time
+and binds them later (a cluster's registry, HTTP and HTTPS ports) would otherwise get the
+same port twice about once in 2,500 pairs, and HAProxy then serves HTTP and HTTPS on one port.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import random
 import socket
 
 LOW, HIGH = 10000, 20000
+RECENT = 200
+_recent: collections.deque[int] = collections.deque(maxlen=RECENT)
 
 
 def worker_slice(low: int = LOW, high: int = HIGH) -> tuple[int, int]:
@@ -35,9 +41,10 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     try:
         for _ in range(5000):
             if len(ports) == count:
+                _recent.extend(ports)
                 return ports
             port = rng.randrange(low, high)
-            if port in ports:
+            if port in ports or port in _recent:
                 continue
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
