@@ -58,6 +58,17 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(xdist_groups, "paas-xdist-groups")
 
 
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """`-m timed` (make test's second run) imports only the files that hold timed tests:
+    each of its six workers would otherwise import every test module for nothing."""
+    if config.option.markexpr != "timed" or collection_path.suffix != ".py":
+        return None
+    if not collection_path.name.startswith("test_"):
+        return None
+    timed_files = {key.partition("::")[0] for key in TIMED}
+    return collection_path.name not in timed_files or None
+
+
 @pytest.hookimpl(tryfirst=True)  # before the groups are read (tests/support/xdist_groups.py)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test with its tier, from the folder it lives in (`-m unit`, `-m 'not system'`),
