@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import jinja2
+import jinja2.bccache
 import jinja2.sandbox
 
 from agent.errors import RenderError
@@ -112,6 +113,25 @@ class TrustedFileSystemLoader(jinja2.FileSystemLoader):
         return source, filename, uptodate
 
 
+class CompiledTemplates(jinja2.BytecodeCache):
+    """Compiled templates in memory, by template name, file and a checksum of its text.
+
+    Compiling is most of a render's cost (a tick that renders nginx or HAProxy compiled every
+    template again). Each render still finds the file and checks it; the compiled code is
+    reused only while the text it was compiled from is exactly the file's text now."""
+
+    def __init__(self) -> None:
+        self._compiled: dict[str, bytes] = {}
+
+    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        compiled = self._compiled.get(bucket.key)
+        if compiled is not None:
+            bucket.bytecode_from_string(compiled)  # dropped when the checksum differs
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        self._compiled[bucket.key] = bucket.bytecode_to_string()
+
+
 def make_environment(
     template_dirs: Sequence[Path], *, operator_dirs: Sequence[Path] | None = None
 ) -> jinja2.Environment:
@@ -120,13 +140,14 @@ def make_environment(
     ownership and mode on every load (`operator_dirs` overrides which folders are checked).
 
     No template cache: every render searches the folders again, so an override an operator
-    adds, fixes or removes while the agent runs is used by the next render (renders are rare
-    and the templates small)."""
+    adds, fixes or removes while the agent runs is used by the next render. Only the compiling
+    is cached (CompiledTemplates), keyed by the text it compiled."""
     if operator_dirs is None:
         default = default_template_dir()
         operator_dirs = [path for path in template_dirs if Path(path) != default]
     return jinja2.sandbox.ImmutableSandboxedEnvironment(
         cache_size=0,
+        bytecode_cache=CompiledTemplates(),
         loader=TrustedFileSystemLoader(template_dirs, checked=operator_dirs),
         undefined=jinja2.StrictUndefined,
         autoescape=False,  # proxy configs, not HTML; values are validated by the view models
