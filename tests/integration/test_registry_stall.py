@@ -173,14 +173,24 @@ def test_hosts_shut_out_by_a_full_connection_cap_are_not_marked_down(tmp_path: P
             for sock in flood:
                 sock.close()
             assert refused > 0  # the hosts really were shut out
-            # Asked on a new connection: the registry may have closed this client's idle one
-            # to make room during the flood, as it may any idle keep-alive connection.
+            # Asked on new connections: the registry may have closed this client's idle one
+            # to make room during the flood, as it may any idle keep-alive connection, and
+            # may refuse a new one while the flood's closed sockets still count against the
+            # cap. Only the hosts' states are judged, whenever it answers.
             client.close()
             deadline = time.monotonic() + TTL_S * 2.5
-            with httpx.Client(timeout=2) as after:
-                while time.monotonic() < deadline:
-                    assert registry.hosts(after) == {"m1": "up", "m2": "up"}, registry.log()
+            answered = 0
+            while time.monotonic() < deadline:
+                try:
+                    with httpx.Client(timeout=2) as after:
+                        seen = registry.hosts(after)
+                except httpx.TransportError:
                     time.sleep(0.1)
+                    continue
+                assert seen == {"m1": "up", "m2": "up"}, registry.log()
+                answered += 1
+                time.sleep(0.1)
+            assert answered >= 5, answered
             assert "missed its heartbeats" not in registry.log()
             assert "over the total connection cap" in registry.log()
         finally:
