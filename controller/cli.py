@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy.orm import Session
 
 from common.fsutil import atomic_write
 from controller.server import tls_identity
@@ -134,23 +135,27 @@ def init(
                     f"the registry in {settings.state_dir} is already initialised;"
                     " use --rotate to replace its admin and join tokens"
                 )
-            revoke_tokens(session, "admin")
-            revoke_tokens(session, "join")
-            admin = issue_token(session, "admin")
-            join = issue_token(session, "join")
+            tokens = _new_tokens(session)
     finally:
         db.dispose()
-    fingerprint = _tls_identity(settings).fingerprint
+    tokens["registry_fingerprint"] = _tls_identity(settings).fingerprint
     if as_json:
-        click.echo(
-            json.dumps(
-                {"admin_token": admin, "join_token": join, "registry_fingerprint": fingerprint}
-            )
-        )
+        click.echo(json.dumps(tokens))
     else:
-        click.echo(f"admin token: {admin}")
-        click.echo(f"join token: {join}")
-        click.echo(f"registry fingerprint: {fingerprint}")
+        click.echo(f"admin token: {tokens['admin_token']}")
+        click.echo(f"join token: {tokens['join_token']}")
+        click.echo(f"registry fingerprint: {tokens['registry_fingerprint']}")
+
+
+def _new_tokens(session: Session) -> dict[str, str]:
+    """A new admin and a new join token in place of any old ones: the only time they are
+    visible (`init` prints them, `serve --init-tokens` writes them)."""
+    revoke_tokens(session, "admin")
+    revoke_tokens(session, "join")
+    return {
+        "admin_token": issue_token(session, "admin"),
+        "join_token": issue_token(session, "join"),
+    }
 
 
 @main.command()
@@ -240,11 +245,13 @@ def serve(
         raise click.ClickException(str(exc)) from exc
     if init_tokens is not None:
         _issue_first_tokens(app.state.ctx.db, init_tokens, identity)
-    with app.state.ctx.db.read() as session:
-        if not has_admin_token(session):
-            logging.getLogger("paas.registry").warning(
-                "no admin token yet: run 'paas-registry init --state-dir %s'", settings.state_dir
-            )
+    else:
+        with app.state.ctx.db.read() as session:
+            if not has_admin_token(session):
+                logging.getLogger("paas.registry").warning(
+                    "no admin token yet: run 'paas-registry init --state-dir %s'",
+                    settings.state_dir,
+                )
     options = uvicorn_options(settings, on_overload=app.state.liveness.impaired)
     if identity is not None:
         options.update(ssl_certfile=str(identity.cert_file), ssl_keyfile=str(identity.key_file))
@@ -262,8 +269,7 @@ def _issue_first_tokens(db: Database, target: Path, identity: TlsIdentity | None
     with db.write() as session:
         if has_admin_token(session):
             return
-        tokens = {"admin_token": issue_token(session, "admin")}
-        tokens["join_token"] = issue_token(session, "join")
+        tokens = _new_tokens(session)
         if identity is not None:
             tokens["registry_fingerprint"] = identity.fingerprint
         atomic_write(target, json.dumps(tokens), mode=0o600)

@@ -47,6 +47,8 @@ TIMED = {
     f"{_STALL}hosts_shut_out_by_a_full_connection_cap_are_not_marked_down": "timed-flood",
     f"{_STALL}slow_sockets_evicted_at_the_pending_cap_grant_no_grace": "timed-grace",
 }
+TIMED_FILES = {key.partition("::")[0] for key in TIMED}
+
 # Where a tier's tests start under xdist: the longest first (the host image tests take about
 # a minute each on one worker), the many short unit tests last, where they even out the
 # workers' finishing times. Needs --no-loadscope-reorder (the Makefile passes it).
@@ -65,8 +67,7 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
         return None
     if not collection_path.name.startswith("test_"):
         return None
-    timed_files = {key.partition("::")[0] for key in TIMED}
-    return collection_path.name not in timed_files or None
+    return collection_path.name not in TIMED_FILES or None
 
 
 @pytest.hookimpl(tryfirst=True)  # before the groups are read (tests/support/xdist_groups.py)
